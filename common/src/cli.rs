@@ -1,0 +1,141 @@
+//! The command line every role binary shares: `<role>-server [--env E] [--config F]... [--check]`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use crate::config::{Config, ConfigError, LoadOptions, Loaded, load};
+use crate::listeners::Listeners;
+use crate::role::Role;
+use crate::shutdown::{DRAIN_TIMEOUT, Shutdown, handle_signals};
+
+/// Exit code for an invalid configuration (`--check` and normal start alike).
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "A Quartet server role. See README.md for the configuration keys."
+)]
+pub struct RoleArgs {
+    /// development, staging or production [default: $QUARTET_ENV, else development]
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
+    /// An extra configuration file, layered over $QUARTET_CONFIG_DIR/{default,<env>}.toml.
+    /// Repeatable; later files win.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    /// Validate the configuration, print it with secrets redacted, and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Loads the configuration for `roles` from the command line and the process environment.
+pub fn load_from_process(
+    env_flag: Option<&str>,
+    files: Vec<PathBuf>,
+    roles: &[Role],
+) -> Result<Loaded, ConfigError> {
+    let options = LoadOptions::from_process(env_flag, files)?;
+    load(&options, roles)
+}
+
+/// What `--check` prints: the environment, the layers read, warnings, then the effective
+/// configuration as TOML with secrets redacted.
+pub fn render_check(loaded: &Loaded, roles: &[Role]) -> String {
+    let mut out = String::new();
+    let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+    out.push_str(&format!(
+        "# configuration is valid for {} ({})\n",
+        names.join(", "),
+        loaded.config.environment
+    ));
+    out.push_str("# layers, lowest first:\n");
+    for layer in &loaded.layers {
+        out.push_str(&format!("#   {layer}\n"));
+    }
+    for warning in &loaded.warnings {
+        out.push_str(&format!("# warning: {warning}\n"));
+    }
+    out.push_str(&format!(
+        "environment = \"{}\"\n",
+        loaded.config.environment
+    ));
+    out.push_str(&loaded.config.to_redacted_toml());
+    out
+}
+
+/// The whole `main` of a role binary: parse arguments, load configuration (exit 2 with every
+/// problem if it is invalid), `--check`, or bind the listeners and call `run` until
+/// SIGTERM/SIGINT.
+pub fn main<F, Fut, E>(role: Role, run: F) -> ExitCode
+where
+    F: FnOnce(Arc<Config>, Listeners, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let args = RoleArgs::parse();
+    let program = format!("{role}-server");
+    let loaded = match load_from_process(args.env.as_deref(), args.config, &[role]) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("{program}: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check {
+        print!("{}", render_check(&loaded, &[role]));
+        return ExitCode::SUCCESS;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{program}: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        crate::telemetry::init(&loaded.config.log);
+        for warning in &loaded.warnings {
+            tracing::warn!("configuration: {warning}");
+        }
+        let config = Arc::new(loaded.config);
+        let listeners = match Listeners::bind(role, &config).await {
+            Ok(listeners) => listeners,
+            Err(err) => {
+                tracing::error!("{err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = Shutdown::new();
+        if let Err(err) = handle_signals(shutdown.clone()) {
+            tracing::error!("cannot install signal handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+        let stopped = shutdown.clone();
+        let deadline = async move {
+            stopped.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT + std::time::Duration::from_secs(1)).await;
+        };
+        tokio::select! {
+            result = run(config, listeners, shutdown.clone()) => match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{program} failed: {err}");
+                    ExitCode::FAILURE
+                }
+            },
+            () = deadline => {
+                tracing::warn!("{program} did not stop within {}s", DRAIN_TIMEOUT.as_secs());
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}

@@ -1,0 +1,74 @@
+//! Built-in defaults, the lowest layer. They differ by environment: development listens on
+//! loopback and unprivileged ports, staging and production on public addresses and standard
+//! ports (the brief's environments table). This list is also the set of known keys: a key
+//! that is not here is an unknown key.
+
+use config::ValueKind;
+
+use crate::environment::Environment;
+
+/// Every configuration key with its built-in default for `environment`.
+pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
+    let dev = !environment.is_strict();
+    // Pick the development or the staging/production value.
+    let pick = |development: &str, strict: &str| -> ValueKind {
+        ValueKind::from(if dev { development } else { strict })
+    };
+    let none = || ValueKind::Nil;
+    let list = |items: &[&str]| -> ValueKind {
+        ValueKind::from(items.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    };
+
+    vec![
+        ("data_dir", pick("./data/development", "/var/lib/quartet")),
+        ("log.level", ValueKind::from("info")),
+        ("log.format", pick("pretty", "json")),
+        ("tls.cert", none()),
+        ("tls.key", none()),
+        ("web.http_listen", pick("127.0.0.1:8080", "0.0.0.0:80")),
+        ("web.https_listen", pick("127.0.0.1:8443", "0.0.0.0:443")),
+        ("web.root", none()),
+        ("db.pg_listen", pick("127.0.0.1:5433", "0.0.0.0:5432")),
+        ("db.http_listen", pick("127.0.0.1:4001", "0.0.0.0:4001")),
+        ("db.http_tls", ValueKind::from(!dev)),
+        ("db.backend", ValueKind::from("sqlite")),
+        ("db.admin_user", ValueKind::from(DEFAULT_DB_ADMIN_USER)),
+        (
+            "db.admin_password",
+            ValueKind::from(DEFAULT_DB_ADMIN_PASSWORD),
+        ),
+        ("mail.smtp_listen", pick("127.0.0.1:2525", "0.0.0.0:25")),
+        (
+            "mail.submission_listen",
+            pick("127.0.0.1:2587", "0.0.0.0:587"),
+        ),
+        (
+            "mail.submissions_listen",
+            pick("127.0.0.1:2465", "0.0.0.0:465"),
+        ),
+        ("mail.imap_listen", pick("127.0.0.1:1143", "0.0.0.0:143")),
+        ("mail.imaps_listen", pick("127.0.0.1:1993", "0.0.0.0:993")),
+        ("mail.pop3_listen", pick("127.0.0.1:1110", "0.0.0.0:110")),
+        ("mail.pop3s_listen", pick("127.0.0.1:1995", "0.0.0.0:995")),
+        ("mail.http_listen", pick("127.0.0.1:8025", "0.0.0.0:8025")),
+        ("mail.http_tls", ValueKind::from(!dev)),
+        (
+            "mail.domains",
+            if dev {
+                list(&["localhost", "example.test"])
+            } else {
+                list(&[])
+            },
+        ),
+        ("app.api_listen", pick("127.0.0.1:7070", "0.0.0.0:7070")),
+        ("app.api_tls", ValueKind::from(!dev)),
+        // Apps are reached through the web role's reverse proxy, so loopback everywhere.
+        ("app.http_listen", ValueKind::from("127.0.0.1:7080")),
+        ("app.api_token", ValueKind::from(DEFAULT_APP_API_TOKEN)),
+    ]
+}
+
+/// Documented development credentials. Staging and production refuse them.
+pub const DEFAULT_DB_ADMIN_USER: &str = "quartet";
+pub const DEFAULT_DB_ADMIN_PASSWORD: &str = "quartet";
+pub const DEFAULT_APP_API_TOKEN: &str = "dev";

@@ -1,0 +1,227 @@
+//! Layered configuration: the one file format every role reads.
+//!
+//! Layers, later wins: built-in defaults ([`defaults`]) → `$QUARTET_CONFIG_DIR/default.toml` →
+//! `$QUARTET_CONFIG_DIR/<env>.toml` → each `--config FILE` → `QUARTET__SECTION__KEY` variables.
+//! [`load`] merges them with the `config` crate, remembers which layer set each key (so every
+//! error names it), rejects unknown keys, deserialises into [`Config`] and runs
+//! [`Config::validate`], which collects every problem rather than stopping at the first.
+
+mod defaults;
+mod load;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::environment::Environment;
+use crate::secret::Secret;
+
+pub use defaults::defaults;
+pub use load::{ConfigError, LoadOptions, Loaded, Origin, Origins, Problem, load};
+
+/// The whole configuration of an installation: one section per role plus what they share.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Chosen by `--env` / `QUARTET_ENV`, never by a file.
+    #[serde(skip)]
+    pub environment: Environment,
+    /// Where every role keeps its state (databases, mail, builds, generated certificates).
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub tls: TlsConfig,
+    pub web: WebConfig,
+    pub db: DbConfig,
+    pub mail: MailConfig,
+    pub app: AppConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `debug`, `web_server=debug,info`). `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Pretty,
+    /// One JSON object per line, for a log collector.
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Unset in development: a certificate signed by a
+    /// generated development CA is used instead.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `cert`.
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    pub http_listen: ListenAddr,
+    pub https_listen: ListenAddr,
+    /// Document root of the default site; unset means `<data_dir>/www`.
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbConfig {
+    /// PostgreSQL wire protocol (SSLRequest upgrades to TLS).
+    pub pg_listen: ListenAddr,
+    /// HTTP SQL API, `/healthz` and `/metrics`.
+    pub http_listen: ListenAddr,
+    /// Serve `http_listen` over TLS. It carries passwords, so staging and production require
+    /// it unless the listener is on loopback.
+    pub http_tls: bool,
+    /// `sqlite` (files under `data_dir/db`) or a `postgres://` URL.
+    #[serde(serialize_with = "serialize_redacting_url_password")]
+    pub backend: String,
+    /// The first administrator role, created on first start.
+    pub admin_user: String,
+    pub admin_password: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailConfig {
+    pub smtp_listen: ListenAddr,
+    pub submission_listen: ListenAddr,
+    pub submissions_listen: ListenAddr,
+    pub imap_listen: ListenAddr,
+    pub imaps_listen: ListenAddr,
+    pub pop3_listen: ListenAddr,
+    pub pop3s_listen: ListenAddr,
+    /// Web inbox, JSON API, `/healthz` and `/metrics`.
+    pub http_listen: ListenAddr,
+    /// Serve `http_listen` over TLS (required off loopback in staging and production).
+    pub http_tls: bool,
+    /// The domains this server receives mail for. A variable takes a comma-separated list.
+    #[serde(deserialize_with = "deserialize_list")]
+    pub domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Control API (bearer token), `/healthz` and `/metrics`.
+    pub api_listen: ListenAddr,
+    /// Serve `api_listen` over TLS (required off loopback in staging and production).
+    pub api_tls: bool,
+    /// Where deployed apps receive their HTTP traffic.
+    pub http_listen: ListenAddr,
+    /// Bearer token for the control API. Development accepts the documented `dev`.
+    pub api_token: Secret,
+}
+
+/// A listen address as written in configuration (`IP:PORT`; port 0 picks a free port).
+/// Kept as text until [`Config::validate`] so that every bad address is reported, not only the
+/// first one serde meets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ListenAddr(String);
+
+impl ListenAddr {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The parsed address. [`Config::validate`] has checked it for every loaded configuration.
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        self.0.trim().parse().map_err(|_| {
+            format!(
+                "{:?} is not an IP:PORT address (for example 127.0.0.1:8080 or [::1]:8080)",
+                self.0
+            )
+        })
+    }
+}
+
+impl fmt::Debug for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    /// The default site's document root.
+    pub fn web_root(&self) -> PathBuf {
+        self.web
+            .root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("www"))
+    }
+
+    /// The effective configuration as TOML, secrets redacted: what `--check` prints.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+/// Accepts a TOML array or, from an environment variable, a comma-separated string.
+fn deserialize_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match ListOrText::deserialize(deserializer)? {
+        ListOrText::List(items) => items,
+        ListOrText::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// `postgres://user:secret@host/db` prints as `postgres://user:[redacted]@host/db`.
+fn serialize_redacting_url_password<S: Serializer>(
+    url: &str,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url_password(url))
+}
+
+pub(crate) fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => {
+                format!("{scheme}://{user}:{}@{host}{path}", crate::secret::REDACTED)
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

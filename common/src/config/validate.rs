@@ -1,0 +1,157 @@
+//! Checks that need the whole configuration: addresses, certificates and the environment
+//! policy (no default credentials, no missing certificates, no plaintext passwords off
+//! loopback outside development). Every problem is collected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::Config;
+use super::defaults::{DEFAULT_APP_API_TOKEN, DEFAULT_DB_ADMIN_PASSWORD};
+use super::load::{Origins, Problem};
+use crate::role::{Role, Transport};
+
+impl Config {
+    /// Empty strings from variables mean "unset".
+    pub(crate) fn normalise(&mut self) {
+        for path in [&mut self.tls.cert, &mut self.tls.key, &mut self.web.root] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *path = None;
+            }
+        }
+    }
+
+    /// Problems (refuse to start) and warnings (start, but say so) for running `roles`.
+    pub fn validate(&self, roles: &[Role], origins: &Origins) -> (Vec<Problem>, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let warnings = Vec::new();
+        let env = self.environment;
+        let problem = |key: &str, reason: String| Problem::new(key, origins.of(key), reason);
+
+        if self.data_dir.as_os_str().is_empty() {
+            problems.push(problem("data_dir", "must not be empty".into()));
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(problem(
+                "log.level",
+                format!("not a valid log filter: {err}"),
+            ));
+        }
+
+        // Listeners: each address parses, none is used twice, and none carries passwords in
+        // plaintext on a public address outside development.
+        let mut seen: HashMap<SocketAddr, &'static str> = HashMap::new();
+        for spec in roles.iter().flat_map(|role| role.listeners(self)) {
+            let addr = match spec.addr.socket_addr() {
+                Ok(addr) => addr,
+                Err(reason) => {
+                    problems.push(problem(spec.key, reason));
+                    continue;
+                }
+            };
+            if addr.port() != 0 {
+                if let Some(other) = seen.insert(addr, spec.key) {
+                    problems.push(problem(
+                        spec.key,
+                        format!("{addr} is already used by {other}"),
+                    ));
+                }
+            }
+            if env.is_strict()
+                && spec.transport == (Transport::Http { tls: false })
+                && !addr.ip().is_loopback()
+            {
+                let tls_key = spec.key.replace("_listen", "_tls");
+                problems.push(problem(
+                    spec.key,
+                    format!(
+                        "carries passwords over plaintext HTTP on the public address {addr}, \
+                         refused in {env}: set {tls_key} = true or listen on loopback"
+                    ),
+                ));
+            }
+        }
+
+        // TLS: both files or neither; required outside development; must load.
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => {
+                if let Err(err) = crate::tls::load_certified_key(cert, key) {
+                    problems.push(problem("tls.cert", err.to_string()));
+                }
+            }
+            (Some(_), None) => problems.push(problem(
+                "tls.key",
+                "missing: tls.cert is set, so tls.key must be too".into(),
+            )),
+            (None, Some(_)) => problems.push(problem(
+                "tls.cert",
+                "missing: tls.key is set, so tls.cert must be too".into(),
+            )),
+            (None, None) if env.is_strict() => problems.push(problem(
+                "tls.cert",
+                format!(
+                    "required in {env}: set tls.cert and tls.key to a PEM certificate chain \
+                     and its private key (development generates its own)"
+                ),
+            )),
+            (None, None) => {}
+        }
+
+        // Credentials: the documented development defaults are refused outside development.
+        if roles.contains(&Role::Db) {
+            if self.db.admin_password.is_empty() {
+                problems.push(problem("db.admin_password", "must not be empty".into()));
+            } else if env.is_strict()
+                && self.db.admin_password.expose() == DEFAULT_DB_ADMIN_PASSWORD
+            {
+                problems.push(problem(
+                    "db.admin_password",
+                    format!("the documented default password is refused in {env}: set your own"),
+                ));
+            }
+            let backend = self.db.backend.as_str();
+            if backend != "sqlite"
+                && !backend.starts_with("postgres://")
+                && !backend.starts_with("postgresql://")
+            {
+                problems.push(problem(
+                    "db.backend",
+                    format!("{backend:?} is neither \"sqlite\" nor a postgres:// URL"),
+                ));
+            }
+        }
+        if roles.contains(&Role::App) {
+            if self.app.api_token.is_empty() {
+                problems.push(problem("app.api_token", "must not be empty".into()));
+            } else if env.is_strict() && self.app.api_token.expose() == DEFAULT_APP_API_TOKEN {
+                problems.push(problem(
+                    "app.api_token",
+                    format!("the documented default token is refused in {env}: set your own"),
+                ));
+            }
+        }
+        if roles.contains(&Role::Mail) {
+            if self.mail.domains.is_empty() {
+                problems.push(problem(
+                    "mail.domains",
+                    "no local domain: list the domains this server receives mail for".into(),
+                ));
+            }
+            for domain in &self.mail.domains {
+                let valid = !domain.is_empty()
+                    && domain.len() <= 253
+                    && domain.split('.').all(|label| {
+                        !label.is_empty()
+                            && label.len() <= 63
+                            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    });
+                if !valid {
+                    problems.push(problem(
+                        "mail.domains",
+                        format!("{domain:?} is not a domain name"),
+                    ));
+                }
+            }
+        }
+        (problems, warnings)
+    }
+}

@@ -1,0 +1,177 @@
+//! Serving an axum `Router` on a bound listener, over plain HTTP or TLS (HTTP/1.1 and HTTP/2).
+//!
+//! `axum::serve` installs no timer, so hyper's header-read timeout would never fire and a
+//! slowloris client could hold a connection forever; this uses hyper-util's builder with a
+//! timer instead.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::ServiceExt;
+
+use crate::listeners::{AcceptLimits, BoundListener, ConnectionMetrics, accept_loop};
+use crate::shutdown::Shutdown;
+use crate::tls::TlsAcceptor;
+
+/// ALPN protocols an HTTPS listener offers.
+pub const ALPN_HTTP: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Serve TLS (implicit) with this acceptor; `None` for plain HTTP.
+    pub tls: Option<TlsAcceptor>,
+    /// A client must send its complete request head within this time.
+    pub header_read_timeout: Duration,
+    pub limits: AcceptLimits,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            limits: AcceptLimits::default(),
+        }
+    }
+}
+
+/// Request counters by listener and status code.
+#[derive(Debug, Clone, Default)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    listener: String,
+    status: u16,
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by listener and status code",
+            metrics.requests.clone(),
+        );
+        metrics
+    }
+}
+
+#[derive(Clone)]
+struct Tracked {
+    metrics: HttpMetrics,
+    listener: &'static str,
+}
+
+async fn count_request(State(tracked): State<Tracked>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    tracked
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            listener: tracked.listener.to_owned(),
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// Serves `router` on `bound` until shutdown; open connections are closed gracefully (in-flight
+/// requests finish, idle keep-alive connections close).
+pub async fn serve(
+    bound: BoundListener,
+    router: Router,
+    options: HttpOptions,
+    http_metrics: HttpMetrics,
+    connection_metrics: ConnectionMetrics,
+    shutdown: Shutdown,
+) {
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        Tracked {
+            metrics: http_metrics,
+            listener: bound.spec.name,
+        },
+        count_request,
+    ));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+
+    let tls = options.tls.clone();
+    let conn_shutdown = shutdown.clone();
+    accept_loop(
+        bound,
+        options.limits,
+        connection_metrics,
+        shutdown,
+        move |stream, peer| {
+            let router = router.clone();
+            let builder = builder.clone();
+            let tls = tls.clone();
+            let shutdown = conn_shutdown.clone();
+            async move {
+                match tls {
+                    None => serve_connection(&builder, stream, router, peer, &shutdown).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            serve_connection(&builder, stream, router, peer, &shutdown).await
+                        }
+                        Err(err) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        }
+                    },
+                }
+            }
+        },
+    )
+    .await;
+}
+
+async fn serve_connection<IO>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: IO,
+    router: Router,
+    peer: SocketAddr,
+    shutdown: &Shutdown,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router.map_request(
+        move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            request
+        },
+    ));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
+    }
+}

@@ -1,0 +1,119 @@
+//! The process lifecycle a role sees: stop (SIGTERM/SIGINT) and reload (SIGHUP).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long in-flight work may take once shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared by everything a role spawns. Cancelling stops accept loops; the tracker knows which
+/// connections are still in flight, so the role can wait for them (at most [`DRAIN_TIMEOUT`]).
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    token: CancellationToken,
+    tracker: TaskTracker,
+    reload: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self {
+            token: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            reload: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// Begin shutting down: accept loops stop, connections finish what they are doing.
+    pub fn trigger(&self) {
+        self.token.cancel();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await;
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Spawns a task that shutdown waits for.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn(task)
+    }
+
+    /// Waits for every tracked task, at most `limit`. Returns false if some were still running.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Ask every role to reload what it can (certificates; more in later issues).
+    pub fn request_reload(&self) {
+        self.reload.send_modify(|generation| *generation += 1);
+    }
+
+    /// A receiver that changes every time a reload is requested.
+    pub fn reloads(&self) -> watch::Receiver<u64> {
+        self.reload.subscribe()
+    }
+}
+
+/// Turns SIGTERM and SIGINT into [`Shutdown::trigger`] and SIGHUP into
+/// [`Shutdown::request_reload`]. A second SIGTERM/SIGINT while draining exits at once.
+pub fn handle_signals(shutdown: Shutdown) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    shutdown.request_reload();
+                    continue;
+                }
+            };
+            if shutdown.is_triggered() {
+                tracing::warn!(
+                    signal = name,
+                    "second stop signal: exiting without draining"
+                );
+                std::process::exit(1);
+            }
+            tracing::info!(
+                signal = name,
+                "stopping: no new connections, finishing in-flight work (at most {}s)",
+                DRAIN_TIMEOUT.as_secs()
+            );
+            shutdown.trigger();
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,403 @@
+//! TLS for every listener: PEM loading, the development CA, hot reload on SIGHUP and one
+//! acceptor type for implicit TLS and STARTTLS upgrades.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::Config;
+use crate::shutdown::Shutdown;
+
+/// How long a client may take to finish a TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificate file {path}: {reason}")]
+    ReadCert { path: PathBuf, reason: String },
+    #[error("certificate file {path} holds no PEM certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("cannot read private key file {path}: {reason}")]
+    ReadKey { path: PathBuf, reason: String },
+    #[error("private key in {path} is not usable: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("private key {key} does not belong to certificate {cert}")]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("cannot generate the development certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "development TLS directory {dir} is incomplete ({missing} is missing): remove the directory to regenerate it"
+    )]
+    IncompleteDevDir { dir: PathBuf, missing: &'static str },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Makes ring the process's rustls provider. Safe to call any number of times, from any role.
+pub fn install_crypto_provider() {
+    // An error only means a provider is already installed; ring is the only one we build.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Loads a PEM certificate chain and its private key, and checks that they belong together.
+pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|err| TlsError::ReadCert {
+            path: cert_path.into(),
+            reason: err.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|err| TlsError::ReadCert {
+            path: cert_path.into(),
+            reason: err.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|err| TlsError::ReadKey {
+        path: key_path.into(),
+        reason: err.to_string(),
+    })?;
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|err| TlsError::BadKey {
+            path: key_path.into(),
+            reason: err.to_string(),
+        })?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(|_| TlsError::KeyMismatch {
+        cert: cert_path.into(),
+        key: key_path.into(),
+    })?;
+    Ok(certified)
+}
+
+/// The files of the generated development PKI, under `data_dir/tls/`.
+#[derive(Debug, Clone)]
+pub struct DevCertificates {
+    /// The CA certificate a user or test trusts.
+    pub ca_cert: PathBuf,
+    /// Leaf for localhost, 127.0.0.1 and ::1, followed by the CA certificate.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl DevCertificates {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            ca_cert: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    }
+}
+
+/// Returns the development CA and leaf under `data_dir/tls/`, generating them on first use.
+///
+/// They are written to a scratch directory and renamed into place, so roles starting together
+/// in one process (or two processes) never mix a leaf with another run's CA.
+pub fn ensure_dev_certificates(data_dir: &Path) -> Result<DevCertificates, TlsError> {
+    let dir = data_dir.join("tls");
+    let files = DevCertificates::in_dir(&dir);
+    if dir.exists() {
+        for (path, name) in [
+            (&files.ca_cert, "ca.pem"),
+            (&files.cert, "cert.pem"),
+            (&files.key, "key.pem"),
+        ] {
+            if !path.exists() {
+                return Err(TlsError::IncompleteDevDir { dir, missing: name });
+            }
+        }
+        return Ok(files);
+    }
+
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Write { path, source }
+    };
+    std::fs::create_dir_all(data_dir).map_err(write_err(data_dir))?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let scratch = data_dir.join(format!(".tls-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(write_err(&scratch))?;
+
+    let generated = generate_dev_pki();
+    let result = generated.and_then(|pki| {
+        let scratch_files = DevCertificates::in_dir(&scratch);
+        write_file(&scratch_files.ca_cert, pki.ca_cert.as_bytes(), 0o644)?;
+        write_file(&scratch.join("ca-key.pem"), pki.ca_key.as_bytes(), 0o600)?;
+        write_file(
+            &scratch_files.cert,
+            format!("{}{}", pki.leaf_cert, pki.ca_cert).as_bytes(),
+            0o644,
+        )?;
+        write_file(&scratch_files.key, pki.leaf_key.as_bytes(), 0o600)
+    });
+    if let Err(err) = result {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Err(err);
+    }
+    if std::fs::rename(&scratch, &dir).is_err() {
+        // Someone else won the race; theirs is as good as ours.
+        let _ = std::fs::remove_dir_all(&scratch);
+        if !files.key.exists() {
+            return Err(TlsError::IncompleteDevDir {
+                dir,
+                missing: "key.pem",
+            });
+        }
+    }
+    tracing::info!(ca = %files.ca_cert.display(), "generated a development CA; trust this file to connect without warnings");
+    Ok(files)
+}
+
+struct DevPki {
+    ca_cert: String,
+    ca_key: String,
+    leaf_cert: String,
+    leaf_key: String,
+}
+
+fn generate_dev_pki() -> Result<DevPki, TlsError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, date_time_ymd,
+    };
+    let year = current_year();
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    let mut ca_name = DistinguishedName::new();
+    ca_name.push(DnType::CommonName, "Quartet Development CA");
+    ca_name.push(DnType::OrganizationName, "Quartet (development only)");
+    ca_params.distinguished_name = ca_name;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.not_before = date_time_ymd(year - 1, 1, 1);
+    ca_params.not_after = date_time_ymd(year + 10, 1, 1);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let ca_cert_pem = ca_cert.pem();
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut leaf_params =
+        CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
+    let mut leaf_name = DistinguishedName::new();
+    leaf_name.push(DnType::CommonName, "localhost");
+    leaf_params.distinguished_name = leaf_name;
+    leaf_params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Browsers cap leaf lifetimes; keep well inside it.
+    leaf_params.not_before = date_time_ymd(year - 1, 1, 1);
+    leaf_params.not_after = date_time_ymd(year + 1, 1, 1);
+    let leaf_key = KeyPair::generate()?;
+    let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer)?;
+
+    Ok(DevPki {
+        ca_cert: ca_cert_pem,
+        ca_key: ca_key_pem,
+        leaf_cert: leaf_cert.pem(),
+        leaf_key: leaf_key.serialize_pem(),
+    })
+}
+
+fn current_year() -> i32 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Average Gregorian year; exact enough for validity bounds a year away.
+    1970 + (secs / 31_556_952) as i32
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|source| TlsError::Write {
+            path: path.into(),
+            source,
+        })?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| TlsError::Write {
+            path: path.into(),
+            source,
+        })
+}
+
+/// The server certificate of a role, swapped atomically on reload so that open connections
+/// keep the one they started with and new handshakes get the new one.
+pub struct CertStore {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    /// The CA to trust, when the certificate is the generated development one.
+    pub dev_ca: Option<PathBuf>,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertStore")
+            .field("cert", &self.cert_path)
+            .field("key", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertStore {
+    /// The configured certificate, or in development (when none is configured) the generated one.
+    pub fn from_config(config: &Config) -> Result<Arc<Self>, TlsError> {
+        install_crypto_provider();
+        let (cert, key, dev_ca) = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
+            _ => {
+                let dev = ensure_dev_certificates(&config.data_dir)?;
+                (dev.cert, dev.key, Some(dev.ca_cert))
+            }
+        };
+        Self::from_files(cert, key, dev_ca)
+    }
+
+    pub fn from_files(
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        dev_ca: Option<PathBuf>,
+    ) -> Result<Arc<Self>, TlsError> {
+        let certified = load_certified_key(&cert_path, &key_path)?;
+        Ok(Arc::new(Self {
+            cert_path,
+            key_path,
+            current: ArcSwap::from_pointee(certified),
+            dev_ca,
+        }))
+    }
+
+    /// Re-reads the files. A pair that fails to load is rejected and the old one stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let certified = load_certified_key(&self.cert_path, &self.key_path)?;
+        self.current.store(Arc::new(certified));
+        Ok(())
+    }
+
+    /// Reloads the certificate every time the process is asked to reload (SIGHUP).
+    pub fn reload_on_signal(self: &Arc<Self>, role: &'static str, shutdown: &Shutdown) {
+        let store = Arc::clone(self);
+        let mut reloads = shutdown.reloads();
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = reloads.changed() => if changed.is_err() { break },
+                    () = stop.cancelled() => break,
+                }
+                match store.reload() {
+                    Ok(()) => tracing::info!(role, cert = %store.cert_path.display(), "TLS certificate reloaded"),
+                    Err(err) => tracing::error!(role, error = %err, "TLS certificate not reloaded; keeping the current one"),
+                }
+            }
+        });
+    }
+
+    /// An acceptor that offers `alpn` (for example `[b"h2", b"http/1.1"]`; empty for none).
+    pub fn acceptor(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(TlsAcceptor {
+            inner: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        })
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Serves implicit TLS (call [`TlsAcceptor::accept`] on a fresh connection) and STARTTLS (call
+/// it on the connection after the protocol's upgrade reply). For STARTTLS, pass the raw stream,
+/// not a buffered reader over it: whatever the client pipelined before the handshake must be
+/// discarded, never read as if it had arrived under TLS.
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    inner: tokio_rustls::TlsAcceptor,
+}
+
+impl fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsAcceptor")
+    }
+}
+
+impl TlsAcceptor {
+    /// Runs the server handshake, bounded by [`HANDSHAKE_TIMEOUT`].
+    pub async fn accept<IO>(&self, stream: IO) -> io::Result<tokio_rustls::server::TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.accept(stream)).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_certificates_are_generated_once_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_dev_certificates(dir.path()).unwrap();
+        let ca_before = std::fs::read(&first.ca_cert).unwrap();
+        let second = ensure_dev_certificates(dir.path()).unwrap();
+        assert_eq!(ca_before, std::fs::read(&second.ca_cert).unwrap());
+        load_certified_key(&second.cert, &second.key).unwrap();
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let a = ensure_dev_certificates(a.path()).unwrap();
+        let b = ensure_dev_certificates(b.path()).unwrap();
+        let err = load_certified_key(&a.cert, &b.key).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+    }
+}
