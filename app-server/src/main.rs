@@ -1,1 +1,7 @@
-fn main() {}
+//! `app-server [--env E] [--config F]... [--check]`: parse, load, run. See [`app_server::run`].
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    common::cli::main(common::Role::App, app_server::run)
+}

@@ -81,7 +81,10 @@ impl Listeners {
                 listener = spec.name,
                 protocol = spec.protocol,
                 addr = %local_addr,
-                "listening on {}://{local_addr}",
+                // Tests and scripts find bound ports (port 0) by this exact shape.
+                "{} {} listening on {}://{local_addr}",
+                role.name(),
+                spec.name,
                 spec.protocol
             );
             bound.push(BoundListener {

@@ -122,8 +122,9 @@ impl RoleServer {
         &mut self,
         bound: BoundListener,
         implicit_tls: bool,
-        reply: &'static [u8],
+        reply: impl Into<Arc<[u8]>>,
     ) -> Result<(), TlsError> {
+        let reply: Arc<[u8]> = reply.into();
         let acceptor = if implicit_tls {
             Some(self.tls()?.acceptor(&[])?)
         } else {
@@ -131,11 +132,12 @@ impl RoleServer {
         };
         self.serve_connections(bound, AcceptLimits::default(), move |stream, peer| {
             let acceptor = acceptor.clone();
+            let reply = Arc::clone(&reply);
             async move {
                 let result = match acceptor {
-                    None => write_and_close(stream, reply).await,
+                    None => write_and_close(stream, &reply).await,
                     Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(tls) => write_and_close(tls, reply).await,
+                        Ok(tls) => write_and_close(tls, &reply).await,
                         Err(err) => Err(err),
                     },
                 };
@@ -163,6 +165,15 @@ impl RoleServer {
         }
         tracing::info!(role = self.role.name(), "stopped");
     }
+}
+
+/// Why a role could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Listener(#[from] crate::listeners::ListenerError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 async fn write_and_close<S>(mut stream: S, reply: &[u8]) -> std::io::Result<()>

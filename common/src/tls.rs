@@ -162,6 +162,7 @@ pub fn ensure_dev_certificates(data_dir: &Path) -> Result<DevCertificates, TlsEr
                 missing: "key.pem",
             });
         }
+        return Ok(files);
     }
     tracing::info!(ca = %files.ca_cert.display(), "generated a development CA; trust this file to connect without warnings");
     Ok(files)

@@ -1,1 +1,7 @@
-fn main() {}
+//! `db-server [--env E] [--config F]... [--check]`: parse, load, run. See [`db_server::run`].
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    common::cli::main(common::Role::Db, db_server::run)
+}

@@ -20,7 +20,9 @@ use crate::environment::Environment;
 use crate::secret::Secret;
 
 pub use defaults::defaults;
-pub use load::{ConfigError, LoadOptions, Loaded, Origin, Origins, Problem, load};
+pub use load::{
+    CONFIG_DIR_VAR, ConfigError, LoadOptions, Loaded, Origin, Origins, Problem, VAR_PREFIX, load,
+};
 
 /// The whole configuration of an installation: one section per role plus what they share.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,147 @@
+//! `quartet up`: binds every chosen role's listeners, prints the table, runs the roles side by
+//! side in one runtime, and stops them all on SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use common::config::Loaded;
+use common::server::StartError;
+use common::shutdown::{DRAIN_TIMEOUT, handle_signals};
+use common::{Config, Listeners, Role, Shutdown};
+use tokio::task::JoinSet;
+
+pub fn run(loaded: Loaded, roles: Vec<Role>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("quartet: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(up(loaded, roles))
+}
+
+async fn up(loaded: Loaded, roles: Vec<Role>) -> ExitCode {
+    common::telemetry::init(&loaded.config.log);
+    for warning in &loaded.warnings {
+        tracing::warn!("configuration: {warning}");
+    }
+    let config = Arc::new(loaded.config);
+
+    // Bind everything first, so a port conflict stops the whole box before any role starts.
+    let mut bound = Vec::new();
+    for &role in &roles {
+        match Listeners::bind(role, &config).await {
+            Ok(listeners) => bound.push((role, listeners)),
+            Err(err) => {
+                tracing::error!("{role}: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("{}", table(&bound));
+
+    let shutdown = Shutdown::new();
+    if let Err(err) = handle_signals(shutdown.clone()) {
+        tracing::error!("cannot install signal handlers: {err}");
+        return ExitCode::FAILURE;
+    }
+    // Roles run as plain tasks, not on the shutdown tracker: each role drains the tracker, and
+    // must not wait for itself.
+    let mut running = JoinSet::new();
+    for (role, listeners) in bound {
+        let config = Arc::clone(&config);
+        let shutdown = shutdown.clone();
+        running.spawn(async move { (role, run_role(role, config, listeners, shutdown).await) });
+    }
+
+    let mut code = ExitCode::SUCCESS;
+    let deadline = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT + std::time::Duration::from_secs(1)).await;
+        }
+    };
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            finished = running.join_next() => match finished {
+                None => break,
+                Some(Ok((role, Ok(())))) => {
+                    if !shutdown.is_triggered() {
+                        tracing::error!("{role} stopped on its own; stopping the others");
+                        code = ExitCode::FAILURE;
+                        shutdown.trigger();
+                    }
+                }
+                Some(Ok((role, Err(err)))) => {
+                    tracing::error!("{role} failed: {err}; stopping the others");
+                    code = ExitCode::FAILURE;
+                    shutdown.trigger();
+                }
+                Some(Err(err)) => {
+                    tracing::error!("a role panicked: {err}; stopping the others");
+                    code = ExitCode::FAILURE;
+                    shutdown.trigger();
+                }
+            },
+            () = &mut deadline => {
+                tracing::warn!("roles did not stop within {}s", DRAIN_TIMEOUT.as_secs());
+                break;
+            }
+        }
+    }
+    code
+}
+
+async fn run_role(
+    role: Role,
+    config: Arc<Config>,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<(), StartError> {
+    match role {
+        Role::Web => web_server::run(config, listeners, shutdown).await,
+        Role::Db => db_server::run(config, listeners, shutdown).await,
+        Role::Mail => mail_server::run(config, listeners, shutdown).await,
+        Role::App => app_server::run(config, listeners, shutdown).await,
+    }
+}
+
+/// The "what listens where" table.
+fn table(bound: &[(Role, Listeners)]) -> String {
+    let mut rows = vec![[
+        "ROLE".to_owned(),
+        "LISTENER".to_owned(),
+        "PROTOCOL".to_owned(),
+        "ADDRESS".to_owned(),
+    ]];
+    for (role, listeners) in bound {
+        for (spec, addr) in listeners.addresses() {
+            rows.push([
+                role.to_string(),
+                spec.name.to_owned(),
+                spec.protocol.to_owned(),
+                addr.to_string(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..3)
+        .map(|column| rows.iter().map(|row| row[column].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|[role, name, protocol, addr]| {
+            format!(
+                "{role:<w0$}  {name:<w1$}  {protocol:<w2$}  {addr}",
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
