@@ -69,7 +69,7 @@ impl RoleServer {
     /// `/healthz` and `/metrics`, to merge into the role's HTTP router. Takes the registry:
     /// metrics registered afterwards are not served.
     pub fn health_routes(&mut self) -> Router {
-        let registry = std::mem::replace(&mut self.registry, Registry::default());
+        let registry = std::mem::take(&mut self.registry);
         health_routes(Arc::new(registry), self.readiness.clone())
     }
 
@@ -153,7 +153,13 @@ impl RoleServer {
     /// for at most [`DRAIN_TIMEOUT`].
     pub async fn run_until_shutdown(self) {
         self.readiness.set_ready(true);
-        tracing::info!(role = self.role.name(), environment = %self.config.environment, "ready");
+        self.shutdown.role_ready();
+        tracing::info!(
+            role = self.role.name(),
+            environment = %self.config.environment,
+            "{} ready: serving traffic",
+            self.role.name()
+        );
         self.shutdown.cancelled().await;
         self.readiness.set_ready(false);
         if !self.shutdown.drain(DRAIN_TIMEOUT).await {

@@ -19,6 +19,8 @@ pub struct Shutdown {
     token: CancellationToken,
     tracker: TaskTracker,
     reload: Arc<watch::Sender<u64>>,
+    /// How many roles sharing this lifecycle have finished starting.
+    ready: Arc<watch::Sender<usize>>,
 }
 
 impl Default for Shutdown {
@@ -33,6 +35,7 @@ impl Shutdown {
             token: CancellationToken::new(),
             tracker: TaskTracker::new(),
             reload: Arc::new(watch::Sender::new(0)),
+            ready: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -74,6 +77,20 @@ impl Shutdown {
     /// Ask every role to reload what it can (certificates; more in later issues).
     pub fn request_reload(&self) {
         self.reload.send_modify(|generation| *generation += 1);
+    }
+
+    /// Called by a role once it serves traffic.
+    pub fn role_ready(&self) {
+        self.ready.send_modify(|count| *count += 1);
+    }
+
+    /// Waits until `roles` roles sharing this lifecycle are ready (or shutdown begins).
+    pub async fn wait_ready(&self, roles: usize) {
+        let mut ready = self.ready.subscribe();
+        tokio::select! {
+            _ = ready.wait_for(|count| *count >= roles) => {}
+            () = self.cancelled() => {}
+        }
     }
 
     /// A receiver that changes every time a reload is requested.

@@ -160,15 +160,11 @@ impl RunningRole {
             .unwrap_or_else(|| panic!("no listener named {name}"))
     }
 
-    /// Waits until every listener accepts a TCP connection.
+    /// Waits until the role reports ready (certificates loaded, listeners served).
     async fn wait_ready(&self) {
-        for addr in self.addrs.values() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while TcpStream::connect(addr).await.is_err() {
-                assert!(Instant::now() < deadline, "{addr} never accepted");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let ready = tokio::time::timeout(Duration::from_secs(30), self.shutdown.wait_ready(1));
+        assert!(ready.await.is_ok(), "role not ready within 30s");
+        assert!(!self.task.is_finished(), "role stopped while starting");
     }
 
     pub fn shutdown(&self) -> &Shutdown {
@@ -242,13 +238,19 @@ impl Binary {
         self.stdout.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
-    /// Waits for `count` "ROLE LISTENER listening on PROTO://ADDR" log lines and returns the
-    /// addresses by `"role listener"` (for example `"web https"`).
+    /// Waits for `count` "ROLE LISTENER listening on PROTO://ADDR" log lines and for every
+    /// role among them to log "ROLE ready", then returns the addresses by `"role listener"`
+    /// (for example `"web https"`).
     pub fn wait_for_listeners(&mut self, count: usize) -> HashMap<String, SocketAddr> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let found = parse_listening_lines(&self.stderr());
-            if found.len() >= count {
+            let text = self.stderr();
+            let found = parse_listening_lines(&text);
+            let all_ready = found.keys().all(|key| {
+                let role = key.split(' ').next().unwrap_or_default();
+                text.contains(&format!("{role} ready: serving traffic"))
+            });
+            if found.len() >= count && all_ready {
                 return found;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -446,6 +448,72 @@ where
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).await?;
     Ok(status)
+}
+
+/// The life of a role binary as a user sees it: start it, wait for its `listeners` log lines,
+/// check `GET /healthz` (200) and `GET /metrics` on `http` (a `"role listener"` key; over TLS
+/// trusting `ca` if given), let `probe` exercise the other listeners, then SIGTERM: exit 0
+/// within 10 s.
+pub fn run_binary_lifecycle(
+    program: &Path,
+    test: &TestConfig,
+    listeners: usize,
+    http: &str,
+    ca: Option<&Path>,
+    probe: impl FnOnce(&HashMap<String, SocketAddr>),
+) {
+    let mut server = Binary::spawn(program, &[], &test.child_env(), test.dir.path());
+    let addrs = server.wait_for_listeners(listeners);
+    let addr = addrs[http];
+    let (scheme, mut extra) = match ca {
+        Some(ca) => (
+            "https",
+            vec![
+                "--cacert".to_owned(),
+                ca.to_string_lossy().into_owned(),
+                "--resolve".to_owned(),
+                format!("localhost:{}:{}", addr.port(), addr.ip()),
+            ],
+        ),
+        None => ("http", Vec::new()),
+    };
+    let host = if ca.is_some() {
+        "localhost".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    extra.push(format!("{scheme}://{host}:{}/healthz", addr.port()));
+    let args: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (status, body) = curl(&args);
+    assert_eq!(status, 200, "healthz: {body}\n{}", server.stderr());
+    let last = extra.len() - 1;
+    extra[last] = format!("{scheme}://{host}:{}/metrics", addr.port());
+    let args: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (status, metrics) = curl(&args);
+    assert_eq!(status, 200);
+    let role = http.split_whitespace().next().unwrap_or_default();
+    assert!(metrics.contains(&format!("role=\"{role}\"")), "{metrics}");
+    probe(&addrs);
+    server.signal("TERM");
+    let exit = server
+        .wait_exit(DRAIN_TIMEOUT)
+        .expect("exits within 10s of SIGTERM");
+    assert_eq!(exit.code(), Some(0), "{}", server.stderr());
+}
+
+/// Connects over TCP and reads what the server says first (a greeting), at most `limit` bytes.
+pub fn read_greeting(addr: SocketAddr, send: &[u8], limit: usize) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set timeout");
+    if !send.is_empty() {
+        stream.write_all(send).expect("send");
+    }
+    let mut buf = Vec::new();
+    let _ = stream.take(limit as u64).read_to_end(&mut buf);
+    buf
 }
 
 #[cfg(test)]

@@ -42,7 +42,8 @@ async fn up(loaded: Loaded, roles: Vec<Role>) -> ExitCode {
             }
         }
     }
-    println!("{}", table(&bound));
+    let table = table(&bound);
+    let count = bound.len();
 
     let shutdown = Shutdown::new();
     if let Err(err) = handle_signals(shutdown.clone()) {
@@ -57,6 +58,17 @@ async fn up(loaded: Loaded, roles: Vec<Role>) -> ExitCode {
         let shutdown = shutdown.clone();
         running.spawn(async move { (role, run_role(role, config, listeners, shutdown).await) });
     }
+
+    // The table once every role serves, so what it lists answers.
+    let printer = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.wait_ready(count).await;
+            if !shutdown.is_triggered() {
+                println!("{table}");
+            }
+        })
+    };
 
     let mut code = ExitCode::SUCCESS;
     let deadline = {
@@ -95,6 +107,7 @@ async fn up(loaded: Loaded, roles: Vec<Role>) -> ExitCode {
             }
         }
     }
+    printer.abort();
     code
 }
 

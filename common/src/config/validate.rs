@@ -48,13 +48,13 @@ impl Config {
                     continue;
                 }
             };
-            if addr.port() != 0 {
-                if let Some(other) = seen.insert(addr, spec.key) {
-                    problems.push(problem(
-                        spec.key,
-                        format!("{addr} is already used by {other}"),
-                    ));
-                }
+            if addr.port() != 0
+                && let Some(other) = seen.insert(addr, spec.key)
+            {
+                problems.push(problem(
+                    spec.key,
+                    format!("{addr} is already used by {other}"),
+                ));
             }
             if env.is_strict()
                 && spec.transport == (Transport::Http { tls: false })

@@ -1,0 +1,28 @@
+//! The real `db-server` binary: health, a clear PostgreSQL error, SIGTERM.
+
+use std::path::Path;
+
+use common::Environment;
+use common::testing::{TestConfig, read_greeting, run_binary_lifecycle};
+
+const BIN: &str = env!("CARGO_BIN_EXE_db-server");
+
+#[test]
+fn serves_health_answers_postgres_clients_and_stops_on_sigterm() {
+    let test = TestConfig::new(Environment::Development);
+    run_binary_lifecycle(Path::new(BIN), &test, 2, "db http", None, |addrs| {
+        // An SSLRequest (length 8, code 80877103) gets a PostgreSQL ErrorResponse, not a hang.
+        let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        let reply = read_greeting(addrs["db pg"], &ssl_request, 1024);
+        assert_eq!(reply.first(), Some(&b'E'), "{reply:?}");
+        assert!(String::from_utf8_lossy(&reply).contains("0A000"));
+    });
+}
+
+#[test]
+fn staging_serves_the_http_api_over_tls_only() {
+    let (test, ca) = TestConfig::new(Environment::Staging)
+        .set("db.admin_password", "a-real-password")
+        .with_generated_tls();
+    run_binary_lifecycle(Path::new(BIN), &test, 2, "db http", Some(&ca), |_| {});
+}

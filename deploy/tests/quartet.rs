@@ -1,0 +1,132 @@
+//! The real `quartet` binary: `up` runs every role in one process, `check` validates them all.
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::Environment;
+use common::testing::{Binary, TestConfig, curl, run_to_end};
+
+const BIN: &str = env!("CARGO_BIN_EXE_quartet");
+
+#[test]
+fn up_runs_all_four_roles_prints_the_table_and_stops_on_sigterm() {
+    let test = TestConfig::new(Environment::Development);
+    let mut quartet = Binary::spawn(Path::new(BIN), &["up"], &test.child_env(), test.dir.path());
+    let addrs = quartet.wait_for_listeners(14);
+    for key in ["web http", "db http", "mail http", "app api"] {
+        let (status, body) = curl(&[&format!("http://{}/healthz", addrs[key])]);
+        assert_eq!(status, 200, "{key}: {body}");
+    }
+    let ca = test.data_dir().join("tls/ca.pem");
+    let https = addrs["web https"];
+    let (status, _) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", https.port()),
+        &format!("https://localhost:{}/healthz", https.port()),
+    ]);
+    assert_eq!(status, 200);
+
+    // The table: a header and one row per listener, each with its bound address.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while quartet.stdout().lines().count() < 15 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let table = quartet.stdout();
+    assert!(table.starts_with("ROLE"), "{table}");
+    for (key, addr) in &addrs {
+        let (role, listener) = key.split_once(' ').unwrap();
+        assert!(
+            table.lines().any(|line| {
+                let cells: Vec<&str> = line.split_whitespace().collect();
+                cells.first() == Some(&role)
+                    && cells.get(1) == Some(&listener)
+                    && cells.last() == Some(&addr.to_string().as_str())
+            }),
+            "{key} {addr} missing from:\n{table}"
+        );
+    }
+
+    quartet.signal("INT");
+    let exit = quartet
+        .wait_exit(Duration::from_secs(10))
+        .expect("stops within 10s");
+    assert_eq!(exit.code(), Some(0), "{}", quartet.stderr());
+}
+
+#[test]
+fn up_runs_only_the_chosen_roles() {
+    let test = TestConfig::new(Environment::Development);
+    let mut quartet = Binary::spawn(
+        Path::new(BIN),
+        &["up", "--roles", "web,app"],
+        &test.child_env(),
+        test.dir.path(),
+    );
+    let addrs = quartet.wait_for_listeners(4);
+    std::thread::sleep(Duration::from_millis(200));
+    let addrs_later = common::testing::parse_listening_lines(&quartet.stderr());
+    assert_eq!(addrs.len(), 4);
+    assert_eq!(addrs_later.len(), 4, "{}", quartet.stderr());
+    assert!(
+        addrs
+            .keys()
+            .all(|k| k.starts_with("web ") || k.starts_with("app "))
+    );
+    quartet.signal("TERM");
+    assert_eq!(
+        quartet
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn check_validates_every_role_and_reports_every_problem() {
+    let test = TestConfig::new(Environment::Production);
+    let output = run_to_end(
+        Path::new(BIN),
+        &["check"],
+        &test.child_env(),
+        test.dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "tls.cert: required in production",
+        "db.admin_password: the documented default password is refused",
+        "app.api_token: the documented default token is refused",
+        "mail.domains: no local domain",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?}:\n{stderr}");
+    }
+
+    let test = TestConfig::new(Environment::Development);
+    let output = run_to_end(
+        Path::new(BIN),
+        &["check"],
+        &test.child_env(),
+        test.dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("valid for web, db, mail, app (development)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_unknown_role_is_refused() {
+    let test = TestConfig::new(Environment::Development);
+    let output = run_to_end(
+        Path::new(BIN),
+        &["up", "--roles", "web,ftp"],
+        &test.child_env(),
+        test.dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown role \"ftp\""));
+}
