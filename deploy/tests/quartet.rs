@@ -130,3 +130,28 @@ fn an_unknown_role_is_refused() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown role \"ftp\""));
 }
+
+#[test]
+fn the_shipped_config_files_are_complete_and_valid() {
+    use common::config::{LoadOptions, load};
+    let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let text = |env: Environment| {
+        let mut options = LoadOptions::new(env);
+        options.config_dir = Some(config_dir.clone());
+        load(&options, &common::Role::ALL).map(|loaded| loaded.layers.len())
+    };
+    // Development runs as shipped, from both files.
+    assert_eq!(text(Environment::Development).expect("development config is valid"), 3);
+    // Staging and production need what only an operator has: certificate files, secrets,
+    // domains. Nothing else may be wrong with them.
+    for env in [Environment::Staging, Environment::Production] {
+        let err = text(env).unwrap_err();
+        for problem in &err.problems {
+            let key = problem.key.as_deref().unwrap_or_default();
+            assert!(
+                ["tls.cert", "db.admin_password", "app.api_token", "mail.domains"].contains(&key),
+                "{env}: unexpected problem {problem}"
+            );
+        }
+    }
+}
