@@ -392,6 +392,57 @@ mod tests {
         load_certified_key(&second.cert, &second.key).unwrap();
     }
 
+    /// The same acceptor upgrades a connection mid-stream (STARTTLS): plaintext first, then a
+    /// handshake on the raw stream, then application data under TLS.
+    #[tokio::test]
+    async fn acceptor_upgrades_an_open_connection() {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ensure_dev_certificates(dir.path()).unwrap();
+        let store = CertStore::from_files(pki.cert.clone(), pki.key.clone(), None).unwrap();
+        let acceptor = store.acceptor(&[]).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).await.unwrap();
+            assert_eq!(line, "STARTTLS\r\n");
+            // Drop the buffer with the raw stream: nothing read in plaintext survives the upgrade.
+            let mut stream = reader.into_inner();
+            stream.write_all(b"220 go ahead\r\n").await.unwrap();
+            let mut tls = acceptor.accept(stream).await.unwrap();
+            let mut hello = [0u8; 5];
+            tls.read_exact(&mut hello).await.unwrap();
+            tls.write_all(b"world").await.unwrap();
+            tls.shutdown().await.unwrap();
+            hello
+        });
+
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"STARTTLS\r\n").await.unwrap();
+        let mut reply = [0u8; 14];
+        client.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"220 go ahead\r\n");
+        install_crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&pki.ca_cert).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, client).await.unwrap();
+        tls.write_all(b"hello").await.unwrap();
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"world");
+        assert_eq!(&server.await.unwrap(), b"hello");
+    }
+
     #[test]
     fn mismatched_key_is_refused() {
         let a = tempfile::tempdir().unwrap();

@@ -141,7 +141,10 @@ fn the_shipped_config_files_are_complete_and_valid() {
         load(&options, &common::Role::ALL).map(|loaded| loaded.layers.len())
     };
     // Development runs as shipped, from both files.
-    assert_eq!(text(Environment::Development).expect("development config is valid"), 3);
+    assert_eq!(
+        text(Environment::Development).expect("development config is valid"),
+        3
+    );
     // Staging and production need what only an operator has: certificate files, secrets,
     // domains. Nothing else may be wrong with them.
     for env in [Environment::Staging, Environment::Production] {
@@ -149,7 +152,13 @@ fn the_shipped_config_files_are_complete_and_valid() {
         for problem in &err.problems {
             let key = problem.key.as_deref().unwrap_or_default();
             assert!(
-                ["tls.cert", "db.admin_password", "app.api_token", "mail.domains"].contains(&key),
+                [
+                    "tls.cert",
+                    "db.admin_password",
+                    "app.api_token",
+                    "mail.domains"
+                ]
+                .contains(&key),
                 "{env}: unexpected problem {problem}"
             );
         }

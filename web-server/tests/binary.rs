@@ -179,6 +179,16 @@ async fn https_is_trusted_through_the_generated_development_ca() {
     let resolve = format!("localhost:{}:127.0.0.1", https.port());
     let (status, _) = curl(&["--cacert", ca_arg, "--resolve", &resolve, "--http2", &url]);
     assert_eq!(status, 200);
+    let version = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_version}", "--http2"])
+        .args(["--cacert", ca_arg, "--resolve", &resolve, &url])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout),
+        "2",
+        "HTTP/2 negotiated by ALPN"
+    );
 
     // A client that trusts another CA refuses it.
     let other = TestConfig::new(Environment::Development);
