@@ -122,7 +122,7 @@ where
         let stopped = shutdown.clone();
         let deadline = async move {
             stopped.cancelled().await;
-            tokio::time::sleep(DRAIN_TIMEOUT + std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(DRAIN_TIMEOUT - std::time::Duration::from_millis(200)).await;
         };
         tokio::select! {
             result = run(config, listeners, shutdown.clone()) => match result {

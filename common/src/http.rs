@@ -130,14 +130,21 @@ pub async fn serve(
             async move {
                 match tls {
                     None => serve_connection(&builder, stream, router, peer, &shutdown).await,
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(stream) => {
-                            serve_connection(&builder, stream, router, peer, &shutdown).await
+                    Some(acceptor) => {
+                        let handshake = tokio::select! {
+                            result = acceptor.accept(stream) => result,
+                            // A half-open handshake is not in-flight work: drop it.
+                            () = shutdown.cancelled() => return,
+                        };
+                        match handshake {
+                            Ok(stream) => {
+                                serve_connection(&builder, stream, router, peer, &shutdown).await
+                            }
+                            Err(err) => {
+                                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                            }
                         }
-                        Err(err) => {
-                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                        }
-                    },
+                    }
                 }
             }
         },

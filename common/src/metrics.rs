@@ -109,3 +109,30 @@ async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn healthz_is_503_until_ready_and_after() {
+        let readiness = Readiness::default();
+        let registry = Arc::new(registry(Role::Web, Environment::Development));
+        let router: Router = health_routes(registry, readiness.clone());
+        let status = |router: Router| async move {
+            let request = axum::http::Request::get("/healthz")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            router.oneshot(request).await.unwrap().status()
+        };
+        assert_eq!(
+            status(router.clone()).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        readiness.set_ready(true);
+        assert_eq!(status(router.clone()).await, StatusCode::OK);
+        readiness.set_ready(false);
+        assert_eq!(status(router).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -17,7 +17,7 @@ use crate::http::{ALPN_HTTP, HttpMetrics, HttpOptions};
 use crate::listeners::{AcceptLimits, BoundListener, ConnectionMetrics, accept_loop};
 use crate::metrics::{Readiness, health_routes, registry};
 use crate::role::Role;
-use crate::shutdown::{DRAIN_TIMEOUT, Shutdown};
+use crate::shutdown::{ROLE_DRAIN_TIMEOUT, Shutdown};
 use crate::tls::{CertStore, TlsError};
 
 #[derive(Debug)]
@@ -130,16 +130,24 @@ impl RoleServer {
         } else {
             None
         };
+        let shutdown = self.shutdown.clone();
         self.serve_connections(bound, AcceptLimits::default(), move |stream, peer| {
             let acceptor = acceptor.clone();
             let reply = Arc::clone(&reply);
+            let shutdown = shutdown.clone();
             async move {
                 let result = match acceptor {
                     None => write_and_close(stream, &reply).await,
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(tls) => write_and_close(tls, &reply).await,
-                        Err(err) => Err(err),
-                    },
+                    Some(acceptor) => {
+                        let handshake = tokio::select! {
+                            result = acceptor.accept(stream) => result,
+                            () = shutdown.cancelled() => return,
+                        };
+                        match handshake {
+                            Ok(tls) => write_and_close(tls, &reply).await,
+                            Err(err) => Err(err),
+                        }
+                    }
                 };
                 if let Err(err) = result {
                     tracing::debug!(%peer, error = %err, "refusing connection failed");
@@ -162,11 +170,11 @@ impl RoleServer {
         );
         self.shutdown.cancelled().await;
         self.readiness.set_ready(false);
-        if !self.shutdown.drain(DRAIN_TIMEOUT).await {
+        if !self.shutdown.drain(ROLE_DRAIN_TIMEOUT).await {
             tracing::warn!(
                 role = self.role.name(),
                 "in-flight work still running after {}s; stopping anyway",
-                DRAIN_TIMEOUT.as_secs()
+                ROLE_DRAIN_TIMEOUT.as_secs()
             );
         }
         tracing::info!(role = self.role.name(), "stopped");

@@ -9,8 +9,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long in-flight work may take once shutdown begins.
+/// How long the process may take to stop once shutdown begins (the contract's 10 s).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a role waits for in-flight work, leaving the rest of [`DRAIN_TIMEOUT`] for
+/// returning and exiting.
+pub const ROLE_DRAIN_TIMEOUT: Duration = Duration::from_millis(9_000);
 
 /// Shared by everything a role spawns. Cancelling stops accept loops; the tracker knows which
 /// connections are still in flight, so the role can wait for them (at most [`DRAIN_TIMEOUT`]).

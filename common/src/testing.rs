@@ -142,7 +142,7 @@ impl RunningRole {
         let shutdown = Shutdown::new();
         let future = run(Arc::clone(&config), listeners, shutdown.clone());
         let task = tokio::spawn(async move { future.await.map_err(|err| err.to_string()) });
-        let running = Self {
+        let mut running = Self {
             config,
             addrs,
             shutdown,
@@ -160,11 +160,15 @@ impl RunningRole {
             .unwrap_or_else(|| panic!("no listener named {name}"))
     }
 
-    /// Waits until the role reports ready (certificates loaded, listeners served).
-    async fn wait_ready(&self) {
-        let ready = tokio::time::timeout(Duration::from_secs(30), self.shutdown.wait_ready(1));
-        assert!(ready.await.is_ok(), "role not ready within 30s");
-        assert!(!self.task.is_finished(), "role stopped while starting");
+    /// Waits until the role reports ready (certificates loaded, listeners served); a role
+    /// that fails while starting fails the test with its own error.
+    async fn wait_ready(&mut self) {
+        let deadline = tokio::time::sleep(Duration::from_secs(30));
+        tokio::select! {
+            () = self.shutdown.wait_ready(1) => {}
+            result = &mut self.task => panic!("role stopped while starting: {result:?}"),
+            () = deadline => panic!("role not ready within 30s"),
+        }
     }
 
     pub fn shutdown(&self) -> &Shutdown {

@@ -115,12 +115,16 @@ pub fn ensure_dev_certificates(data_dir: &Path) -> Result<DevCertificates, TlsEr
     if dir.exists() {
         for (path, name) in [
             (&files.ca_cert, "ca.pem"),
+            (&dir.join("ca-key.pem"), "ca-key.pem"),
             (&files.cert, "cert.pem"),
             (&files.key, "key.pem"),
         ] {
             if !path.exists() {
                 return Err(TlsError::IncompleteDevDir { dir, missing: name });
             }
+        }
+        if leaf_expires_soon(&dir) {
+            renew_dev_leaf(&dir)?;
         }
         return Ok(files);
     }
@@ -130,24 +134,19 @@ pub fn ensure_dev_certificates(data_dir: &Path) -> Result<DevCertificates, TlsEr
         move |source| TlsError::Write { path, source }
     };
     std::fs::create_dir_all(data_dir).map_err(write_err(data_dir))?;
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let scratch = data_dir.join(format!(".tls-{}-{nanos}", std::process::id()));
+    let scratch = scratch_path(data_dir, ".tls");
     std::fs::create_dir_all(&scratch).map_err(write_err(&scratch))?;
 
-    let generated = generate_dev_pki();
-    let result = generated.and_then(|pki| {
-        let scratch_files = DevCertificates::in_dir(&scratch);
-        write_file(&scratch_files.ca_cert, pki.ca_cert.as_bytes(), 0o644)?;
-        write_file(&scratch.join("ca-key.pem"), pki.ca_key.as_bytes(), 0o600)?;
+    let result = generate_dev_ca().and_then(|(ca_params, ca_key)| {
+        let ca_cert = ca_params.self_signed(&ca_key)?.pem();
+        write_file(&scratch.join("ca.pem"), ca_cert.as_bytes(), 0o644)?;
         write_file(
-            &scratch_files.cert,
-            format!("{}{}", pki.leaf_cert, pki.ca_cert).as_bytes(),
-            0o644,
+            &scratch.join("ca-key.pem"),
+            ca_key.serialize_pem().as_bytes(),
+            0o600,
         )?;
-        write_file(&scratch_files.key, pki.leaf_key.as_bytes(), 0o600)
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        write_dev_leaf(&scratch, &issuer, &ca_cert)
     });
     if let Err(err) = result {
         let _ = std::fs::remove_dir_all(&scratch);
@@ -168,70 +167,163 @@ pub fn ensure_dev_certificates(data_dir: &Path) -> Result<DevCertificates, TlsEr
     Ok(files)
 }
 
-struct DevPki {
-    ca_cert: String,
-    ca_key: String,
-    leaf_cert: String,
-    leaf_key: String,
+/// Days a development leaf is valid, and how close to its end it is renewed.
+const LEAF_DAYS: u64 = 365;
+const RENEW_DAYS_BEFORE: u64 = 30;
+
+fn scratch_path(parent: &Path, prefix: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    parent.join(format!("{prefix}-{}-{nanos}", std::process::id()))
 }
 
-fn generate_dev_pki() -> Result<DevPki, TlsError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-        IsCa, Issuer, KeyPair, KeyUsagePurpose, date_time_ymd,
-    };
-    let year = current_year();
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    let mut ca_name = DistinguishedName::new();
-    ca_name.push(DnType::CommonName, "Quartet Development CA");
-    ca_name.push(DnType::OrganizationName, "Quartet (development only)");
-    ca_params.distinguished_name = ca_name;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![
+/// The leaf's expiry is kept beside it (`cert.expires`, Unix seconds) so that no X.509 parser
+/// is needed to know when to renew it.
+fn leaf_expires_soon(dir: &Path) -> bool {
+    let expires = std::fs::read_to_string(dir.join("cert.expires"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    expires.is_none_or(|at| at < unix_now() + RENEW_DAYS_BEFORE * 86_400)
+}
+
+/// Issues a new leaf from the existing development CA, so users keep trusting the same CA.
+/// A lock file keeps two roles starting together from mixing one's key with the other's
+/// certificate.
+fn renew_dev_leaf(dir: &Path) -> Result<(), TlsError> {
+    let lock = dir.join(".renew.lock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => break,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+                if !leaf_expires_soon(dir) {
+                    return Ok(());
+                }
+            }
+            Err(source) => return Err(TlsError::Write { path: lock, source }),
+        }
+    }
+    let result = (|| {
+        if !leaf_expires_soon(dir) {
+            return Ok(());
+        }
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|err| TlsError::ReadCert {
+                path: dir.join(name),
+                reason: err.to_string(),
+            })
+        };
+        let ca_cert = read("ca.pem")?;
+        let ca_key = rcgen::KeyPair::from_pem(&read("ca-key.pem")?)?;
+        // The CA's subject and key identifier come from its parameters and key, so the same
+        // parameters and the stored key make an issuer that signs exactly as the original.
+        let issuer = rcgen::Issuer::new(dev_ca_params()?, ca_key);
+        let scratch = scratch_path(dir, ".leaf");
+        std::fs::create_dir_all(&scratch).map_err(|source| TlsError::Write {
+            path: scratch.clone(),
+            source,
+        })?;
+        let written = write_dev_leaf(&scratch, &issuer, &ca_cert);
+        let moved = written.and_then(|()| {
+            for name in ["key.pem", "cert.pem", "cert.expires"] {
+                std::fs::rename(scratch.join(name), dir.join(name)).map_err(|source| {
+                    TlsError::Write {
+                        path: dir.join(name),
+                        source,
+                    }
+                })?;
+            }
+            Ok(())
+        });
+        let _ = std::fs::remove_dir_all(&scratch);
+        moved?;
+        tracing::info!(cert = %dir.join("cert.pem").display(), "renewed the development certificate");
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&lock);
+    result
+}
+
+fn generate_dev_ca() -> Result<(rcgen::CertificateParams, rcgen::KeyPair), TlsError> {
+    Ok((dev_ca_params()?, rcgen::KeyPair::generate()?))
+}
+
+fn dev_ca_params() -> Result<rcgen::CertificateParams, TlsError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "Quartet Development CA");
+    name.push(DnType::OrganizationName, "Quartet (development only)");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca_params.not_before = date_time_ymd(year - 1, 1, 1);
-    ca_params.not_after = date_time_ymd(year + 10, 1, 1);
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let ca_cert_pem = ca_cert.pem();
-    let ca_key_pem = ca_key.serialize_pem();
-    let issuer = Issuer::new(ca_params, ca_key);
+    params.not_before = date_at(unix_now().saturating_sub(86_400));
+    params.not_after = date_at(unix_now() + 10 * 365 * 86_400);
+    Ok(params)
+}
 
-    let mut leaf_params =
+/// Writes `key.pem`, `cert.pem` (leaf then CA) and `cert.expires` into `dir`.
+fn write_dev_leaf(
+    dir: &Path,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    ca_cert_pem: &str,
+) -> Result<(), TlsError> {
+    use rcgen::{
+        CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut params =
         CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
-    let mut leaf_name = DistinguishedName::new();
-    leaf_name.push(DnType::CommonName, "localhost");
-    leaf_params.distinguished_name = leaf_name;
-    leaf_params.key_usages = vec![
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "localhost");
+    params.distinguished_name = name;
+    params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    // Browsers cap leaf lifetimes; keep well inside it.
-    leaf_params.not_before = date_time_ymd(year - 1, 1, 1);
-    leaf_params.not_after = date_time_ymd(year + 1, 1, 1);
-    let leaf_key = KeyPair::generate()?;
-    let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer)?;
-
-    Ok(DevPki {
-        ca_cert: ca_cert_pem,
-        ca_key: ca_key_pem,
-        leaf_cert: leaf_cert.pem(),
-        leaf_key: leaf_key.serialize_pem(),
-    })
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let expires = unix_now() + LEAF_DAYS * 86_400;
+    params.not_before = date_at(unix_now().saturating_sub(86_400));
+    params.not_after = date_at(expires);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    write_file(&dir.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(
+        &dir.join("cert.pem"),
+        format!("{}{ca_cert_pem}", cert.pem()).as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        &dir.join("cert.expires"),
+        expires.to_string().as_bytes(),
+        0o644,
+    )
 }
 
-fn current_year() -> i32 {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // Average Gregorian year; exact enough for validity bounds a year away.
-    1970 + (secs / 31_556_952) as i32
+/// The instant `unix` seconds after the epoch, as rcgen wants it.
+fn date_at(unix: u64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).unwrap_or(i64::MAX))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -441,6 +533,46 @@ mod tests {
         tls.read_to_end(&mut answer).await.unwrap();
         assert_eq!(answer, b"world");
         assert_eq!(&server.await.unwrap(), b"hello");
+    }
+
+    #[test]
+    fn an_expiring_leaf_is_renewed_from_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_dev_certificates(dir.path()).unwrap();
+        let ca = std::fs::read(&first.ca_cert).unwrap();
+        let leaf = std::fs::read(&first.cert).unwrap();
+        // Pretend the leaf expires tomorrow.
+        let expires = dir.path().join("tls/cert.expires");
+        std::fs::write(&expires, (unix_now() + 86_400).to_string()).unwrap();
+        let renewed = ensure_dev_certificates(dir.path()).unwrap();
+        assert_eq!(ca, std::fs::read(&renewed.ca_cert).unwrap(), "same CA");
+        assert_ne!(leaf, std::fs::read(&renewed.cert).unwrap(), "new leaf");
+        load_certified_key(&renewed.cert, &renewed.key).unwrap();
+        assert!(!leaf_expires_soon(&dir.path().join("tls")));
+        // The renewed leaf verifies against the CA a client already trusts.
+        install_crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&renewed.ca_cert).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        use rustls::client::danger::ServerCertVerifier;
+        let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&renewed.cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &name,
+                &[],
+                rustls_pki_types::UnixTime::now(),
+            )
+            .unwrap();
     }
 
     #[test]

@@ -75,7 +75,7 @@ async fn up(loaded: Loaded, roles: Vec<Role>) -> ExitCode {
         let shutdown = shutdown.clone();
         async move {
             shutdown.cancelled().await;
-            tokio::time::sleep(DRAIN_TIMEOUT + std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(DRAIN_TIMEOUT - std::time::Duration::from_millis(200)).await;
         }
     };
     tokio::pin!(deadline);

@@ -65,14 +65,24 @@ fn up_runs_only_the_chosen_roles() {
         test.dir.path(),
     );
     let addrs = quartet.wait_for_listeners(4);
-    std::thread::sleep(Duration::from_millis(200));
-    let addrs_later = common::testing::parse_listening_lines(&quartet.stderr());
-    assert_eq!(addrs.len(), 4);
-    assert_eq!(addrs_later.len(), 4, "{}", quartet.stderr());
     assert!(
         addrs
             .keys()
             .all(|k| k.starts_with("web ") || k.starts_with("app "))
+    );
+    // The table is printed once every chosen role serves: a header and exactly four rows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while quartet.stdout().lines().count() < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let table = quartet.stdout();
+    assert_eq!(table.lines().count(), 5, "{table}");
+    assert!(
+        table
+            .lines()
+            .skip(1)
+            .all(|l| l.starts_with("web ") || l.starts_with("app ")),
+        "{table}"
     );
     quartet.signal("TERM");
     assert_eq!(
@@ -140,6 +150,20 @@ fn the_shipped_config_files_are_complete_and_valid() {
         options.config_dir = Some(config_dir.clone());
         load(&options, &common::Role::ALL).map(|loaded| loaded.layers.len())
     };
+    // Every key is documented in every environment's file: set, or shown commented out.
+    for env in Environment::ALL {
+        let path = config_dir.join(format!("{env}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap()
+            + &std::fs::read_to_string(config_dir.join("default.toml")).unwrap();
+        for (key, _) in common::config::defaults(env) {
+            let leaf = key.rsplit('.').next().unwrap();
+            let documented = text.lines().any(|line| {
+                let line = line.trim_start_matches(['#', ' ']);
+                line.starts_with(&format!("{leaf} =")) || line.starts_with(&format!("[[{key}]]"))
+            });
+            assert!(documented, "{key} is not documented in {}", path.display());
+        }
+    }
     // Development runs as shipped, from both files.
     assert_eq!(
         text(Environment::Development).expect("development config is valid"),

@@ -40,17 +40,19 @@ async fn every_role_serves_health_and_stops_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn health_reports_not_ready_once_shutdown_begins() {
+async fn shutdown_closes_idle_keep_alive_connections_promptly() {
     let test = TestConfig::new(Environment::Development);
     let web = RunningRole::start(Role::Web, &test, web_server::run).await;
-    // Keep a connection open so the drain has something to wait for.
-    let mut tls = tls_connect(web.addr("https"), &test.data_dir().join("tls/ca.pem"))
+    let https = web.addr("https");
+    let mut tls = tls_connect(https, &test.data_dir().join("tls/ca.pem"))
         .await
         .unwrap();
     assert_eq!(http_get_on(&mut tls, "/healthz").await.unwrap(), 200);
-    web.shutdown().trigger();
-    // The open keep-alive connection is closed gracefully rather than answered as ready.
-    let after = http_get_on(&mut tls, "/healthz").await;
-    assert!(after.is_err() || after.unwrap() == 503);
+    let started = std::time::Instant::now();
     web.stop().await.unwrap();
+    // The idle keep-alive connection did not hold the drain up...
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // ...and was closed. (Whether the port now refuses is not asserted: tests running in
+    // parallel may be handed the freed port at once.)
+    assert!(http_get_on(&mut tls, "/healthz").await.is_err());
 }

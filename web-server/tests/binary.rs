@@ -145,14 +145,34 @@ fn sigterm_drains_and_exits_0_within_10_seconds() {
     assert!(metrics.contains("quartet_build_info{"), "{metrics}");
     assert!(metrics.contains("role=\"web\""), "{metrics}");
 
-    // An idle keep-alive connection must not hold shutdown up.
-    let idle = std::net::TcpStream::connect(http).unwrap();
+    // Neither an idle keep-alive connection (one request answered, then silence) nor a client
+    // that opened the HTTPS port and never started its handshake may hold shutdown up.
+    let mut idle = std::net::TcpStream::connect(http).unwrap();
+    {
+        use std::io::{Read, Write};
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = idle.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let silent = std::net::TcpStream::connect(addrs["web https"]).unwrap();
+    let started = std::time::Instant::now();
     server.signal("TERM");
     let exit = server
         .wait_exit(Duration::from_secs(10))
         .expect("exited within 10s");
     assert_eq!(exit.code(), Some(0), "{}", server.stderr());
-    drop(idle);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((idle, silent));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -144,8 +144,15 @@ impl LoadOptions {
 
     /// Options from the command line and the process environment (read once, here).
     pub fn from_process(env_flag: Option<&str>, files: Vec<PathBuf>) -> Result<Self, ConfigError> {
-        let vars: HashMap<String, String> = std::env::vars().collect();
-        let variable = vars.get(environment::ENV_VAR).map(String::as_str);
+        // Variables that are not valid UTF-8 cannot be configuration; skip them, don't panic.
+        let vars: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
+        // An empty QUARTET_ENV counts as unset.
+        let variable = vars
+            .get(environment::ENV_VAR)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty());
         let environment = Environment::resolve(env_flag, variable).map_err(|err| {
             let origin = if env_flag.is_some() {
                 Origin::Flag("--env".into())

@@ -9,6 +9,7 @@
 mod defaults;
 mod load;
 mod validate;
+mod web;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ pub use defaults::defaults;
 pub use load::{
     CONFIG_DIR_VAR, ConfigError, LoadOptions, Loaded, Origin, Origins, Problem, VAR_PREFIX, load,
 };
+pub use web::{AuthRule, HeaderRule, ProxyRoute, RedirectRule, SiteConfig, SiteTls, WebConfig};
 
 /// The whole configuration of an installation: one section per role plus what they share.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,15 +72,6 @@ pub struct TlsConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebConfig {
-    pub http_listen: ListenAddr,
-    pub https_listen: ListenAddr,
-    /// Document root of the default site; unset means `<data_dir>/www`.
-    pub root: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DbConfig {
     /// PostgreSQL wire protocol (SSLRequest upgrades to TLS).
     pub pg_listen: ListenAddr,
@@ -88,8 +81,7 @@ pub struct DbConfig {
     /// it unless the listener is on loopback.
     pub http_tls: bool,
     /// `sqlite` (files under `data_dir/db`) or a `postgres://` URL.
-    #[serde(serialize_with = "serialize_redacting_url_password")]
-    pub backend: String,
+    pub backend: Backend,
     /// The first administrator role, created on first start.
     pub admin_user: String,
     pub admin_password: Secret,
@@ -200,19 +192,75 @@ fn deserialize_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<St
     })
 }
 
-/// `postgres://user:secret@host/db` prints as `postgres://user:[redacted]@host/db`.
-fn serialize_redacting_url_password<S: Serializer>(
-    url: &str,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&redact_url_password(url))
+/// `db.backend`: `sqlite`, or a PostgreSQL URL whose password never prints (`Debug`,
+/// `Display` and `Serialize` redact it; [`Backend::expose`] gives the real text).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Backend(String);
+
+impl Backend {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.0 == "sqlite"
+    }
 }
 
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url_password(&self.0))
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url_password(&self.0))
+    }
+}
+
+impl Serialize for Backend {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&redact_url_password(&self.0))
+    }
+}
+
+/// `postgres://user:secret@host/db?password=x` prints as
+/// `postgres://user:[redacted]@host/db?password=[redacted]`.
 pub(crate) fn redact_url_password(url: &str) -> String {
+    let redacted = redact_userinfo_password(url);
+    match redacted.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                        format!("{name}={}", crate::secret::REDACTED)
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => redacted,
+    }
+}
+
+fn redact_userinfo_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
+    // The userinfo ends at the last `@` before the path; a `/` inside a password is still
+    // inside the userinfo.
+    let authority_end = match rest.rfind('@') {
+        Some(at) => rest[at..].find(['/', '?']).map_or(rest.len(), |i| at + i),
+        None => rest.find(['/', '?']).unwrap_or(rest.len()),
+    };
     let (authority, path) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {

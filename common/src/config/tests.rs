@@ -265,7 +265,7 @@ fn the_same_address_twice_is_refused() {
     opts.vars = vars(&[("QUARTET__WEB__HTTPS_LISTEN", "127.0.0.1:8080")]);
     let err = load(&opts, &[Role::Web]).unwrap_err();
     assert!(
-        problems_text(&err).contains("127.0.0.1:8080 is already used by web.http_listen"),
+        problems_text(&err).contains("127.0.0.1:8080 overlaps 127.0.0.1:8080 of web.http_listen"),
         "{}",
         problems_text(&err)
     );
@@ -291,4 +291,49 @@ fn check_output_redacts_secrets() {
         "{text}"
     );
     assert!(text.contains("api_token = \"[redacted]\""), "{text}");
+}
+
+#[test]
+fn a_wildcard_address_overlaps_loopback_on_the_same_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(Environment::Development, dir.path());
+    opts.vars = vars(&[
+        ("QUARTET__WEB__HTTP_LISTEN", "0.0.0.0:9000"),
+        ("QUARTET__APP__API_LISTEN", "127.0.0.1:9000"),
+    ]);
+    let err = load(&opts, &[Role::Web, Role::App]).unwrap_err();
+    assert!(
+        problems_text(&err).contains("overlaps 0.0.0.0:9000 of web.http_listen"),
+        "{}",
+        problems_text(&err)
+    );
+}
+
+#[test]
+fn database_passwords_never_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(Environment::Development, dir.path());
+    opts.vars = vars(&[(
+        "QUARTET__DB__BACKEND",
+        "mysql://root:hunter2@db/x?password=hunter2",
+    )]);
+    let err = load(&opts, &[Role::Db]).unwrap_err();
+    let text = problems_text(&err);
+    assert!(text.contains("db.backend"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+
+    opts.vars = vars(&[(
+        "QUARTET__DB__BACKEND",
+        "postgres://u:pa/ss@db/x?sslmode=require&password=pw2",
+    )]);
+    let config = load(&opts, &[Role::Db]).unwrap().config;
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("pa/ss") && !debug.contains("pw2"),
+        "{debug}"
+    );
+    assert_eq!(
+        config.db.backend.expose(),
+        "postgres://u:pa/ss@db/x?sslmode=require&password=pw2"
+    );
 }

@@ -48,13 +48,22 @@ impl Config {
                     continue;
                 }
             };
-            if addr.port() != 0
-                && let Some(other) = seen.insert(addr, spec.key)
-            {
-                problems.push(problem(
-                    spec.key,
-                    format!("{addr} is already used by {other}"),
-                ));
+            // 0.0.0.0:X also takes 127.0.0.1:X (and [::]:X every IPv6 address).
+            let clash = seen.iter().find(|(other, _)| {
+                other.port() == addr.port()
+                    && other.is_ipv4() == addr.is_ipv4()
+                    && (other.ip() == addr.ip()
+                        || other.ip().is_unspecified()
+                        || addr.ip().is_unspecified())
+            });
+            if addr.port() != 0 {
+                if let Some((other_addr, other_key)) = clash {
+                    problems.push(problem(
+                        spec.key,
+                        format!("{addr} overlaps {other_addr} of {other_key}"),
+                    ));
+                }
+                seen.insert(addr, spec.key);
             }
             if env.is_strict()
                 && spec.transport == (Transport::Http { tls: false })
@@ -75,7 +84,12 @@ impl Config {
         match (&self.tls.cert, &self.tls.key) {
             (Some(cert), Some(key)) => {
                 if let Err(err) = crate::tls::load_certified_key(cert, key) {
-                    problems.push(problem("tls.cert", err.to_string()));
+                    use crate::tls::TlsError;
+                    let key = match err {
+                        TlsError::ReadKey { .. } | TlsError::BadKey { .. } => "tls.key",
+                        _ => "tls.cert",
+                    };
+                    problems.push(problem(key, err.to_string()));
                 }
             }
             (Some(_), None) => problems.push(problem(
@@ -108,14 +122,17 @@ impl Config {
                     format!("the documented default password is refused in {env}: set your own"),
                 ));
             }
-            let backend = self.db.backend.as_str();
-            if backend != "sqlite"
+            let backend = self.db.backend.expose();
+            if !self.db.backend.is_sqlite()
                 && !backend.starts_with("postgres://")
                 && !backend.starts_with("postgresql://")
             {
                 problems.push(problem(
                     "db.backend",
-                    format!("{backend:?} is neither \"sqlite\" nor a postgres:// URL"),
+                    format!(
+                        "{} is neither \"sqlite\" nor a postgres:// URL",
+                        self.db.backend
+                    ),
                 ));
             }
         }
