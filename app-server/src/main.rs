@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    common::cli::main(common::Role::App, app_server::run)
+    common::cli::main(common::Role::App, common::cli::no_checks, app_server::run)
 }

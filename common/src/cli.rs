@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-use crate::config::{Config, ConfigError, LoadOptions, Loaded, load};
+use crate::config::{Config, ConfigError, LoadOptions, Loaded, Origins, Problem, load};
 use crate::listeners::Listeners;
 use crate::role::Role;
 use crate::shutdown::{DRAIN_TIMEOUT, Shutdown, handle_signals};
@@ -33,14 +33,57 @@ pub struct RoleArgs {
     pub check: bool,
 }
 
-/// Loads the configuration for `roles` from the command line and the process environment.
+/// A role's own configuration checks, beyond what `common` validates (the web role compiles
+/// its sites, for example). Each problem names its key and layer.
+pub type RoleCheck = fn(&Config, &Origins) -> Vec<Problem>;
+
+/// For roles with nothing to check beyond `common`.
+pub fn no_checks(_: &Config, _: &Origins) -> Vec<Problem> {
+    Vec::new()
+}
+
+/// Loads the configuration for `roles` from the command line and the process environment,
+/// and runs each role's own `checks`.
 pub fn load_from_process(
     env_flag: Option<&str>,
     files: Vec<PathBuf>,
     roles: &[Role],
-) -> Result<Loaded, ConfigError> {
+    checks: &[RoleCheck],
+) -> Result<(LoadOptions, Loaded), ConfigError> {
     let options = LoadOptions::from_process(env_flag, files)?;
-    load(&options, roles)
+    let loaded = load_checked(&options, roles, checks)?;
+    Ok((options, loaded))
+}
+
+/// [`load`] followed by the roles' own checks.
+pub fn load_checked(
+    options: &LoadOptions,
+    roles: &[Role],
+    checks: &[RoleCheck],
+) -> Result<Loaded, ConfigError> {
+    let loaded = load(options, roles)?;
+    let problems: Vec<Problem> = checks
+        .iter()
+        .flat_map(|check| check(&loaded.config, &loaded.origins))
+        .collect();
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// What SIGHUP runs: the same layers, read again, checked again.
+pub fn reloader(
+    options: LoadOptions,
+    roles: Vec<Role>,
+    checks: Vec<RoleCheck>,
+) -> crate::shutdown::Reloader {
+    Box::new(move || {
+        load_checked(&options, &roles, &checks)
+            .map(|loaded| loaded.config)
+            .map_err(|err| err.to_string())
+    })
 }
 
 /// What `--check` prints: the environment, the layers read, warnings, then the effective
@@ -68,10 +111,10 @@ pub fn render_check(loaded: &Loaded, roles: &[Role]) -> String {
     out
 }
 
-/// The whole `main` of a role binary: parse arguments, load configuration (exit 2 with every
-/// problem if it is invalid), `--check`, or bind the listeners and call `run` until
-/// SIGTERM/SIGINT.
-pub fn main<F, Fut, E>(role: Role, run: F) -> ExitCode
+/// The whole `main` of a role binary: parse arguments, load configuration and run the role's
+/// `check` (exit 2 with every problem if it is invalid), `--check`, or bind the listeners and
+/// call `run` until SIGTERM/SIGINT. SIGHUP re-reads the configuration.
+pub fn main<F, Fut, E>(role: Role, check: RoleCheck, run: F) -> ExitCode
 where
     F: FnOnce(Arc<Config>, Listeners, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
@@ -79,7 +122,7 @@ where
 {
     let args = RoleArgs::parse();
     let program = format!("{role}-server");
-    let loaded = match load_from_process(args.env.as_deref(), args.config, &[role]) {
+    let (options, loaded) = match load_from_process(args.env.as_deref(), args.config, &[role], &[check]) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("{program}: {err}");
@@ -115,7 +158,8 @@ where
             }
         };
         let shutdown = Shutdown::new();
-        if let Err(err) = handle_signals(shutdown.clone()) {
+        let reload = reloader(options, vec![role], vec![check]);
+        if let Err(err) = handle_signals(shutdown.clone(), Some(reload)) {
             tracing::error!("cannot install signal handlers: {err}");
             return ExitCode::FAILURE;
         }

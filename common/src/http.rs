@@ -32,8 +32,11 @@ pub const ALPN_HTTP: [&[u8]; 2] = [b"h2", b"http/1.1"];
 pub struct HttpOptions {
     /// Serve TLS (implicit) with this acceptor; `None` for plain HTTP.
     pub tls: Option<TlsAcceptor>,
-    /// A client must send its complete request head within this time.
+    /// A client must send its complete request head within this time (HTTP/1.1; an idle
+    /// keep-alive connection is closed after the same time).
     pub header_read_timeout: Duration,
+    /// Largest request head (HTTP/1.1: 431 above it; HTTP/2: the header list size).
+    pub max_header_bytes: usize,
     pub limits: AcceptLimits,
 }
 
@@ -42,6 +45,7 @@ impl Default for HttpOptions {
         Self {
             tls: None,
             header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
             limits: AcceptLimits::default(),
         }
     }
@@ -112,8 +116,15 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        // hyper's read buffer bounds the request head; it cannot go below 8 KiB.
+        .max_buf_size(options.max_header_bytes.max(8192))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
 
     let tls = options.tls.clone();
     let conn_shutdown = shutdown.clone();

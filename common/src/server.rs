@@ -100,6 +100,18 @@ impl RoleServer {
         Ok(())
     }
 
+    /// Serves `router` on `bound` with explicit options (TLS acceptor, limits).
+    pub fn serve_http_with(&mut self, bound: BoundListener, router: Router, options: HttpOptions) {
+        self.shutdown.spawn(crate::http::serve(
+            bound,
+            router,
+            options,
+            self.http.clone(),
+            self.connections.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
     /// Accepts connections on `bound` and runs `handle` for each (protocols other than HTTP).
     pub fn serve_connections<H, F>(&self, bound: BoundListener, limits: AcceptLimits, handle: H)
     where

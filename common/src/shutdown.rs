@@ -25,6 +25,8 @@ pub struct Shutdown {
     reload: Arc<watch::Sender<u64>>,
     /// How many roles sharing this lifecycle have finished starting.
     ready: Arc<watch::Sender<usize>>,
+    /// The configuration re-read on the last SIGHUP, if it was valid.
+    config: Arc<std::sync::Mutex<Option<Arc<crate::Config>>>>,
 }
 
 impl Default for Shutdown {
@@ -40,6 +42,7 @@ impl Shutdown {
             tracker: TaskTracker::new(),
             reload: Arc::new(watch::Sender::new(0)),
             ready: Arc::new(watch::Sender::new(0)),
+            config: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -97,15 +100,32 @@ impl Shutdown {
         }
     }
 
+    /// Publishes a freshly loaded configuration, then asks every role to reload.
+    pub fn reload_with(&self, config: Arc<crate::Config>) {
+        if let Ok(mut slot) = self.config.lock() {
+            *slot = Some(config);
+        }
+        self.request_reload();
+    }
+
+    /// The configuration published by the last successful reload, if any.
+    pub fn reloaded_config(&self) -> Option<Arc<crate::Config>> {
+        self.config.lock().ok().and_then(|slot| slot.clone())
+    }
+
     /// A receiver that changes every time a reload is requested.
     pub fn reloads(&self) -> watch::Receiver<u64> {
         self.reload.subscribe()
     }
 }
 
-/// Turns SIGTERM and SIGINT into [`Shutdown::trigger`] and SIGHUP into
-/// [`Shutdown::request_reload`]. A second SIGTERM/SIGINT while draining exits at once.
-pub fn handle_signals(shutdown: Shutdown) -> std::io::Result<()> {
+/// Re-reads the configuration for a reload; an error keeps the running configuration.
+pub type Reloader = Box<dyn Fn() -> Result<crate::Config, String> + Send + Sync>;
+
+/// Turns SIGTERM and SIGINT into [`Shutdown::trigger`] and SIGHUP into a reload: the
+/// configuration is re-read with `reloader` (when given) and published if valid, then every
+/// role reloads. A second SIGTERM/SIGINT while draining exits at once.
+pub fn handle_signals(shutdown: Shutdown, reloader: Option<Reloader>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -117,7 +137,14 @@ pub fn handle_signals(shutdown: Shutdown) -> std::io::Result<()> {
                 _ = int.recv() => "SIGINT",
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
-                    shutdown.request_reload();
+                    match reloader.as_ref().map(|reload| reload()) {
+                        Some(Ok(config)) => shutdown.reload_with(Arc::new(config)),
+                        Some(Err(err)) => {
+                            tracing::error!("configuration not reloaded, keeping the running one: {err}");
+                            shutdown.request_reload();
+                        }
+                        None => shutdown.request_reload(),
+                    }
                     continue;
                 }
             };

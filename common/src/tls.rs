@@ -421,15 +421,7 @@ impl CertStore {
 
     /// An acceptor that offers `alpn` (for example `[b"h2", b"http/1.1"]`; empty for none).
     pub fn acceptor(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
-        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(TlsAcceptor {
-            inner: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-        })
+        TlsAcceptor::with_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>, alpn)
     }
 }
 
@@ -455,6 +447,23 @@ impl fmt::Debug for TlsAcceptor {
 }
 
 impl TlsAcceptor {
+    /// An acceptor whose certificate comes from `resolver` (per-SNI certificates, say).
+    pub fn with_resolver(
+        resolver: Arc<dyn ResolvesServerCert>,
+        alpn: &[&[u8]],
+    ) -> Result<Self, TlsError> {
+        install_crypto_provider();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Self {
+            inner: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        })
+    }
+
     /// Runs the server handshake, bounded by [`HANDSHAKE_TIMEOUT`].
     pub async fn accept<IO>(&self, stream: IO) -> io::Result<tokio_rustls::server::TlsStream<IO>>
     where

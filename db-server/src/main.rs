@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    common::cli::main(common::Role::Db, db_server::run)
+    common::cli::main(common::Role::Db, common::cli::no_checks, db_server::run)
 }

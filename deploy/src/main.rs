@@ -45,19 +45,24 @@ fn main() -> ExitCode {
     let mut roles = args.roles.clone();
     roles.sort();
     roles.dedup();
-    let loaded =
-        match common::cli::load_from_process(args.env.as_deref(), args.config.clone(), &roles) {
-            Ok(loaded) => loaded,
-            Err(err) => {
-                eprintln!("quartet: {err}");
-                return ExitCode::from(common::cli::EXIT_CONFIG);
-            }
-        };
+    let checks = up::checks(&roles);
+    let (options, loaded) = match common::cli::load_from_process(
+        args.env.as_deref(),
+        args.config.clone(),
+        &roles,
+        &checks,
+    ) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("quartet: {err}");
+            return ExitCode::from(common::cli::EXIT_CONFIG);
+        }
+    };
     match cli.command {
         Command::Check(_) => {
             print!("{}", common::cli::render_check(&loaded, &roles));
             ExitCode::SUCCESS
         }
-        Command::Up(_) => up::run(loaded, roles),
+        Command::Up(_) => up::run(options, loaded, roles),
     }
 }

@@ -4,13 +4,25 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use common::config::Loaded;
+use common::cli::RoleCheck;
+use common::config::{LoadOptions, Loaded};
 use common::server::StartError;
 use common::shutdown::{DRAIN_TIMEOUT, handle_signals};
 use common::{Config, Listeners, Role, Shutdown};
 use tokio::task::JoinSet;
 
-pub fn run(loaded: Loaded, roles: Vec<Role>) -> ExitCode {
+/// Each chosen role's own configuration checks.
+pub fn checks(roles: &[Role]) -> Vec<RoleCheck> {
+    roles
+        .iter()
+        .map(|role| match role {
+            Role::Web => web_server::check as RoleCheck,
+            Role::Db | Role::Mail | Role::App => common::cli::no_checks,
+        })
+        .collect()
+}
+
+pub fn run(options: LoadOptions, loaded: Loaded, roles: Vec<Role>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -21,10 +33,10 @@ pub fn run(loaded: Loaded, roles: Vec<Role>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(up(loaded, roles))
+    runtime.block_on(up(options, loaded, roles))
 }
 
-async fn up(loaded: Loaded, roles: Vec<Role>) -> ExitCode {
+async fn up(options: LoadOptions, loaded: Loaded, roles: Vec<Role>) -> ExitCode {
     common::telemetry::init(&loaded.config.log);
     for warning in &loaded.warnings {
         tracing::warn!("configuration: {warning}");
@@ -46,7 +58,8 @@ async fn up(loaded: Loaded, roles: Vec<Role>) -> ExitCode {
     let count = bound.len();
 
     let shutdown = Shutdown::new();
-    if let Err(err) = handle_signals(shutdown.clone()) {
+    let reload = common::cli::reloader(options, roles.clone(), checks(&roles));
+    if let Err(err) = handle_signals(shutdown.clone(), Some(reload)) {
         tracing::error!("cannot install signal handlers: {err}");
         return ExitCode::FAILURE;
     }

@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    common::cli::main(common::Role::Mail, mail_server::run)
+    common::cli::main(common::Role::Mail, common::cli::no_checks, mail_server::run)
 }

@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    common::cli::main(common::Role::Web, web_server::run)
+    common::cli::main(common::Role::Web, web_server::check, web_server::run)
 }
