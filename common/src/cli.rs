@@ -122,13 +122,14 @@ where
 {
     let args = RoleArgs::parse();
     let program = format!("{role}-server");
-    let (options, loaded) = match load_from_process(args.env.as_deref(), args.config, &[role], &[check]) {
-        Ok(loaded) => loaded,
-        Err(err) => {
-            eprintln!("{program}: {err}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let (options, loaded) =
+        match load_from_process(args.env.as_deref(), args.config, &[role], &[check]) {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                eprintln!("{program}: {err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
     if args.check {
         print!("{}", render_check(&loaded, &[role]));
         return ExitCode::SUCCESS;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use common::cli::RoleCheck;
 use common::config::{LoadOptions, Loaded};
-use common::server::StartError;
 use common::shutdown::{DRAIN_TIMEOUT, handle_signals};
 use common::{Config, Listeners, Role, Shutdown};
 use tokio::task::JoinSet;
@@ -129,13 +128,14 @@ async fn run_role(
     config: Arc<Config>,
     listeners: Listeners,
     shutdown: Shutdown,
-) -> Result<(), StartError> {
+) -> anyhow::Result<()> {
     match role {
-        Role::Web => web_server::run(config, listeners, shutdown).await,
-        Role::Db => db_server::run(config, listeners, shutdown).await,
-        Role::Mail => mail_server::run(config, listeners, shutdown).await,
-        Role::App => app_server::run(config, listeners, shutdown).await,
+        Role::Web => web_server::run(config, listeners, shutdown).await?,
+        Role::Db => db_server::run(config, listeners, shutdown).await?,
+        Role::Mail => mail_server::run(config, listeners, shutdown).await?,
+        Role::App => app_server::run(config, listeners, shutdown).await?,
     }
+    Ok(())
 }
 
 /// The "what listens where" table.

@@ -18,7 +18,9 @@ pub enum HashKind {
 /// Recognises a stored password hash; `None` for anything else (a plain password included).
 pub fn hash_kind(hash: &str) -> Option<HashKind> {
     if hash.starts_with("$argon2") {
-        argon2::PasswordHash::new(hash).ok().map(|_| HashKind::Argon2)
+        argon2::PasswordHash::new(hash)
+            .ok()
+            .map(|_| HashKind::Argon2)
     } else if (hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$"))
         && hash.len() == 60
     {

@@ -56,7 +56,16 @@ pub async fn handle(State(listener): State<Listener>, request: Request) -> Respo
     let host = request_host(&parts);
     let site = generation.sites.for_host(host.as_deref()).cloned();
 
-    let outcome = dispatch(&listener, &generation, site.as_ref(), parts.clone(), body, peer, host.as_deref()).await;
+    let outcome = dispatch(
+        &listener,
+        &generation,
+        site.as_ref(),
+        parts.clone(),
+        body,
+        peer,
+        host.as_deref(),
+    )
+    .await;
     let mut response = outcome.response;
     let status = response.status();
     if let Some(site) = &site {
@@ -147,16 +156,23 @@ async fn dispatch(
             return Outcome::ours(text(StatusCode::BAD_REQUEST, "missing Host\n"));
         };
         let port = listener.state.https_port;
-        let authority = if port == 443 { host.to_owned() } else { format!("{host}:{port}") };
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str());
-        return Outcome::ours(redirect(StatusCode::MOVED_PERMANENTLY, &format!("https://{authority}{target}")));
+        let authority = if port == 443 {
+            host.to_owned()
+        } else {
+            format!("{host}:{port}")
+        };
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        return Outcome::ours(redirect(
+            StatusCode::MOVED_PERMANENTLY,
+            &format!("https://{authority}{target}"),
+        ));
     }
 
     let Some(site) = site else {
-        return Outcome::ours(text(StatusCode::NOT_FOUND, "no site is configured for this host\n"));
+        return Outcome::ours(text(
+            StatusCode::NOT_FOUND,
+            "no site is configured for this host\n",
+        ));
     };
 
     for rule in &site.redirects {
@@ -187,24 +203,40 @@ async fn dispatch(
         return Outcome::ours(response);
     }
 
-    if let Some(route) = site.proxies.iter().find(|route| path_under(path, &route.path)) {
+    if let Some(route) = site
+        .proxies
+        .iter()
+        .find(|route| path_under(path, &route.path))
+    {
         let forwarding = Forwarding {
             peer: peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             https: listener.https,
             host: host.map(str::to_owned).or_else(|| {
-                parts.headers.get(HOST).and_then(|v| v.to_str().ok()).map(str::to_owned)
+                parts
+                    .headers
+                    .get(HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
             }),
         };
         let request = axum::http::Request::from_parts(parts, body);
-        return match listener.state.proxy.forward(route, request, &forwarding).await {
+        return match listener
+            .state
+            .proxy
+            .forward(route, request, &forwarding)
+            .await
+        {
             Ok(response) => Outcome {
                 response,
                 ours: false,
             },
-            Err(failure) => Outcome::ours(text(failure.status(), match failure.status() {
-                StatusCode::GATEWAY_TIMEOUT => "the upstream did not answer in time\n",
-                _ => "the upstream is unavailable\n",
-            })),
+            Err(failure) => Outcome::ours(text(
+                failure.status(),
+                match failure.status() {
+                    StatusCode::GATEWAY_TIMEOUT => "the upstream did not answer in time\n",
+                    _ => "the upstream is unavailable\n",
+                },
+            )),
         };
     }
 
@@ -229,19 +261,22 @@ async fn dispatch(
 /// 414 for an over-long target; 400 for the shapes request smuggling relies on: both
 /// `Content-Length` and `Transfer-Encoding`, or several differing `Content-Length`s.
 fn check_limits(parts: &request::Parts, max_uri_bytes: usize) -> Option<Response> {
-    let target_len = parts
-        .uri
-        .path_and_query()
-        .map_or(0, |pq| pq.as_str().len());
+    let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > max_uri_bytes {
         return Some(text(StatusCode::URI_TOO_LONG, "URI too long\n"));
     }
     let lengths: Vec<&HeaderValue> = parts.headers.get_all(CONTENT_LENGTH).iter().collect();
     if !lengths.is_empty() && parts.headers.contains_key(TRANSFER_ENCODING) {
-        return Some(text(StatusCode::BAD_REQUEST, "both Content-Length and Transfer-Encoding\n"));
+        return Some(text(
+            StatusCode::BAD_REQUEST,
+            "both Content-Length and Transfer-Encoding\n",
+        ));
     }
     if lengths.windows(2).any(|pair| pair[0] != pair[1]) {
-        return Some(text(StatusCode::BAD_REQUEST, "conflicting Content-Length\n"));
+        return Some(text(
+            StatusCode::BAD_REQUEST,
+            "conflicting Content-Length\n",
+        ));
     }
     None
 }
@@ -257,7 +292,11 @@ fn request_host(parts: &request::Parts) -> Option<String> {
         raw.split_inclusive(']').next().unwrap_or(raw)
     } else {
         raw.rsplit_once(':').map_or(raw, |(host, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) { host } else { raw }
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                host
+            } else {
+                raw
+            }
         })
     };
     Some(host.to_ascii_lowercase())
@@ -284,7 +323,11 @@ fn with_error_page(
     };
     match generation.files.file_response(files, page, status, parts) {
         Some(mut page) => {
-            for name in [WWW_AUTHENTICATE, axum::http::header::ALLOW, axum::http::header::CONTENT_RANGE] {
+            for name in [
+                WWW_AUTHENTICATE,
+                axum::http::header::ALLOW,
+                axum::http::header::CONTENT_RANGE,
+            ] {
                 if let Some(value) = response.headers().get(&name) {
                     page.headers_mut().insert(name, value.clone());
                 }

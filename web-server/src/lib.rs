@@ -91,7 +91,11 @@ pub enum WebError {
     Sites(String),
 }
 
-fn build_generation(config: Arc<Config>, proxy: &Proxy, shutdown: &Shutdown) -> Result<Generation, String> {
+fn build_generation(
+    config: Arc<Config>,
+    proxy: &Proxy,
+    shutdown: &Shutdown,
+) -> Result<Generation, String> {
     let health_checks = CancellationToken::new();
     let mut pools = Vec::new();
     let sites = Sites::compile(&config, |urls, health, interval| {
@@ -148,7 +152,8 @@ pub async fn run(
         Duration::from_secs(web.proxy_connect_timeout_secs),
         Duration::from_secs(web.proxy_response_timeout_secs),
     );
-    let generation = build_generation(Arc::clone(&config), &proxy, &shutdown).map_err(WebError::Sites)?;
+    let generation =
+        build_generation(Arc::clone(&config), &proxy, &shutdown).map_err(WebError::Sites)?;
     let default_cert = server.tls()?;
     let sni = Arc::new(sni::SniResolver::new(default_cert, &generation.sites));
     let http = listeners.take("http")?;
@@ -180,7 +185,10 @@ pub async fn run(
         },
     };
     server.serve_http_with(http, router(false), options(None));
-    let acceptor = TlsAcceptor::with_resolver(sni as Arc<dyn rustls::server::ResolvesServerCert>, &ALPN_HTTP)?;
+    let acceptor = TlsAcceptor::with_resolver(
+        sni as Arc<dyn rustls::server::ResolvesServerCert>,
+        &ALPN_HTTP,
+    )?;
     server.serve_http_with(https, router(true), options(Some(acceptor)));
 
     // SIGHUP: rebuild everything from the re-read configuration; keep the old on error.

@@ -86,11 +86,9 @@ impl Sites {
             if let Some(&index) = self.exact.get(&host) {
                 return self.list.get(index);
             }
-            if let Some((_, index)) = self
-                .wildcard
-                .iter()
-                .find(|(suffix, _)| host.ends_with(suffix.as_str()) && !host[..host.len() - suffix.len()].contains('.'))
-            {
+            if let Some((_, index)) = self.wildcard.iter().find(|(suffix, _)| {
+                host.ends_with(suffix.as_str()) && !host[..host.len() - suffix.len()].contains('.')
+            }) {
                 return self.list.get(*index);
             }
         }
@@ -135,12 +133,15 @@ impl Sites {
             for host in &site.hosts {
                 let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
                 let valid = !host.is_empty()
-                    && host
-                        .trim_start_matches("*.")
-                        .split('.')
-                        .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+                    && host.trim_start_matches("*.").split('.').all(|label| {
+                        !label.is_empty()
+                            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    });
                 if !valid {
-                    problems.push((format!("{key}.hosts"), format!("{host:?} is not a host name")));
+                    problems.push((
+                        format!("{key}.hosts"),
+                        format!("{host:?} is not a host name"),
+                    ));
                     continue;
                 }
                 let taken = if let Some(suffix) = host.strip_prefix('*') {
@@ -151,7 +152,10 @@ impl Sites {
                     sites.exact.insert(host.clone(), id).is_some()
                 };
                 if taken {
-                    problems.push((format!("{key}.hosts"), format!("{host} belongs to two sites")));
+                    problems.push((
+                        format!("{key}.hosts"),
+                        format!("{host} belongs to two sites"),
+                    ));
                 }
             }
             if is_default {
@@ -216,10 +220,17 @@ impl Sites {
                     continue;
                 }
                 if route.upstreams.is_empty() {
-                    problems.push((format!("{route_key}.upstreams"), "needs at least one upstream".into()));
+                    problems.push((
+                        format!("{route_key}.upstreams"),
+                        "needs at least one upstream".into(),
+                    ));
                     continue;
                 }
-                match upstreams(&route.upstreams, &route.health_check, route.health_interval_secs) {
+                match upstreams(
+                    &route.upstreams,
+                    &route.health_check,
+                    route.health_interval_secs,
+                ) {
                     Ok(pool) => proxies.push(ProxyRoute {
                         path: route.path.clone(),
                         strip_prefix: route.strip_prefix,
@@ -228,7 +239,7 @@ impl Sites {
                     Err(reason) => problems.push((format!("{route_key}.upstreams"), reason)),
                 }
             }
-            proxies.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+            proxies.sort_by_key(|route| std::cmp::Reverse(route.path.len()));
 
             let mut header_rules = Vec::new();
             for (index, rule) in site.headers.iter().enumerate() {
@@ -243,7 +254,10 @@ impl Sites {
                 let mut set = Vec::new();
                 for (name, value) in &rule.set {
                     let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-                        problems.push((format!("{rule_key}.set"), format!("{name:?} is not a header name")));
+                        problems.push((
+                            format!("{rule_key}.set"),
+                            format!("{name:?} is not a header name"),
+                        ));
                         continue;
                     };
                     if value.is_empty() {
@@ -251,7 +265,10 @@ impl Sites {
                     } else if let Ok(value) = HeaderValue::from_str(value) {
                         set.push((name, Some(value)));
                     } else {
-                        problems.push((format!("{rule_key}.set"), format!("invalid value for {name}")));
+                        problems.push((
+                            format!("{rule_key}.set"),
+                            format!("invalid value for {name}"),
+                        ));
                     }
                 }
                 header_rules.push(HeaderRule { matcher, set });
@@ -273,8 +290,9 @@ impl Sites {
                     users.insert(user.clone(), hash.to_owned());
                 }
                 let realm = rule.realm.replace(['"', '\\'], "");
-                let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
-                    .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"restricted\""));
+                let challenge =
+                    HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+                        .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"restricted\""));
                 auth.push(AuthRule {
                     path: rule.path.clone(),
                     challenge,
@@ -282,7 +300,7 @@ impl Sites {
                     verified: Mutex::new(Vec::new()),
                 });
             }
-            auth.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+            auth.sort_by_key(|rule| std::cmp::Reverse(rule.path.len()));
 
             let mut redirects = Vec::new();
             for (index, rule) in site.redirects.iter().enumerate() {
@@ -292,7 +310,10 @@ impl Sites {
                     continue;
                 };
                 if ![301, 302, 303, 307, 308].contains(&rule.status) {
-                    problems.push((format!("{rule_key}.status"), "must be 301, 302, 303, 307 or 308".into()));
+                    problems.push((
+                        format!("{rule_key}.status"),
+                        "must be 301, 302, 303, 307 or 308".into(),
+                    ));
                     continue;
                 }
                 if HeaderValue::from_str(&rule.to).is_err() {
@@ -324,7 +345,11 @@ impl Sites {
 
             sites.list.push(Arc::new(Site {
                 id,
-                name: site.hosts.first().cloned().unwrap_or_else(|| "default".into()),
+                name: site
+                    .hosts
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "default".into()),
                 hosts: site.hosts.clone(),
                 files,
                 error_pages,

@@ -46,7 +46,9 @@ impl SniResolver {
     pub fn rebuild(&self, sites: &Sites) {
         let mut table = Table::default();
         for site in &sites.list {
-            let Some((cert, key)) = &site.tls else { continue };
+            let Some((cert, key)) = &site.tls else {
+                continue;
+            };
             let certified = match common::tls::load_certified_key(cert, key) {
                 Ok(certified) => Arc::new(certified),
                 Err(err) => {
@@ -57,7 +59,9 @@ impl SniResolver {
             for host in &site.hosts {
                 let host = host.to_ascii_lowercase();
                 match host.strip_prefix('*') {
-                    Some(suffix) => table.wildcard.push((suffix.to_owned(), Arc::clone(&certified))),
+                    Some(suffix) => table
+                        .wildcard
+                        .push((suffix.to_owned(), Arc::clone(&certified))),
                     None => {
                         table.exact.insert(host, Arc::clone(&certified));
                     }

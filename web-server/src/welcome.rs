@@ -20,22 +20,23 @@ struct RoleStatus {
 
 fn roles(config: &Config) -> Vec<(RoleStatus, Option<Uri>)> {
     let scheme = |tls: bool| if tls { "https" } else { "http" };
-    let make = |role, tls: bool, health: &common::config::ListenAddr, listeners: Vec<(&str, String)>| {
-        let health_url = format!("{}://{}/healthz", scheme(tls), health);
-        let probe = (!tls).then(|| health_url.parse().ok()).flatten();
-        (
-            RoleStatus {
-                role,
-                health_url,
-                listeners: listeners
-                    .into_iter()
-                    .map(|(name, addr)| (name.to_owned(), addr))
-                    .collect(),
-                up: None,
-            },
-            probe,
-        )
-    };
+    let make =
+        |role, tls: bool, health: &common::config::ListenAddr, listeners: Vec<(&str, String)>| {
+            let health_url = format!("{}://{}/healthz", scheme(tls), health);
+            let probe = (!tls).then(|| health_url.parse().ok()).flatten();
+            (
+                RoleStatus {
+                    role,
+                    health_url,
+                    listeners: listeners
+                        .into_iter()
+                        .map(|(name, addr)| (name.to_owned(), addr))
+                        .collect(),
+                    up: None,
+                },
+                probe,
+            )
+        };
     let c = config;
     vec![
         make(
@@ -99,7 +100,10 @@ pub async fn status(config: &Config, proxy: &Proxy) -> Response {
 
 pub fn page(config: &Config) -> Response {
     let root = config.web_root();
-    let html = PAGE.replace("{{ROOT}}", &crate::static_files::escape_html(&root.display().to_string()));
+    let html = PAGE.replace(
+        "{{ROOT}}",
+        &crate::static_files::escape_html(&root.display().to_string()),
+    );
     let mut response = Response::new(Body::from(html));
     response.headers_mut().insert(
         CONTENT_TYPE,

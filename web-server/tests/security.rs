@@ -1,6 +1,8 @@
 //! What the web role refuses: escapes from the root, abusive requests, plaintext in
 //! production, and requests without credentials.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions
+
 mod support;
 
 use std::io::{Read, Write};
@@ -16,7 +18,13 @@ root = "{ROOT}"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_escapes_the_root_in_any_encoding() {
-    let web = start(Environment::Development, &[("index.html", b"home"), ("a/b.txt", b"b")], SITE, &[]).await;
+    let web = start(
+        Environment::Development,
+        &[("index.html", b"home"), ("a/b.txt", b"b")],
+        SITE,
+        &[],
+    )
+    .await;
     // A secret next to the root, and a symlink inside the root pointing at it.
     let secret = web.test.dir.path().join("secret.txt");
     std::fs::write(&secret, "TOP SECRET").unwrap();
@@ -47,8 +55,14 @@ async fn nothing_escapes_the_root_in_any_encoding() {
             reply.status,
             reply.text()
         );
-        assert!(!reply.text().contains("TOP SECRET"), "{probe} leaked the secret");
-        assert!(!reply.text().contains("root:"), "{probe} leaked /etc/passwd");
+        assert!(
+            !reply.text().contains("TOP SECRET"),
+            "{probe} leaked the secret"
+        );
+        assert!(
+            !reply.text().contains("root:"),
+            "{probe} leaked /etc/passwd"
+        );
     }
     // The symlink escape is refused explicitly, not merely missing.
     assert_eq!(curl(&[&web.url("/link.txt")]).await.status, 403);
@@ -63,25 +77,51 @@ async fn a_site_may_allow_symlinks_that_leave_the_root() {
 root = "{ROOT}"
 allow_symlink_escape = true
 "#;
-    let web = start(Environment::Development, &[("index.html", b"home")], toml, &[]).await;
+    let web = start(
+        Environment::Development,
+        &[("index.html", b"home")],
+        toml,
+        &[],
+    )
+    .await;
     let shared = web.test.dir.path().join("shared.txt");
     std::fs::write(&shared, "shared file").unwrap();
     std::os::unix::fs::symlink(&shared, web.root.join("shared.txt")).unwrap();
     assert_eq!(curl(&[&web.url("/shared.txt")]).await.text(), "shared file");
     // `..` is still refused: the option is about symlinks only.
-    assert_eq!(curl(&["--path-as-is", &web.url("/../shared.txt")]).await.status, 400);
+    assert_eq!(
+        curl(&["--path-as-is", &web.url("/../shared.txt")])
+            .await
+            .status,
+        400
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slowloris_is_closed_within_the_header_timeout() {
-    let web = start(Environment::Development, &[("index.html", b"home")], SITE, &[("web.header_timeout_secs", "1")]).await;
+    let web = start(
+        Environment::Development,
+        &[("index.html", b"home")],
+        SITE,
+        &[("web.header_timeout_secs", "1")],
+    )
+    .await;
     let addr = web.http();
     let result = tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let started = Instant::now();
         // One header byte every 300 ms: never a complete head.
-        for chunk in ["GET / HTTP/1.1\r\n", "Host: x\r\n", "X-a: 1\r\n", "X-b: 2\r\n", "X-c: 3\r\n", "X-d: 4\r\n"] {
+        for chunk in [
+            "GET / HTTP/1.1\r\n",
+            "Host: x\r\n",
+            "X-a: 1\r\n",
+            "X-b: 2\r\n",
+            "X-c: 3\r\n",
+            "X-d: 4\r\n",
+        ] {
             if stream.write_all(chunk.as_bytes()).is_err() {
                 break;
             }
@@ -89,18 +129,26 @@ async fn slowloris_is_closed_within_the_header_timeout() {
         }
         let mut reply = Vec::new();
         let _ = stream.read_to_end(&mut reply);
-        (started.elapsed(), String::from_utf8_lossy(&reply).into_owned())
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&reply).into_owned(),
+        )
     })
     .await
     .unwrap();
     let (elapsed, reply) = result;
     assert!(elapsed < Duration::from_secs(4), "closed after {elapsed:?}");
-    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+        "{reply}"
+    );
 }
 
 fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     stream.write_all(request).unwrap();
     let mut reply = vec![0u8; 4096];
     let n = stream.read(&mut reply).unwrap_or(0);
@@ -113,7 +161,10 @@ async fn oversized_and_ambiguous_requests_get_protocol_errors() {
         Environment::Development,
         &[("index.html", b"home")],
         SITE,
-        &[("web.max_uri_bytes", "100"), ("web.max_header_bytes", "8192")],
+        &[
+            ("web.max_uri_bytes", "100"),
+            ("web.max_header_bytes", "8192"),
+        ],
     )
     .await;
     let addr = web.http();
@@ -141,27 +192,51 @@ async fn oversized_and_ambiguous_requests_get_protocol_errors() {
     assert!(replies[0].starts_with("HTTP/1.1 414"), "{}", replies[0]);
     assert!(replies[1].starts_with("HTTP/1.1 431"), "{}", replies[1]);
     assert!(replies[2].starts_with("HTTP/1.1 400"), "{}", replies[2]);
-    assert!(replies[3].is_empty() || replies[3].starts_with("HTTP/1.1 400"), "{}", replies[3]);
+    assert!(
+        replies[3].is_empty() || replies[3].starts_with("HTTP/1.1 400"),
+        "{}",
+        replies[3]
+    );
     // CL+TE (RFC 9112 §6.3): Transfer-Encoding wins, Content-Length is dropped, and the
     // connection is closed after one response, so the request hidden behind it is never read.
     let cl_te = &replies[4];
     assert_eq!(cl_te.matches("HTTP/1.1 ").count(), 1, "{cl_te}");
-    assert!(cl_te.to_ascii_lowercase().contains("connection: close"), "{cl_te}");
+    assert!(
+        cl_te.to_ascii_lowercase().contains("connection: close"),
+        "{cl_te}"
+    );
     // And the server is still fine.
     assert_eq!(curl(&[&web.url("/")]).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn production_redirects_http_to_https_and_sends_hsts() {
-    let web = start(Environment::Production, &[("index.html", b"home")], SITE, &[]).await;
+    let web = start(
+        Environment::Production,
+        &[("index.html", b"home")],
+        SITE,
+        &[],
+    )
+    .await;
     let redirect = curl(&["-H", "Host: example.test", &web.url("/docs/page?q=1&r=2")]).await;
     assert_eq!(redirect.status, 301);
     assert_eq!(
         redirect.header("location"),
-        Some(format!("https://example.test:{}/docs/page?q=1&r=2", web.https().port()).as_str())
+        Some(
+            format!(
+                "https://example.test:{}/docs/page?q=1&r=2",
+                web.https().port()
+            )
+            .as_str()
+        )
     );
     // ACME challenges and health checks stay on plain HTTP.
-    assert_eq!(curl(&[&web.url("/.well-known/acme-challenge/token")]).await.status, 404);
+    assert_eq!(
+        curl(&[&web.url("/.well-known/acme-challenge/token")])
+            .await
+            .status,
+        404
+    );
     assert_eq!(curl(&[&web.url("/healthz")]).await.status, 200);
 
     let ca = web.test.dir.path().join("pki/tls/ca.pem");
@@ -175,7 +250,10 @@ async fn production_redirects_http_to_https_and_sends_hsts() {
     ])
     .await;
     assert_eq!(https.status, 200, "{}", https.text());
-    assert_eq!(https.header("strict-transport-security"), Some("max-age=31536000"));
+    assert_eq!(
+        https.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
     assert_eq!(https.header("x-content-type-options"), Some("nosniff"));
 }
 
@@ -193,16 +271,26 @@ set = { "x-frame-options" = "", "content-security-policy" = "frame-ancestors *" 
 "#;
     let web = start(
         Environment::Development,
-        &[("assets/js/app.js", b"1"), ("embed/widget.html", b"w"), ("index.html", b"i")],
+        &[
+            ("assets/js/app.js", b"1"),
+            ("embed/widget.html", b"w"),
+            ("index.html", b"i"),
+        ],
         toml,
         &[],
     )
     .await;
     let asset = curl(&[&web.url("/assets/js/app.js")]).await;
-    assert_eq!(asset.header("cache-control"), Some("public, max-age=31536000, immutable"));
+    assert_eq!(
+        asset.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
     let embed = curl(&[&web.url("/embed/widget.html")]).await;
     assert_eq!(embed.header("x-frame-options"), None, "removed by the site");
-    assert_eq!(embed.header("content-security-policy"), Some("frame-ancestors *"));
+    assert_eq!(
+        embed.header("content-security-policy"),
+        Some("frame-ancestors *")
+    );
     let index = curl(&[&web.url("/index.html")]).await;
     assert_eq!(index.header("cache-control"), None);
     assert_eq!(index.header("x-frame-options"), Some("SAMEORIGIN"));
@@ -230,16 +318,32 @@ status = 308
     );
     let web = start(
         Environment::Development,
-        &[("admin/index.html", b"admin area"), ("new/page.html", b"new")],
+        &[
+            ("admin/index.html", b"admin area"),
+            ("new/page.html", b"new"),
+        ],
         &toml,
         &[],
     )
     .await;
     let anonymous = curl(&[&web.url("/admin/")]).await;
     assert_eq!(anonymous.status, 401);
-    assert_eq!(anonymous.header("www-authenticate"), Some("Basic realm=\"staff\", charset=\"UTF-8\""));
-    assert_eq!(curl(&["-u", "alice:wrong", &web.url("/admin/")]).await.status, 401);
-    assert_eq!(curl(&["-u", "bob:correct horse", &web.url("/admin/")]).await.status, 401);
+    assert_eq!(
+        anonymous.header("www-authenticate"),
+        Some("Basic realm=\"staff\", charset=\"UTF-8\"")
+    );
+    assert_eq!(
+        curl(&["-u", "alice:wrong", &web.url("/admin/")])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        curl(&["-u", "bob:correct horse", &web.url("/admin/")])
+            .await
+            .status,
+        401
+    );
     let ok = curl(&["-u", "alice:correct horse", &web.url("/admin/")]).await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.text(), "admin area");

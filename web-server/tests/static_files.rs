@@ -1,5 +1,7 @@
 //! Static files as a browser, curl and a download manager see them.
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions
+
 mod support;
 
 use common::Environment;
@@ -35,7 +37,10 @@ async fn get_head_mime_index_and_hidden_files() {
     let home = curl(&[&web.url("/")]).await;
     assert_eq!(home.status, 200);
     assert_eq!(home.text(), "<h1>home</h1>");
-    assert_eq!(home.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        home.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
 
     for (path, mime) in [
         ("/style.css", "text/css; charset=utf-8"),
@@ -79,8 +84,15 @@ async fn get_head_mime_index_and_hidden_files() {
     // Every response carries the security headers.
     assert_eq!(home.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(home.header("x-frame-options"), Some("SAMEORIGIN"));
-    assert_eq!(home.header("referrer-policy"), Some("strict-origin-when-cross-origin"));
-    assert_eq!(home.header("strict-transport-security"), None, "no HSTS in development");
+    assert_eq!(
+        home.header("referrer-policy"),
+        Some("strict-origin-when-cross-origin")
+    );
+    assert_eq!(
+        home.header("strict-transport-security"),
+        None,
+        "no HSTS in development"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -111,7 +123,10 @@ async fn validators_and_conditional_requests() {
     let first = curl(&[&url]).await;
     let etag = first.header("etag").unwrap().to_owned();
     let modified = first.header("last-modified").unwrap().to_owned();
-    assert!(etag.starts_with('"') && !etag.starts_with("W/"), "strong ETag: {etag}");
+    assert!(
+        etag.starts_with('"') && !etag.starts_with("W/"),
+        "strong ETag: {etag}"
+    );
 
     let inm = curl(&["-H", &format!("If-None-Match: {etag}"), &url]).await;
     assert_eq!(inm.status, 304);
@@ -123,7 +138,12 @@ async fn validators_and_conditional_requests() {
 
     let ims = curl(&["-H", &format!("If-Modified-Since: {modified}"), &url]).await;
     assert_eq!(ims.status, 304);
-    let old = curl(&["-H", "If-Modified-Since: Mon, 01 Jan 2001 00:00:00 GMT", &url]).await;
+    let old = curl(&[
+        "-H",
+        "If-Modified-Since: Mon, 01 Jan 2001 00:00:00 GMT",
+        &url,
+    ])
+    .await;
     assert_eq!(old.status, 200);
 
     let other = curl(&["-H", "If-None-Match: \"something-else\"", &url]).await;
@@ -155,13 +175,19 @@ async fn ranges_single_multiple_and_unsatisfiable_from_memory_and_disk() {
         &[("web.cache_max_file_bytes", "65536")],
     )
     .await;
-    for (path, content) in [("/style.css", &b"body { color: red }"[..]), ("/big.bin", big)] {
+    for (path, content) in [
+        ("/style.css", &b"body { color: red }"[..]),
+        ("/big.bin", big),
+    ] {
         let url = web.url(path);
         let len = content.len();
         let one = curl(&["-r", "2-5", &url]).await;
         assert_eq!(one.status, 206, "{path}");
         assert_eq!(one.body, &content[2..6]);
-        assert_eq!(one.header("content-range"), Some(format!("bytes 2-5/{len}").as_str()));
+        assert_eq!(
+            one.header("content-range"),
+            Some(format!("bytes 2-5/{len}").as_str())
+        );
 
         let suffix = curl(&["-r", "-3", &url]).await;
         assert_eq!(suffix.body, &content[len - 3..]);
@@ -169,17 +195,30 @@ async fn ranges_single_multiple_and_unsatisfiable_from_memory_and_disk() {
         let multi = curl(&["-r", "0-1,4-5", &url]).await;
         assert_eq!(multi.status, 206);
         let content_type = multi.header("content-type").unwrap();
-        assert!(content_type.starts_with("multipart/byteranges; boundary="), "{content_type}");
+        assert!(
+            content_type.starts_with("multipart/byteranges; boundary="),
+            "{content_type}"
+        );
         let boundary = content_type.split("boundary=").nth(1).unwrap();
         let text = String::from_utf8_lossy(&multi.body).into_owned();
         assert_eq!(text.matches(&format!("--{boundary}")).count(), 3, "{text}");
         assert!(text.contains(&format!("Content-Range: bytes 0-1/{len}")));
         assert!(text.contains(&format!("Content-Range: bytes 4-5/{len}")));
-        assert_eq!(multi.header("content-length").unwrap().parse::<usize>().unwrap(), multi.body.len());
+        assert_eq!(
+            multi
+                .header("content-length")
+                .unwrap()
+                .parse::<usize>()
+                .unwrap(),
+            multi.body.len()
+        );
 
         let unsatisfiable = curl(&["-r", &format!("{}-", len + 10), &url]).await;
         assert_eq!(unsatisfiable.status, 416);
-        assert_eq!(unsatisfiable.header("content-range"), Some(format!("bytes */{len}").as_str()));
+        assert_eq!(
+            unsatisfiable.header("content-range"),
+            Some(format!("bytes */{len}").as_str())
+        );
     }
     // The whole large file streams intact.
     let whole = curl(&[&web.url("/big.bin")]).await;
@@ -197,11 +236,21 @@ async fn precompressed_sidecars_and_on_the_fly_compression() {
     };
     let css: &'static [u8] = Box::leak(css.into_bytes().into_boxed_slice());
     let gz: &'static [u8] = Box::leak(gz.into_boxed_slice());
-    let text: &'static [u8] = Box::leak("hello compression ".repeat(500).into_bytes().into_boxed_slice());
+    let text: &'static [u8] = Box::leak(
+        "hello compression "
+            .repeat(500)
+            .into_bytes()
+            .into_boxed_slice(),
+    );
     let png: &'static [u8] = Box::leak(vec![7u8; 5000].into_boxed_slice());
     let web = start(
         Environment::Development,
-        &[("site.css", css), ("site.css.gz", gz), ("notes.txt", text), ("photo.png", png)],
+        &[
+            ("site.css", css),
+            ("site.css.gz", gz),
+            ("notes.txt", text),
+            ("photo.png", png),
+        ],
         SITE,
         &[],
     )
@@ -217,7 +266,11 @@ async fn precompressed_sidecars_and_on_the_fly_compression() {
     // br preferred when offered: no .br sidecar, so compressed on the fly.
     let br = curl(&["-H", "Accept-Encoding: gzip, br", &web.url("/site.css")]).await;
     assert_eq!(br.header("content-encoding"), Some("br"));
-    assert_ne!(br.header("etag"), gzip.header("etag"), "each coding has its own ETag");
+    assert_ne!(
+        br.header("etag"),
+        gzip.header("etag"),
+        "each coding has its own ETag"
+    );
 
     let zstd = curl(&["-H", "Accept-Encoding: zstd", &web.url("/notes.txt")]).await;
     assert_eq!(zstd.header("content-encoding"), Some("zstd"));
@@ -231,7 +284,14 @@ async fn precompressed_sidecars_and_on_the_fly_compression() {
     let plain = curl(&[&web.url("/notes.txt")]).await;
     assert_eq!(plain.header("content-encoding"), None);
     assert_eq!(plain.body, text);
-    let ranged = curl(&["-H", "Accept-Encoding: gzip, br", "-r", "0-4", &web.url("/notes.txt")]).await;
+    let ranged = curl(&[
+        "-H",
+        "Accept-Encoding: gzip, br",
+        "-r",
+        "0-4",
+        &web.url("/notes.txt"),
+    ])
+    .await;
     assert_eq!(ranged.status, 206);
     assert_eq!(ranged.header("content-encoding"), None);
     assert_eq!(ranged.text(), "hello");
@@ -240,13 +300,26 @@ async fn precompressed_sidecars_and_on_the_fly_compression() {
 
     // A conditional request against a compressed representation uses its own ETag.
     let etag = br.header("etag").unwrap();
-    let again = curl(&["-H", "Accept-Encoding: gzip, br", "-H", &format!("If-None-Match: {etag}"), &web.url("/site.css")]).await;
+    let again = curl(&[
+        "-H",
+        "Accept-Encoding: gzip, br",
+        "-H",
+        &format!("If-None-Match: {etag}"),
+        &web.url("/site.css"),
+    ])
+    .await;
     assert_eq!(again.status, 304);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cache_notices_changed_files() {
-    let web = start(Environment::Development, &files(), SITE, &[("web.cache_validity_ms", "200")]).await;
+    let web = start(
+        Environment::Development,
+        &files(),
+        SITE,
+        &[("web.cache_validity_ms", "200")],
+    )
+    .await;
     let url = web.url("/docs/guide.txt");
     assert_eq!(curl(&[&url]).await.text(), "guide");
     std::fs::write(web.root.join("docs/guide.txt"), "guide, second edition").unwrap();
@@ -266,7 +339,12 @@ root = "{ROOT}"
 spa_fallback = "index.html"
 "#;
     let web = start(Environment::Development, &files(), toml, &[]).await;
-    let page = curl(&["-H", "Accept: text/html,application/xhtml+xml", &web.url("/app/settings")]).await;
+    let page = curl(&[
+        "-H",
+        "Accept: text/html,application/xhtml+xml",
+        &web.url("/app/settings"),
+    ])
+    .await;
     assert_eq!(page.status, 200);
     assert_eq!(page.text(), "<h1>home</h1>");
     let api = curl(&["-H", "Accept: application/json", &web.url("/app/settings")]).await;
@@ -280,7 +358,12 @@ async fn the_welcome_page_shows_every_role_in_development() {
     std::fs::remove_dir_all(&web.root).ok();
     let page = curl(&[&web.url("/")]).await;
     assert_eq!(page.status, 200);
-    for role in ["Web server", "Database server", "Mail server", "Application server"] {
+    for role in [
+        "Web server",
+        "Database server",
+        "Mail server",
+        "Application server",
+    ] {
         assert!(page.text().contains(role), "{role}");
     }
     let status = curl(&[&web.url("/_quartet/status")]).await;

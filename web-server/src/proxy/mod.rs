@@ -121,7 +121,9 @@ impl Proxy {
                     {
                         let upstream_upgrade = hyper::upgrade::on(&mut response);
                         tokio::spawn(async move {
-                            let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
+                            let (Ok(client), Ok(upstream)) =
+                                (client_upgrade.await, upstream_upgrade.await)
+                            else {
                                 return;
                             };
                             let mut client = TokioIo::new(client);
@@ -157,7 +159,11 @@ impl Proxy {
     }
 
     /// Checks every upstream of `pool` every `health_interval` until `stop`.
-    pub async fn health_check_loop(&self, pool: Arc<Upstreams>, stop: tokio_util::sync::CancellationToken) {
+    pub async fn health_check_loop(
+        &self,
+        pool: Arc<Upstreams>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         let mut ticker = tokio::time::interval(pool.health_interval);
         loop {
             tokio::select! {
@@ -169,11 +175,16 @@ impl Proxy {
                     "{}://{}{}{}",
                     upstream.scheme, upstream.authority, upstream.base_path, pool.health_path
                 );
-                let Ok(uri) = uri.parse::<Uri>() else { continue };
+                let Ok(uri) = uri.parse::<Uri>() else {
+                    continue;
+                };
                 let mut request = Request::new(Body::empty());
                 *request.uri_mut() = uri;
-                let check = tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await;
-                let healthy = matches!(&check, Ok(Ok(response)) if response.status().as_u16() < 500);
+                let check =
+                    tokio::time::timeout(Duration::from_secs(2), self.client.request(request))
+                        .await;
+                let healthy =
+                    matches!(&check, Ok(Ok(response)) if response.status().as_u16() < 500);
                 pool.set_healthy(index, healthy);
             }
         }
@@ -194,8 +205,14 @@ impl Proxy {
 fn rewrite_path(uri: &Uri, route: &ProxyRoute) -> String {
     let path = uri.path();
     let path = if route.strip_prefix {
-        let rest = path.strip_prefix(route.path.trim_end_matches('/')).unwrap_or(path);
-        if rest.starts_with('/') { rest.to_owned() } else { format!("/{rest}") }
+        let rest = path
+            .strip_prefix(route.path.trim_end_matches('/'))
+            .unwrap_or(path);
+        if rest.starts_with('/') {
+            rest.to_owned()
+        } else {
+            format!("/{rest}")
+        }
     } else {
         path.to_owned()
     };
@@ -215,10 +232,14 @@ fn body_is_empty(headers: &HeaderMap) -> bool {
 /// The upgrade a client asks for (`websocket`), if any.
 fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let connection_upgrade = headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
     });
-    connection_upgrade.then(|| headers.get(UPGRADE).cloned()).flatten()
+    connection_upgrade
+        .then(|| headers.get(UPGRADE).cloned())
+        .flatten()
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -258,10 +279,7 @@ fn forward_headers(
     }
     let ip = forwarding.peer.ip().to_string();
     let proto = if forwarding.https { "https" } else { "http" };
-    let xff = match headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {ip}"),
         None => ip.clone(),
     };
@@ -322,7 +340,10 @@ mod tests {
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out["x-forwarded-host"], "example.test");
-        assert_eq!(out["forwarded"], "for=127.0.0.9;proto=https;host=\"example.test\"");
+        assert_eq!(
+            out["forwarded"],
+            "for=127.0.0.9;proto=https;host=\"example.test\""
+        );
         assert_eq!(out[HOST], "example.test");
         assert!(!out.contains_key(CONNECTION) && !out.contains_key("x-secret"));
     }

@@ -33,11 +33,18 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn parse(urls: &[String], health_path: &str, interval_secs: u64) -> Result<Arc<Self>, String> {
+    pub fn parse(
+        urls: &[String],
+        health_path: &str,
+        interval_secs: u64,
+    ) -> Result<Arc<Self>, String> {
         let mut list = Vec::new();
         for url in urls {
             let uri: Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
-            let scheme = uri.scheme().cloned().ok_or_else(|| format!("{url:?} has no scheme"))?;
+            let scheme = uri
+                .scheme()
+                .cloned()
+                .ok_or_else(|| format!("{url:?} has no scheme"))?;
             if scheme != Scheme::HTTP {
                 return Err(format!("{url:?}: only http:// upstreams are supported"));
             }
@@ -75,9 +82,8 @@ impl Upstreams {
         let count = self.list.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
-        let (mut up, mut down): (Vec<usize>, Vec<usize>) = (0..count)
-            .map(|i| (start + i) % count)
-            .partition(|&i| {
+        let (mut up, mut down): (Vec<usize>, Vec<usize>) =
+            (0..count).map(|i| (start + i) % count).partition(|&i| {
                 let upstream = &self.list[i];
                 upstream.healthy.load(Ordering::Relaxed)
                     && upstream.down_until_ms.load(Ordering::Relaxed) <= now

@@ -95,27 +95,68 @@ mod tests {
         let etag = "\"abc\"";
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let date = httpdate::fmt_http_date(t);
-        assert_eq!(evaluate(&headers(&[("if-none-match", "W/\"abc\"")]), etag, t), Precondition::NotModified);
-        assert_eq!(evaluate(&headers(&[("if-none-match", "\"x\", \"abc\"")]), etag, t), Precondition::NotModified);
-        assert_eq!(evaluate(&headers(&[("if-none-match", "\"x\"")]), etag, t), Precondition::Proceed);
-        assert_eq!(evaluate(&headers(&[("if-modified-since", &date)]), etag, t), Precondition::NotModified);
-        // If-None-Match wins over If-Modified-Since.
         assert_eq!(
-            evaluate(&headers(&[("if-none-match", "\"x\""), ("if-modified-since", &date)]), etag, t),
+            evaluate(&headers(&[("if-none-match", "W/\"abc\"")]), etag, t),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            evaluate(&headers(&[("if-none-match", "\"x\", \"abc\"")]), etag, t),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            evaluate(&headers(&[("if-none-match", "\"x\"")]), etag, t),
             Precondition::Proceed
         );
-        assert_eq!(evaluate(&headers(&[("if-match", "W/\"abc\"")]), etag, t), Precondition::Failed);
-        assert_eq!(evaluate(&headers(&[("if-match", "\"abc\"")]), etag, t), Precondition::Proceed);
+        assert_eq!(
+            evaluate(&headers(&[("if-modified-since", &date)]), etag, t),
+            Precondition::NotModified
+        );
+        // If-None-Match wins over If-Modified-Since.
+        assert_eq!(
+            evaluate(
+                &headers(&[("if-none-match", "\"x\""), ("if-modified-since", &date)]),
+                etag,
+                t
+            ),
+            Precondition::Proceed
+        );
+        assert_eq!(
+            evaluate(&headers(&[("if-match", "W/\"abc\"")]), etag, t),
+            Precondition::Failed
+        );
+        assert_eq!(
+            evaluate(&headers(&[("if-match", "\"abc\"")]), etag, t),
+            Precondition::Proceed
+        );
         let earlier = httpdate::fmt_http_date(t - Duration::from_secs(10));
-        assert_eq!(evaluate(&headers(&[("if-unmodified-since", &earlier)]), etag, t), Precondition::Failed);
+        assert_eq!(
+            evaluate(&headers(&[("if-unmodified-since", &earlier)]), etag, t),
+            Precondition::Failed
+        );
     }
 
     #[test]
     fn if_range_needs_a_strong_match() {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert!(if_range_allows(&headers(&[("if-range", "\"abc\"")]), "\"abc\"", t));
-        assert!(!if_range_allows(&headers(&[("if-range", "W/\"abc\"")]), "\"abc\"", t));
-        assert!(!if_range_allows(&headers(&[("if-range", "\"old\"")]), "\"abc\"", t));
-        assert!(if_range_allows(&headers(&[("if-range", &httpdate::fmt_http_date(t))]), "\"abc\"", t));
+        assert!(if_range_allows(
+            &headers(&[("if-range", "\"abc\"")]),
+            "\"abc\"",
+            t
+        ));
+        assert!(!if_range_allows(
+            &headers(&[("if-range", "W/\"abc\"")]),
+            "\"abc\"",
+            t
+        ));
+        assert!(!if_range_allows(
+            &headers(&[("if-range", "\"old\"")]),
+            "\"abc\"",
+            t
+        ));
+        assert!(if_range_allows(
+            &headers(&[("if-range", &httpdate::fmt_http_date(t))]),
+            "\"abc\"",
+            t
+        ));
     }
 }

@@ -111,7 +111,10 @@ mod tests {
             acceptable(Some("gzip;q=1.0, br;q=0.5")),
             vec![Encoding::Gzip, Encoding::Brotli]
         );
-        assert_eq!(acceptable(Some("br;q=0, *")), vec![Encoding::Zstd, Encoding::Gzip]);
+        assert_eq!(
+            acceptable(Some("br;q=0, *")),
+            vec![Encoding::Zstd, Encoding::Gzip]
+        );
         assert!(acceptable(Some("identity")).is_empty());
         assert!(acceptable(None).is_empty());
     }

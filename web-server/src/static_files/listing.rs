@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use axum::body::Body;
-use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
+use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
 use serde::Serialize;
 
@@ -64,9 +64,11 @@ pub fn render(
         }
         for item in &items {
             let suffix = if item.directory { "/" } else { "" };
-            let href: String =
-                percent_encoding::utf8_percent_encode(&item.name, percent_encoding::NON_ALPHANUMERIC)
-                    .collect();
+            let href: String = percent_encoding::utf8_percent_encode(
+                &item.name,
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .collect();
             html.push_str(&format!(
                 "<tr><td><a href=\"{href}{suffix}\">{}{suffix}</a></td><td align=right>{}</td><td>{}</td></tr>",
                 escape(&item.name),

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
 use axum::http::header::{
-    ACCEPT, ACCEPT_ENCODING, ACCEPT_RANGES, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH,
-    CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION, RANGE, VARY,
+    ACCEPT, ACCEPT_ENCODING, ACCEPT_RANGES, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION, RANGE, VARY,
 };
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, request};
 use axum::response::Response;
@@ -118,8 +118,14 @@ impl StaticFiles {
                 }
                 if site.listing {
                     let json = accepts(&request.headers, "application/json");
-                    return listing::render(&dir, request.uri.path(), json, &site.root, site.allow_symlink_escape)
-                        .ok_or(Refusal::NotFound);
+                    return listing::render(
+                        &dir,
+                        request.uri.path(),
+                        json,
+                        &site.root,
+                        site.allow_symlink_escape,
+                    )
+                    .ok_or(Refusal::NotFound);
                 }
                 Err(Refusal::Forbidden)
             }
@@ -147,7 +153,12 @@ impl StaticFiles {
         let parsed = path::parse(&format!("/{relative}")).ok()?;
         match self.resolve(site, &parsed.relative) {
             Resolved::File(entry) => {
-                let mut response = self.body_response(&entry, request.method == Method::HEAD, None, &request.headers);
+                let mut response = self.body_response(
+                    &entry,
+                    request.method == Method::HEAD,
+                    None,
+                    &request.headers,
+                );
                 *response.status_mut() = status;
                 response.headers_mut().remove(ETAG);
                 response.headers_mut().remove(ACCEPT_RANGES);
@@ -237,7 +248,8 @@ impl StaticFiles {
         if !entry.compressible && entry.sidecars.is_empty() {
             return None;
         }
-        let acceptable = encoding::acceptable(headers.get(ACCEPT_ENCODING).and_then(|v| v.to_str().ok()));
+        let acceptable =
+            encoding::acceptable(headers.get(ACCEPT_ENCODING).and_then(|v| v.to_str().ok()));
         for encoding in acceptable {
             if let Some(sidecar) = entry.sidecars.iter().find(|s| s.encoding == encoding) {
                 let source = match &sidecar.body {
@@ -272,7 +284,11 @@ impl StaticFiles {
             },
         };
         let len = source.len();
-        let body = if head { Body::empty() } else { source.body(0..len) };
+        let body = if head {
+            Body::empty()
+        } else {
+            source.body(0..len)
+        };
         let mut response = Response::new(body);
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, entry.content_type.clone());
@@ -291,7 +307,11 @@ impl StaticFiles {
         };
         if let [range] = ranges.as_slice() {
             let len = range.end - range.start;
-            let body = if head { Body::empty() } else { source.body(range.clone()) };
+            let body = if head {
+                Body::empty()
+            } else {
+                source.body(range.clone())
+            };
             let mut response = Response::new(body);
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
             let headers = response.headers_mut();
@@ -310,10 +330,18 @@ impl StaticFiles {
 
         let boundary = format!(
             "quartet{:016x}{:08x}",
-            entry.len ^ (entry.modified.elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0)),
+            entry.len
+                ^ (entry
+                    .modified
+                    .elapsed()
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0)),
             self.boundary_counter.fetch_add(1, Ordering::Relaxed)
         );
-        let content_type = entry.content_type.to_str().unwrap_or("application/octet-stream");
+        let content_type = entry
+            .content_type
+            .to_str()
+            .unwrap_or("application/octet-stream");
         let mut parts: Vec<Part> = Vec::new();
         for range in &ranges {
             parts.push(Part::Bytes(Bytes::from(format!(
@@ -332,7 +360,11 @@ impl StaticFiles {
                 Part::Range(r) => r.end - r.start,
             })
             .sum();
-        let body = if head { Body::empty() } else { multipart_body(source, parts) };
+        let body = if head {
+            Body::empty()
+        } else {
+            multipart_body(source, parts)
+        };
         let mut response = Response::new(body);
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
         let headers = response.headers_mut();
@@ -383,7 +415,9 @@ fn multipart_body(source: Source, parts: Vec<Part>) -> Body {
             for part in parts {
                 match part {
                     Part::Bytes(b) => out.extend_from_slice(&b),
-                    Part::Range(r) => out.extend_from_slice(&bytes[r.start as usize..r.end as usize]),
+                    Part::Range(r) => {
+                        out.extend_from_slice(&bytes[r.start as usize..r.end as usize])
+                    }
                 }
             }
             Body::from(out)

@@ -38,7 +38,10 @@ pub fn parse(raw_path: &str) -> Result<SitePath, PathRefusal> {
     // After one round of decoding, no escape for `.`, `/`, `\` or NUL may remain: that is what
     // a double-encoded `%252e%252e%252f` relies on, should anything downstream decode twice.
     let lower = decoded.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00"].iter().any(|escape| lower.contains(escape)) {
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|escape| lower.contains(escape))
+    {
         return Err(PathRefusal::Traversal);
     }
     let mut segments = Vec::new();
@@ -99,7 +102,10 @@ mod tests {
         ] {
             let refused = parse(probe);
             assert!(
-                matches!(refused, Err(PathRefusal::Traversal) | Err(PathRefusal::Hidden)),
+                matches!(
+                    refused,
+                    Err(PathRefusal::Traversal) | Err(PathRefusal::Hidden)
+                ),
                 "{probe} gave {refused:?}"
             );
         }

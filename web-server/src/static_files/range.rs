@@ -90,19 +90,38 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)]
     fn ranges() {
         assert_eq!(parse("bytes=0-9", 100), RangeRequest::Partial(vec![0..10]));
-        assert_eq!(parse("bytes=90-", 100), RangeRequest::Partial(vec![90..100]));
+        assert_eq!(
+            parse("bytes=90-", 100),
+            RangeRequest::Partial(vec![90..100])
+        );
         assert_eq!(parse("bytes=-5", 100), RangeRequest::Partial(vec![95..100]));
-        assert_eq!(parse("bytes=95-200", 100), RangeRequest::Partial(vec![95..100]));
-        assert_eq!(parse("bytes=0-1, 5-6", 100), RangeRequest::Partial(vec![0..2, 5..7]));
-        assert_eq!(parse("bytes=0-5, 3-8", 100), RangeRequest::Partial(vec![0..9]));
+        assert_eq!(
+            parse("bytes=95-200", 100),
+            RangeRequest::Partial(vec![95..100])
+        );
+        assert_eq!(
+            parse("bytes=0-1, 5-6", 100),
+            RangeRequest::Partial(vec![0..2, 5..7])
+        );
+        assert_eq!(
+            parse("bytes=0-5, 3-8", 100),
+            RangeRequest::Partial(vec![0..9])
+        );
         assert_eq!(parse("bytes=100-", 100), RangeRequest::Unsatisfiable);
         assert_eq!(parse("bytes=-0", 100), RangeRequest::Unsatisfiable);
         assert_eq!(parse("bytes=5-1", 100), RangeRequest::Full);
         assert_eq!(parse("items=0-1", 100), RangeRequest::Full);
         assert_eq!(parse("bytes=abc", 100), RangeRequest::Full);
-        let many = format!("bytes={}", (0..40).map(|i| format!("{i}-{i}")).collect::<Vec<_>>().join(","));
+        let many = format!(
+            "bytes={}",
+            (0..40)
+                .map(|i| format!("{i}-{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         assert_eq!(parse(&many, 100), RangeRequest::Full);
     }
 }

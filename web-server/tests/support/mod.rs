@@ -1,7 +1,7 @@
 //! Helpers for the web tests: a site on disk, the role in-process, curl with headers, and a
 //! small upstream server that echoes what it receives.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,7 +48,12 @@ pub fn site_root(test: &TestConfig, files: &[(&str, &[u8])]) -> PathBuf {
 }
 
 /// Starts the web role with `toml` as `<env>.toml` (use `{ROOT}` for the document root).
-pub async fn start(env: Environment, files: &[(&str, &[u8])], toml: &str, vars: &[(&str, &str)]) -> Web {
+pub async fn start(
+    env: Environment,
+    files: &[(&str, &[u8])],
+    toml: &str,
+    vars: &[(&str, &str)],
+) -> Web {
     let mut test = TestConfig::new(env);
     if env.is_strict() {
         test = test.with_generated_tls().0;
@@ -73,7 +78,9 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 
     pub fn text(&self) -> String {
@@ -158,59 +165,59 @@ impl Upstream {
                 };
                 let connection_stopped = stopped.clone();
                 tokio::spawn(async move {
-                  // A stopped upstream drops its open connections too, as a crashed one would.
-                  tokio::select! {
-                    () = connection_stopped.cancelled() => {}
-                    () = async {
-                    loop {
-                        // Read one request head (requests in these tests carry no body).
-                        let mut head = Vec::new();
-                        let mut byte = [0u8; 1];
-                        while !head.ends_with(b"\r\n\r\n") {
-                            match stream.read(&mut byte).await {
-                                Ok(1) => head.push(byte[0]),
-                                _ => return,
-                            }
-                        }
-                        let head = String::from_utf8_lossy(&head).into_owned();
-                        let mut lines = head.lines();
-                        let request_line = lines.next().unwrap_or("").to_owned();
-                        let mut parts = request_line.split_whitespace();
-                        let method = parts.next().unwrap_or("").to_owned();
-                        let path = parts.next().unwrap_or("").to_owned();
-                        let headers: HashMap<String, String> = lines
-                            .filter_map(|l| l.split_once(':'))
-                            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                            .collect();
-                        if path == "/slow" {
-                            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-                        }
-                        if path == "/ws" {
-                            let _ = stream
-                                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
-                                .await;
-                            let mut buf = [0u8; 1024];
-                            while let Ok(n) = stream.read(&mut buf).await {
-                                if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                            return;
-                        }
-                        let body = serde_json::json!({
-                            "upstream": name, "method": method, "path": path, "headers": headers,
-                        })
-                        .to_string();
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if stream.write_all(response.as_bytes()).await.is_err() {
-                            return;
-                        }
+                    // A stopped upstream drops its open connections too, as a crashed one would.
+                    tokio::select! {
+                      () = connection_stopped.cancelled() => {}
+                      () = async {
+                      loop {
+                          // Read one request head (requests in these tests carry no body).
+                          let mut head = Vec::new();
+                          let mut byte = [0u8; 1];
+                          while !head.ends_with(b"\r\n\r\n") {
+                              match stream.read(&mut byte).await {
+                                  Ok(1) => head.push(byte[0]),
+                                  _ => return,
+                              }
+                          }
+                          let head = String::from_utf8_lossy(&head).into_owned();
+                          let mut lines = head.lines();
+                          let request_line = lines.next().unwrap_or("").to_owned();
+                          let mut parts = request_line.split_whitespace();
+                          let method = parts.next().unwrap_or("").to_owned();
+                          let path = parts.next().unwrap_or("").to_owned();
+                          let headers: HashMap<String, String> = lines
+                              .filter_map(|l| l.split_once(':'))
+                              .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                              .collect();
+                          if path == "/slow" {
+                              tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                          }
+                          if path == "/ws" {
+                              let _ = stream
+                                  .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+                                  .await;
+                              let mut buf = [0u8; 1024];
+                              while let Ok(n) = stream.read(&mut buf).await {
+                                  if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                                      return;
+                                  }
+                              }
+                              return;
+                          }
+                          let body = serde_json::json!({
+                              "upstream": name, "method": method, "path": path, "headers": headers,
+                          })
+                          .to_string();
+                          let response = format!(
+                              "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n{body}",
+                              body.len()
+                          );
+                          if stream.write_all(response.as_bytes()).await.is_err() {
+                              return;
+                          }
+                      }
+                    } => {}
                     }
-                  } => {}
-                  }
                 });
             }
         });
