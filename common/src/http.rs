@@ -127,6 +127,7 @@ pub async fn serve(
         .keep_alive_timeout(Duration::from_secs(20));
 
     let tls = options.tls.clone();
+    let first_byte_timeout = options.header_read_timeout;
     let conn_shutdown = shutdown.clone();
     accept_loop(
         bound,
@@ -140,7 +141,20 @@ pub async fn serve(
             let shutdown = conn_shutdown.clone();
             async move {
                 match tls {
-                    None => serve_connection(&builder, stream, router, peer, &shutdown).await,
+                    None => {
+                        // hyper's header timer starts only once the protocol is known, so a
+                        // client that connects and says nothing is closed here.
+                        let mut probe = [0u8; 1];
+                        let spoke = tokio::select! {
+                            peeked = tokio::time::timeout(first_byte_timeout, stream.peek(&mut probe)) => {
+                                matches!(peeked, Ok(Ok(n)) if n > 0)
+                            }
+                            () = shutdown.cancelled() => false,
+                        };
+                        if spoke {
+                            serve_connection(&builder, stream, router, peer, &shutdown).await
+                        }
+                    }
                     Some(acceptor) => {
                         let handshake = tokio::select! {
                             result = acceptor.accept(stream) => result,
@@ -149,6 +163,14 @@ pub async fn serve(
                         };
                         match handshake {
                             Ok(stream) => {
+                                // ALPN already chose the protocol: no sniffing, and HTTP/1.1
+                                // gets hyper's header timer from the first byte.
+                                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                                let builder = if h2 {
+                                    builder.clone().http2_only()
+                                } else {
+                                    builder.clone().http1_only()
+                                };
                                 serve_connection(&builder, stream, router, peer, &shutdown).await
                             }
                             Err(err) => {

@@ -9,6 +9,10 @@ use crate::sites::AuthRule;
 /// How many verified `Authorization` values a rule remembers.
 const VERIFIED_CAPACITY: usize = 256;
 
+/// Password hashing is slow and memory-hungry on purpose (argon2: ~19 MiB each); at most this
+/// many run at once, whatever the number of clients guessing.
+static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HashKind {
     Argon2,
@@ -62,6 +66,9 @@ pub async fn authorized(rule: &AuthRule, headers: &HeaderMap) -> bool {
         return false;
     };
     let password = password.to_owned();
+    let Ok(_permit) = VERIFYING.acquire().await else {
+        return false;
+    };
     let ok = tokio::task::spawn_blocking(move || verify(&hash, &password))
         .await
         .unwrap_or(false);

@@ -55,12 +55,15 @@ pub async fn handle(State(listener): State<Listener>, request: Request) -> Respo
     let (parts, body) = request.into_parts();
     let host = request_host(&parts);
     let site = generation.sites.for_host(host.as_deref()).cloned();
+    // Rules match the decoded, normalised path, so no spelling of a path slips past them.
+    let path = crate::static_files::path::normalize(parts.uri.path()).ok();
 
     let outcome = dispatch(
         &listener,
         &generation,
         site.as_ref(),
-        parts.clone(),
+        &parts,
+        path.as_deref(),
         body,
         peer,
         host.as_deref(),
@@ -68,12 +71,13 @@ pub async fn handle(State(listener): State<Listener>, request: Request) -> Respo
     .await;
     let mut response = outcome.response;
     let status = response.status();
+    let rule_path = path.as_deref().unwrap_or("");
     if let Some(site) = &site {
         if outcome.ours && status.as_u16() >= 400 {
             response = with_error_page(&generation, site, &parts, response);
         }
         for rule in &site.header_rules {
-            if rule.matcher.is_match(parts.uri.path()) {
+            if rule.matcher.is_match(rule_path) {
                 for (name, value) in &rule.set {
                     match value {
                         Some(value) => {
@@ -91,7 +95,7 @@ pub async fn handle(State(listener): State<Listener>, request: Request) -> Respo
     // Site rules may remove a default: apply removals once more after the defaults.
     if let Some(site) = &site {
         for rule in &site.header_rules {
-            if rule.matcher.is_match(parts.uri.path()) {
+            if rule.matcher.is_match(rule_path) {
                 for (name, value) in &rule.set {
                     if value.is_none() {
                         response.headers_mut().remove(name);
@@ -101,13 +105,17 @@ pub async fn handle(State(listener): State<Listener>, request: Request) -> Respo
         }
     }
 
-    let bytes = response
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .or_else(|| axum::body::HttpBody::size_hint(response.body()).exact())
-        .unwrap_or(0);
+    let bytes = if parts.method == axum::http::Method::HEAD {
+        0
+    } else {
+        response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .or_else(|| axum::body::HttpBody::size_hint(response.body()).exact())
+            .unwrap_or(0)
+    };
     let site_name = site.as_ref().map_or("none", |s| s.name.as_str());
     let elapsed = started.elapsed();
     state
@@ -132,20 +140,25 @@ pub async fn handle(State(listener): State<Listener>, request: Request) -> Respo
     response
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     listener: &Listener,
     generation: &Generation,
     site: Option<&Arc<Site>>,
-    parts: request::Parts,
+    parts: &request::Parts,
+    path: Option<&str>,
     body: Body,
     peer: Option<SocketAddr>,
     host: Option<&str>,
 ) -> Outcome {
     let config = &generation.config;
-    if let Some(refusal) = check_limits(&parts, config.web.max_uri_bytes) {
+    if let Some(refusal) = check_limits(parts, config.web.max_uri_bytes) {
         return Outcome::ours(refusal);
     }
-    let path = parts.uri.path();
+    let Some(path) = path else {
+        // `..` in any encoding, or not UTF-8: nothing to match rules against, nothing to serve.
+        return Outcome::ours(text(StatusCode::BAD_REQUEST, "bad request\n"));
+    };
 
     // Staging and production: plain HTTP only redirects (ACME challenges excepted).
     if !listener.https
@@ -208,22 +221,22 @@ async fn dispatch(
         .iter()
         .find(|route| path_under(path, &route.path))
     {
+        // The host as the client sent it, port included (HTTP/2 sends it as the authority).
+        let original_host = parts
+            .headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .map(str::to_owned);
         let forwarding = Forwarding {
             peer: peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             https: listener.https,
-            host: host.map(str::to_owned).or_else(|| {
-                parts
-                    .headers
-                    .get(HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            }),
+            host: original_host,
         };
-        let request = axum::http::Request::from_parts(parts, body);
         return match listener
             .state
             .proxy
-            .forward(route, request, &forwarding)
+            .forward(route, parts, body, &forwarding)
             .await
         {
             Ok(response) => Outcome {
@@ -249,7 +262,7 @@ async fn dispatch(
         }
         return Outcome::ours(text(StatusCode::NOT_FOUND, "not found\n"));
     };
-    match generation.files.serve(files, &parts) {
+    match generation.files.serve(files, parts) {
         Ok(response) => Outcome::ours(response),
         Err(_) if site.welcome && path == "/" => Outcome::ours(welcome::page(config)),
         Err(Refusal::NotFound) => Outcome::ours(text(StatusCode::NOT_FOUND, "not found\n")),

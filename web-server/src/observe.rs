@@ -105,7 +105,7 @@ pub fn log(record: &AccessRecord<'_>, combined: bool) {
         .map(|p| p.ip().to_string())
         .unwrap_or_else(|| "-".into());
     if combined {
-        let time = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let time = combined_time(std::time::SystemTime::now());
         tracing::info!(
             target: "access",
             "{peer} - - [{time}] \"{} {} {:?}\" {} {} \"{}\" \"{}\"",
@@ -132,5 +132,25 @@ pub fn log(record: &AccessRecord<'_>, combined: bool) {
             duration_ms = record.elapsed.as_secs_f64() * 1000.0,
             "request"
         );
+    }
+}
+
+/// `10/Oct/2000:13:55:36 +0000`, the time format of the combined log.
+fn combined_time(now: std::time::SystemTime) -> String {
+    // From the HTTP date "Tue, 10 Oct 2000 13:55:36 GMT".
+    let http = httpdate::fmt_http_date(now);
+    let parts: Vec<&str> = http.split_whitespace().collect();
+    match parts.as_slice() {
+        [_, day, month, year, time, _] => format!("{day}/{month}/{year}:{time} +0000"),
+        _ => http,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn combined_log_time() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(971_186_136);
+        assert_eq!(super::combined_time(t), "10/Oct/2000:13:55:36 +0000");
     }
 }

@@ -144,6 +144,44 @@ async fn slowloris_is_closed_within_the_header_timeout() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_are_closed_within_the_header_timeout() {
+    let web = start(
+        Environment::Development,
+        &[("index.html", b"home")],
+        SITE,
+        &[("web.header_timeout_secs", "1")],
+    )
+    .await;
+    let (http, https) = (web.http(), web.https());
+    let elapsed = tokio::task::spawn_blocking(move || {
+        // One client says nothing at all; another completes nothing of a TLS handshake.
+        [http, https].map(|addr| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(15)))
+                .unwrap();
+            let started = Instant::now();
+            let mut buf = Vec::new();
+            let _ = stream.read_to_end(&mut buf);
+            started.elapsed()
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        elapsed[0] < Duration::from_secs(3),
+        "plain: {:?}",
+        elapsed[0]
+    );
+    // The TLS handshake has its own 10 s limit.
+    assert!(
+        elapsed[1] < Duration::from_secs(12),
+        "tls: {:?}",
+        elapsed[1]
+    );
+}
+
 fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
@@ -347,6 +385,24 @@ status = 308
     let ok = curl(&["-u", "alice:correct horse", &web.url("/admin/")]).await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.text(), "admin area");
+    // No other spelling of the protected path gets past the rule.
+    for probe in [
+        "//admin/",
+        "/./admin/",
+        "/%61dmin/",
+        "/admin//",
+        "/x/../admin/",
+        "/ADMIN/../admin/",
+    ] {
+        let reply = curl(&["--path-as-is", &web.url(probe)]).await;
+        assert!(
+            reply.status == 401 || reply.status == 400,
+            "{probe}: {} {}",
+            reply.status,
+            reply.text()
+        );
+        assert!(!reply.text().contains("admin area"), "{probe}");
+    }
     // Outside the protected path, no credentials are needed.
     assert_eq!(curl(&[&web.url("/new/page.html")]).await.status, 200);
 

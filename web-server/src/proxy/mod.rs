@@ -70,7 +70,9 @@ impl Proxy {
         connector.set_nodelay(true);
         connector.enforce_http(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Shorter than the keep-alive of common upstreams (60-75 s), so a pooled
+            // connection is rarely one the upstream has just closed.
+            .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -86,15 +88,24 @@ impl Proxy {
     pub async fn forward(
         &self,
         route: &ProxyRoute,
-        mut request: Request<Body>,
+        parts: &axum::http::request::Parts,
+        body: Body,
         forwarding: &Forwarding,
     ) -> Result<Response<Body>, ProxyFailure> {
-        let upgrade = upgrade_protocol(request.headers());
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-        let (parts, body) = request.into_parts();
+        let upgrade = upgrade_protocol(&parts.headers);
+        // The upgrade handle lives in the request's extensions (hyper puts it there).
+        let client_upgrade = match &upgrade {
+            Some(_) => parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned(),
+            None => None,
+        };
         let path_and_query = rewrite_path(&parts.uri, route);
-        let headers = forward_headers(&parts.headers, forwarding, upgrade.as_ref());
-        let retryable = body_is_empty(&parts.headers);
+        let mut headers = forward_headers(&parts.headers, forwarding, upgrade.as_ref());
+        // Only an idempotent request with no body may be tried on a second upstream: a body
+        // is consumed by the first attempt.
+        let retryable = matches!(
+            parts.method,
+            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+        ) && axum::body::HttpBody::size_hint(&body).exact() == Some(0);
         let mut body = Some(body);
 
         let order = route.upstreams.order();
@@ -112,7 +123,11 @@ impl Proxy {
             let mut outgoing = Request::new(body.take().unwrap_or_else(Body::empty));
             *outgoing.method_mut() = parts.method.clone();
             *outgoing.uri_mut() = uri;
-            *outgoing.headers_mut() = headers.clone();
+            *outgoing.headers_mut() = if retryable {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
             match tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await {
                 Ok(Ok(mut response)) => {
                     route.upstreams.mark_ok(index);
@@ -222,13 +237,6 @@ fn rewrite_path(uri: &Uri, route: &ProxyRoute) -> String {
     }
 }
 
-fn body_is_empty(headers: &HeaderMap) -> bool {
-    !headers.contains_key(axum::http::header::TRANSFER_ENCODING)
-        && headers
-            .get(axum::http::header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0")
-}
-
 /// The upgrade a client asks for (`websocket`), if any.
 fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let connection_upgrade = headers.get_all(CONNECTION).iter().any(|v| {
@@ -274,6 +282,18 @@ fn forward_headers(
 ) -> HeaderMap {
     let mut headers = incoming.clone();
     strip_hop_by_hop(&mut headers, upgrade.is_some());
+    // HTTP/2 clients may split cookies over several fields; an HTTP/1.1 upstream needs one
+    // (RFC 9113 §8.2.3).
+    let cookies: Vec<&str> = incoming
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if cookies.len() > 1
+        && let Ok(joined) = HeaderValue::from_str(&cookies.join("; "))
+    {
+        headers.insert(axum::http::header::COOKIE, joined);
+    }
     if let Some(upgrade) = upgrade {
         headers.insert(UPGRADE, upgrade.clone());
     }

@@ -33,7 +33,10 @@ pub struct FileEntry {
     pub path: PathBuf,
     pub len: u64,
     pub modified: SystemTime,
-    identity: (u64, u64, i64, i64),
+    identity: Identity,
+    /// The sidecars' identities when the entry was made: a changed or removed sidecar makes
+    /// the entry stale even if the file itself is unchanged.
+    sidecar_identities: Vec<(Encoding, Identity)>,
     pub etag: String,
     pub last_modified: HeaderValue,
     pub content_type: HeaderValue,
@@ -42,8 +45,62 @@ pub struct FileEntry {
     pub body: Option<Bytes>,
     /// `name.br`, `name.zst`, `name.gz` next to the file, when present and not older.
     pub sidecars: Vec<Sidecar>,
-    /// Compressed forms of `body`, made on first request (None: compression did not help).
+    /// Compressed forms of `body`, made on first request (None: compression did not help or
+    /// the memory budget was spent).
     compressed: Mutex<HashMap<Encoding, Option<Bytes>>>,
+    /// Bytes this entry holds in memory, given back to `budget` when it is dropped.
+    held: AtomicU64,
+    budget: Arc<Budget>,
+}
+
+/// (device, inode, size, mtime seconds, mtime nanoseconds): changes whenever the file does.
+type Identity = (u64, u64, u64, i64, i64);
+
+fn identity(meta: &std::fs::Metadata) -> Identity {
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
+}
+
+/// Memory for cached bodies, shared by all entries. Entries reserve before they keep bytes
+/// and give them back when dropped, so the count cannot drift.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicU64,
+    max: u64,
+}
+
+impl Budget {
+    fn reserve(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+
+    #[cfg(test)]
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for FileEntry {
+    fn drop(&mut self) {
+        self.budget.release(self.held.load(Ordering::Acquire));
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -55,17 +112,29 @@ pub struct Sidecar {
 }
 
 impl FileEntry {
-    /// `body` compressed with `encoding`, computed once per entry.
+    /// `body` compressed with `encoding`, computed once per entry (outside the lock, and off
+    /// the async workers when the runtime allows).
     pub fn compressed(&self, encoding: Encoding) -> Option<Bytes> {
         let body = self.body.as_ref()?;
+        if let Some(known) = self.compressed.lock().ok()?.get(&encoding) {
+            return known.clone();
+        }
+        let packed = off_the_workers(|| compress(encoding, body));
+        let packed = (packed.len() < body.len()).then(|| Bytes::from(packed));
+        let kept = packed.filter(|bytes| self.budget.reserve(bytes.len() as u64));
         let mut cache = self.compressed.lock().ok()?;
-        cache
-            .entry(encoding)
-            .or_insert_with(|| {
-                let packed = compress(encoding, body);
-                (packed.len() < body.len()).then(|| Bytes::from(packed))
-            })
-            .clone()
+        if let Some(known) = cache.get(&encoding) {
+            // Another request won the race; give back what we reserved.
+            if let Some(bytes) = &kept {
+                self.budget.release(bytes.len() as u64);
+            }
+            return known.clone();
+        }
+        if let Some(bytes) = &kept {
+            self.held.fetch_add(bytes.len() as u64, Ordering::AcqRel);
+        }
+        cache.insert(encoding, kept.clone());
+        kept
     }
 }
 
@@ -84,12 +153,13 @@ struct Slot {
     checked: Instant,
 }
 
-/// Shared by all sites; keys are (site index, relative path).
+/// Shared by all sites; keys are (site index, relative path). Only what exists is cached, so
+/// requests for random missing paths cannot fill it.
 #[derive(Debug)]
 pub struct FileCache {
     limits: CacheLimits,
-    slots: RwLock<HashMap<(usize, String), Arc<Slot>>>,
-    body_bytes: AtomicU64,
+    slots: RwLock<HashMap<(usize, String), Slot>>,
+    budget: Arc<Budget>,
 }
 
 impl FileCache {
@@ -97,8 +167,16 @@ impl FileCache {
         Self {
             limits,
             slots: RwLock::new(HashMap::new()),
-            body_bytes: AtomicU64::new(0),
+            budget: Arc::new(Budget {
+                used: AtomicU64::new(0),
+                max: limits.max_bytes,
+            }),
         }
+    }
+
+    #[cfg(test)]
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Resolves `relative` under `root` (canonical), from the cache while it is fresh.
@@ -110,40 +188,41 @@ impl FileCache {
         allow_escape: bool,
     ) -> Resolved {
         let key = (site, relative.to_owned());
-        let previous = self.slots.read().ok().and_then(|s| s.get(&key).cloned());
-        if let Some(slot) = &previous
-            && slot.checked.elapsed() < self.limits.validity
-        {
-            return slot.resolved.clone();
-        }
-        let old_file = match previous.as_deref() {
-            Some(Slot {
-                resolved: Resolved::File(entry),
-                ..
-            }) => Some(Arc::clone(entry)),
-            _ => None,
+        let previous = match self.slots.read() {
+            Ok(slots) => match slots.get(&key) {
+                Some(slot) if slot.checked.elapsed() < self.limits.validity => {
+                    return slot.resolved.clone();
+                }
+                Some(Slot {
+                    resolved: Resolved::File(entry),
+                    ..
+                }) => Some(Arc::clone(entry)),
+                _ => None,
+            },
+            Err(_) => None,
         };
-        let resolved = self.resolve_uncached(root, relative, allow_escape, old_file.as_deref());
-        if let Some(old) = &old_file
-            && !matches!(&resolved, Resolved::File(new) if Arc::ptr_eq(new, old))
-            && let Some(body) = &old.body
-        {
-            self.body_bytes
-                .fetch_sub(body.len() as u64, Ordering::Relaxed);
-        }
+        let resolved = off_the_workers(|| {
+            self.resolve_uncached(root, relative, allow_escape, previous.as_ref())
+        });
         if let Ok(mut slots) = self.slots.write() {
-            if slots.len() >= self.limits.max_entries {
-                // Crude but bounded: start over rather than grow without limit.
-                slots.clear();
-                self.body_bytes.store(0, Ordering::Relaxed);
+            match &resolved {
+                Resolved::File(_) | Resolved::Directory(_) => {
+                    if slots.len() >= self.limits.max_entries && !slots.contains_key(&key) {
+                        // Bounded: start over rather than grow without limit.
+                        slots.clear();
+                    }
+                    slots.insert(
+                        key,
+                        Slot {
+                            resolved: resolved.clone(),
+                            checked: Instant::now(),
+                        },
+                    );
+                }
+                Resolved::NotFound | Resolved::Escapes => {
+                    slots.remove(&key);
+                }
             }
-            slots.insert(
-                key,
-                Arc::new(Slot {
-                    resolved: resolved.clone(),
-                    checked: Instant::now(),
-                }),
-            );
         }
         resolved
     }
@@ -153,7 +232,7 @@ impl FileCache {
         root: &Path,
         relative: &str,
         allow_escape: bool,
-        previous: Option<&FileEntry>,
+        previous: Option<&Arc<FileEntry>>,
     ) -> Resolved {
         let full = root.join(relative);
         let Ok(meta) = std::fs::metadata(&full) else {
@@ -172,103 +251,104 @@ impl FileCache {
         if !meta.is_file() {
             return Resolved::NotFound;
         }
-        let identity = (meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec());
+        let sidecars = sidecar_identities(&full, &meta);
         if let Some(previous) = previous
-            && previous.identity == identity
-            && previous.len == meta.len()
+            && previous.identity == identity(&meta)
+            && previous.sidecar_identities == sidecars
         {
-            // Unchanged: keep the bytes and compressed forms already made.
-            return Resolved::File(Arc::new(FileEntry {
-                path: previous.path.clone(),
-                len: previous.len,
-                modified: previous.modified,
-                identity,
-                etag: previous.etag.clone(),
-                last_modified: previous.last_modified.clone(),
-                content_type: previous.content_type.clone(),
-                compressible: previous.compressible,
-                body: previous.body.clone(),
-                sidecars: previous.sidecars.clone(),
-                compressed: Mutex::new(
-                    previous
-                        .compressed
-                        .lock()
-                        .map(|c| c.clone())
-                        .unwrap_or_default(),
-                ),
-            }));
+            // Unchanged, sidecars included: keep the bytes and compressed forms already made.
+            return Resolved::File(Arc::clone(previous));
         }
-        match self.load_entry(&full, &meta, identity) {
-            Some(entry) => Resolved::File(Arc::new(entry)),
-            None => Resolved::NotFound,
-        }
+        Resolved::File(Arc::new(self.load_entry(&full, &meta, sidecars)))
     }
 
     fn load_entry(
         &self,
         path: &Path,
         meta: &std::fs::Metadata,
-        identity: (u64, u64, i64, i64),
-    ) -> Option<FileEntry> {
+        sidecar_identities: Vec<(Encoding, Identity)>,
+    ) -> FileEntry {
         let len = meta.len();
         let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let (content_type, compressible) = content_type(path);
-        let body = self.read_small(path, len);
+        let held = AtomicU64::new(0);
+        let body = self.read_small(path, len, &held);
         let mut sidecars = Vec::new();
-        for encoding in [Encoding::Brotli, Encoding::Zstd, Encoding::Gzip] {
-            let mut name = path.as_os_str().to_owned();
-            name.push(encoding.sidecar_extension());
-            let sidecar = PathBuf::from(name);
-            if let Ok(side_meta) = std::fs::metadata(&sidecar)
-                && side_meta.is_file()
-                && side_meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) >= modified
-            {
-                let side_len = side_meta.len();
-                sidecars.push(Sidecar {
-                    encoding,
-                    body: self.read_small(&sidecar, side_len),
-                    path: sidecar,
-                    len: side_len,
-                });
-            }
+        for (encoding, side) in &sidecar_identities {
+            let sidecar = sidecar_path(path, *encoding);
+            sidecars.push(Sidecar {
+                encoding: *encoding,
+                body: self.read_small(&sidecar, side.2, &held),
+                path: sidecar,
+                len: side.2,
+            });
         }
+        let id = identity(meta);
         // Strong validator from the file's identity, size and modification time.
-        let etag = format!(
-            "\"{:x}-{:x}-{:x}{:x}\"",
-            identity.1, len, identity.2, identity.3
-        );
-        Some(FileEntry {
+        let etag = format!("\"{:x}-{:x}-{:x}{:x}\"", id.1, len, id.3, id.4);
+        FileEntry {
             path: path.to_path_buf(),
             len,
             modified,
-            identity,
+            identity: id,
+            sidecar_identities,
             etag,
-            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified)).ok()?,
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+                .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
             content_type,
             compressible,
             body,
             sidecars,
             compressed: Mutex::new(HashMap::new()),
-        })
+            held,
+            budget: Arc::clone(&self.budget),
+        }
     }
 
-    /// Reads a file into memory if it is small and the budget allows.
-    fn read_small(&self, path: &Path, len: u64) -> Option<Bytes> {
-        if len > self.limits.max_file_bytes {
-            return None;
-        }
-        let used = self.body_bytes.fetch_add(len, Ordering::Relaxed);
-        if used + len > self.limits.max_bytes {
-            self.body_bytes.fetch_sub(len, Ordering::Relaxed);
+    /// Reads a file into memory if it is small and the budget allows; counts it in `held`.
+    fn read_small(&self, path: &Path, len: u64, held: &AtomicU64) -> Option<Bytes> {
+        if len > self.limits.max_file_bytes || !self.budget.reserve(len) {
             return None;
         }
         let mut bytes = Vec::with_capacity(usize::try_from(len).ok()?);
         let read = std::fs::File::open(path).and_then(|f| f.take(len).read_to_end(&mut bytes));
         if read.is_err() || bytes.len() as u64 != len {
-            self.body_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.budget.release(len);
             return None;
         }
+        held.fetch_add(len, Ordering::AcqRel);
         Some(Bytes::from(bytes))
+    }
+}
+
+fn sidecar_path(path: &Path, encoding: Encoding) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(encoding.sidecar_extension());
+    PathBuf::from(name)
+}
+
+/// `name.br`, `name.zst`, `name.gz` that exist and are not older than the file.
+fn sidecar_identities(path: &Path, meta: &std::fs::Metadata) -> Vec<(Encoding, Identity)> {
+    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    [Encoding::Brotli, Encoding::Zstd, Encoding::Gzip]
+        .into_iter()
+        .filter_map(|encoding| {
+            let side = std::fs::metadata(sidecar_path(path, encoding)).ok()?;
+            (side.is_file() && side.modified().unwrap_or(SystemTime::UNIX_EPOCH) >= modified)
+                .then(|| (encoding, identity(&side)))
+        })
+        .collect()
+}
+
+/// Runs file-system or CPU work without stalling the other tasks on this worker thread, when
+/// the runtime has other workers to take them over.
+pub fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
 
@@ -303,4 +383,63 @@ pub fn content_type(path: &Path) -> (HeaderValue, bool) {
             .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
         textual,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_budget_follows_what_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::write(root.join("a.txt"), "a".repeat(1000)).unwrap();
+        std::fs::write(root.join("a.txt.gz"), "g".repeat(100)).unwrap();
+        std::fs::write(root.join("b.txt"), "b".repeat(5000)).unwrap();
+        let cache = FileCache::new(CacheLimits {
+            validity: Duration::ZERO,
+            max_file_bytes: 10_000,
+            max_bytes: 4_000,
+            max_entries: 100,
+        });
+        let Resolved::File(a) = cache.resolve(0, &root, "a.txt", false) else {
+            panic!()
+        };
+        assert!(a.body.is_some());
+        assert_eq!(cache.budget().used(), 1100, "file and sidecar");
+        // Re-checking an unchanged file (validity 0: every time) keeps the same entry.
+        for _ in 0..5 {
+            let Resolved::File(again) = cache.resolve(0, &root, "a.txt", false) else {
+                panic!()
+            };
+            assert!(Arc::ptr_eq(&a, &again));
+        }
+        assert_eq!(cache.budget().used(), 1100);
+        // Over budget: served from disk instead.
+        let Resolved::File(b) = cache.resolve(0, &root, "b.txt", false) else {
+            panic!()
+        };
+        assert!(b.body.is_none());
+        // A changed file replaces the entry; the old one's bytes come back once dropped.
+        std::fs::write(root.join("a.txt"), "A".repeat(10)).unwrap();
+        let Resolved::File(changed) = cache.resolve(0, &root, "a.txt", false) else {
+            panic!()
+        };
+        assert_eq!(changed.len, 10);
+        drop(a);
+        assert_eq!(
+            cache.budget().used(),
+            10,
+            "sidecar now older than the file: not used"
+        );
+        // Compressed forms count too.
+        drop((b, changed));
+        std::fs::write(root.join("c.txt"), "hello ".repeat(300)).unwrap();
+        let Resolved::File(c) = cache.resolve(0, &root, "c.txt", false) else {
+            panic!()
+        };
+        let before = cache.budget().used();
+        let packed = c.compressed(Encoding::Gzip).unwrap();
+        assert_eq!(cache.budget().used(), before + packed.len() as u64);
+    }
 }

@@ -16,7 +16,8 @@ pub mod path;
 mod range;
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,12 +29,26 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, request};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
 
 pub use cache::CacheLimits;
 use cache::{FileCache, FileEntry, Resolved};
 use conditional::Precondition;
 use encoding::Encoding;
 use range::RangeRequest;
+
+/// Characters escaped in a path segment of a `Location` we build.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
 
 /// Files are streamed from disk in chunks this large (nginx reads 32 KiB by default).
 const STREAM_CHUNK: usize = 256 * 1024;
@@ -94,8 +109,17 @@ impl StaticFiles {
             Resolved::File(entry) => Ok(self.respond_file(&entry, request)),
             Resolved::Directory(dir) => {
                 if !site_path.trailing_slash && !site_path.relative.is_empty() {
-                    // /docs → /docs/ so relative links inside the index resolve.
-                    let mut location = format!("{}/", request.uri.path());
+                    // /docs → /docs/ so relative links inside the index resolve. Built from
+                    // the normalised path: `//docs` must not become a scheme-relative URL.
+                    let encoded: String = site_path
+                        .relative
+                        .split('/')
+                        .map(|segment| {
+                            percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
+                        })
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    let mut location = format!("/{encoded}/");
                     if let Some(query) = request.uri.query() {
                         location.push('?');
                         location.push_str(query);
@@ -118,14 +142,19 @@ impl StaticFiles {
                 }
                 if site.listing {
                     let json = accepts(&request.headers, "application/json");
-                    return listing::render(
+                    let mut response = listing::render(
                         &dir,
                         request.uri.path(),
                         json,
                         &site.root,
                         site.allow_symlink_escape,
                     )
-                    .ok_or(Refusal::NotFound);
+                    .ok_or(Refusal::NotFound)?;
+                    // HTML or JSON depends on Accept: shared caches must know.
+                    response
+                        .headers_mut()
+                        .insert(VARY, HeaderValue::from_static("Accept"));
+                    return Ok(response);
                 }
                 Err(Refusal::Forbidden)
             }
@@ -133,9 +162,14 @@ impl StaticFiles {
             Resolved::NotFound => {
                 if let Some(fallback) = &site.spa_fallback
                     && accepts(&request.headers, "text/html")
-                    && let Resolved::File(entry) = self.resolve(site, fallback)
+                    && let Resolved::File(entry) =
+                        self.resolve(site, fallback.trim_start_matches('/'))
                 {
-                    return Ok(self.respond_file(&entry, request));
+                    let mut response = self.respond_file(&entry, request);
+                    response
+                        .headers_mut()
+                        .append(VARY, HeaderValue::from_static("Accept"));
+                    return Ok(response);
                 }
                 Err(Refusal::NotFound)
             }
@@ -398,7 +432,7 @@ impl Source {
             Source::Memory(bytes) => {
                 Body::from(bytes.slice(range.start as usize..range.end as usize))
             }
-            Source::File(path, _) => stream_file(path.clone(), vec![range]),
+            Source::File(path, _) => Body::from_stream(file_range_stream(path.clone(), range)),
         }
     }
 }
@@ -407,6 +441,8 @@ enum Part {
     Bytes(Bytes),
     Range(Range<u64>),
 }
+
+type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 fn multipart_body(source: Source, parts: Vec<Part>) -> Body {
     match source {
@@ -423,81 +459,30 @@ fn multipart_body(source: Source, parts: Vec<Part>) -> Body {
             Body::from(out)
         }
         Source::File(path, _) => {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-            tokio::task::spawn_blocking(move || {
-                for part in parts {
-                    let ok = match part {
-                        Part::Bytes(b) => tx.blocking_send(Ok(b)).is_ok(),
-                        Part::Range(r) => read_range_into(&path, r, &tx),
-                    };
-                    if !ok {
-                        return;
-                    }
+            let pieces = parts.into_iter().map(move |part| -> ByteStream {
+                match part {
+                    Part::Bytes(b) => Box::pin(futures_util::stream::once(async move { Ok(b) })),
+                    Part::Range(r) => file_range_stream(path.clone(), r),
                 }
             });
-            body_from_channel(rx)
+            Body::from_stream(futures_util::stream::iter(pieces).flatten())
         }
     }
 }
 
-/// Streams byte ranges of a file from a blocking thread, in [`STREAM_CHUNK`] pieces.
-fn stream_file(path: PathBuf, ranges: Vec<Range<u64>>) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
-        for range in ranges {
-            if !read_range_into(&path, range, &tx) {
-                return;
-            }
-        }
-    });
-    body_from_channel(rx)
-}
-
-/// Sends `range` of `path` down `tx`; false when the client went away or reading failed.
-fn read_range_into(
-    path: &Path,
-    range: Range<u64>,
-    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-) -> bool {
-    use std::os::unix::fs::FileExt;
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) => {
-            let _ = tx.blocking_send(Err(err));
-            return false;
-        }
+/// Streams a byte range of a file in [`STREAM_CHUNK`] reads. Each read is a short job on
+/// tokio's blocking pool, so a slow client holds no thread while it is not reading.
+fn file_range_stream(path: PathBuf, range: Range<u64>) -> ByteStream {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let opened = async move {
+        let mut file = tokio::fs::File::open(&path).await?;
+        file.seek(std::io::SeekFrom::Start(range.start)).await?;
+        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
+            file.take(range.end - range.start),
+            STREAM_CHUNK,
+        ))
     };
-    let mut offset = range.start;
-    while offset < range.end {
-        let want = ((range.end - offset) as usize).min(STREAM_CHUNK);
-        let mut buf = vec![0u8; want];
-        match file.read_at(&mut buf, offset) {
-            Ok(0) => {
-                // The file shrank under us: end the body short rather than pad it.
-                let _ = tx.blocking_send(Err(std::io::ErrorKind::UnexpectedEof.into()));
-                return false;
-            }
-            Ok(n) => {
-                buf.truncate(n);
-                offset += n as u64;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                    return false;
-                }
-            }
-            Err(err) => {
-                let _ = tx.blocking_send(Err(err));
-                return false;
-            }
-        }
-    }
-    true
-}
-
-fn body_from_channel(rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Body {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Body::from_stream(stream)
+    Box::pin(futures_util::stream::once(opened).try_flatten())
 }
 
 fn set_validators(headers: &mut HeaderMap, etag: &str, entry: &FileEntry, varies: bool) {

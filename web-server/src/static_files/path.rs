@@ -26,6 +26,25 @@ pub struct SitePath {
 
 /// Decodes and checks the path part of a request target (without the query).
 pub fn parse(raw_path: &str) -> Result<SitePath, PathRefusal> {
+    parse_with(raw_path, false)
+}
+
+/// The decoded, normalised form of a request path, for matching rules (auth, proxy routes,
+/// header globs): `//admin/./x` and `/%61dmin/x` are both `/admin/x`, so no spelling of a path
+/// slips past a rule written for it. Hidden segments are allowed here (a proxied app may use
+/// them); traversal and bad encoding are refused as in [`parse`].
+pub fn normalize(raw_path: &str) -> Result<String, PathRefusal> {
+    let parsed = parse_with(raw_path, true)?;
+    let mut out = String::with_capacity(parsed.relative.len() + 2);
+    out.push('/');
+    out.push_str(&parsed.relative);
+    if parsed.trailing_slash {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+fn parse_with(raw_path: &str, allow_hidden: bool) -> Result<SitePath, PathRefusal> {
     if !raw_path.starts_with('/') {
         return Err(PathRefusal::BadEncoding);
     }
@@ -49,7 +68,7 @@ pub fn parse(raw_path: &str) -> Result<SitePath, PathRefusal> {
         match segment {
             "" | "." => continue,
             ".." => return Err(PathRefusal::Traversal),
-            hidden if hidden.starts_with('.') => {
+            hidden if hidden.starts_with('.') && !allow_hidden => {
                 // ACME's http-01 challenge and other well-known URIs live under /.well-known/.
                 if !(index == 1 && hidden == ".well-known") {
                     return Err(PathRefusal::Hidden);
@@ -109,6 +128,16 @@ mod tests {
                 "{probe} gave {refused:?}"
             );
         }
+    }
+
+    #[test]
+    fn normalised_paths_for_rule_matching() {
+        assert_eq!(normalize("//admin/./x").unwrap(), "/admin/x");
+        assert_eq!(normalize("/%61dmin/x").unwrap(), "/admin/x");
+        assert_eq!(normalize("/admin/").unwrap(), "/admin/");
+        assert_eq!(normalize("/").unwrap(), "/");
+        assert_eq!(normalize("/app/.config").unwrap(), "/app/.config");
+        assert!(normalize("/a/../admin").is_err());
     }
 
     #[test]
