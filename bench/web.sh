@@ -121,11 +121,11 @@ path = "/proxy"
 upstreams = ["http://127.0.0.1:$P_UPSTREAM"]
 QUARTET
 
-start() { # name, command...
+start() { # name, command... — sets STARTED to the pid (no subshell, so cleanup sees it)
   local name=$1; shift
   taskset -c 0 "$@" >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  echo $!
+  STARTED=$!
+  pids+=("$STARTED")
 }
 wait_port() {
   for _ in $(seq 100); do
@@ -135,14 +135,24 @@ wait_port() {
   echo "no answer from $1" >&2; cat "$work"/*.log >&2; exit 1
 }
 
-NGINX_PID=$(start nginx nginx -c "$work/nginx.conf" -p "$work")
-CADDY_PID=$(start caddy env HOME=$work XDG_DATA_HOME=$work XDG_CONFIG_HOME=$work caddy run --config "$work/Caddyfile" --adapter caddyfile)
-QUARTET_PID=$(start quartet env -i PATH="$PATH" QUARTET_CONFIG_DIR="$work/none" RUST_LOG=warn "$BIN" --config "$work/quartet.toml")
+for port in $P_NGINX $P_NGINX_TLS $P_NGINX_PROXY $P_UPSTREAM $P_CADDY $P_CADDY_TLS $P_QUARTET $P_QUARTET_TLS; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "port $port is already in use: stop whatever listens there first" >&2; exit 1
+  fi
+done
+start nginx nginx -c "$work/nginx.conf" -p "$work"; NGINX_PID=$STARTED
+start caddy env HOME="$work" XDG_DATA_HOME="$work" XDG_CONFIG_HOME="$work" caddy run --config "$work/Caddyfile" --adapter caddyfile; CADDY_PID=$STARTED
+start quartet env -i PATH="$PATH" QUARTET_CONFIG_DIR="$work/none" RUST_LOG=warn "$BIN" --config "$work/quartet.toml"; QUARTET_PID=$STARTED
 wait_port "http://127.0.0.1:$P_NGINX/1k.html"
 wait_port "http://127.0.0.1:$P_CADDY/1k.html"
 wait_port "http://127.0.0.1:$P_QUARTET/1k.html"
 wait_port "https://localhost:$P_QUARTET_TLS/1k.html"
 wait_port "http://127.0.0.1:$P_UPSTREAM/"
+# Every server must serve the real files (a stale server on a port would not).
+for port in $P_NGINX $P_CADDY $P_QUARTET; do
+  size=$(curl -s -o /dev/null -w '%{size_download}' "http://127.0.0.1:$port/1m.bin")
+  [ "$size" = 1048576 ] || { echo "port $port served $size bytes for 1m.bin" >&2; exit 1; }
+done
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -201,7 +211,7 @@ PY
   after=$(rss_kb "$pid")
   kill $client 2>/dev/null || true; wait $client 2>/dev/null || true
   rm -f "$work/idle.ready"
-  echo $(( (after - before) * 10000 / IDLE ))
+  echo "$(( (after - before) * 10000 / IDLE )) $((after / 1024))"
 }
 
 echo "measuring (each figure: median of $RUNS x ${DURATION}s)" >&2
@@ -219,9 +229,9 @@ read -r R[quartetp.rps] _ R[quartetp.lat] <<<"$(wrk_run "http://127.0.0.1:$P_QUA
 read -r R[nginxp64.rps] _ _ <<<"$(wrk_run "http://127.0.0.1:$P_NGINX_PROXY/proxy" "$CONNS")"
 read -r R[quartetp64.rps] _ _ <<<"$(wrk_run "http://127.0.0.1:$P_QUARTET/proxy" "$CONNS")"
 echo "  memory per $IDLE idle keep-alive connections" >&2
-R[nginx.idle]=$(idle_kb_per_10k "$P_NGINX" "$NGINX_PID")
-R[caddy.idle]=$(idle_kb_per_10k "$P_CADDY" "$CADDY_PID")
-R[quartet.idle]=$(idle_kb_per_10k "$P_QUARTET" "$QUARTET_PID")
+read -r R[nginx.idle] R[nginx.rss] <<<"$(idle_kb_per_10k "$P_NGINX" "$NGINX_PID")"
+read -r R[caddy.idle] R[caddy.rss] <<<"$(idle_kb_per_10k "$P_CADDY" "$CADDY_PID")"
+read -r R[quartet.idle] R[quartet.rss] <<<"$(idle_kb_per_10k "$P_QUARTET" "$QUARTET_PID")"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 fmt() { awk -v a="$1" 'BEGIN { printf "%.0f", a }'; }
@@ -235,7 +245,8 @@ $(nginx -v 2>&1 | sed 's/^/    /'); caddy $(caddy version | cut -d' ' -f1); $(wr
 | 1 MiB file, req/s | $(fmt ${R[nginx.1m]}) | $(fmt ${R[caddy.1m]}) | $(fmt ${R[quartet.1m]}) | $(ratio ${R[quartet.1m]} ${R[nginx.1m]}) | $(ratio ${R[quartet.1m]} ${R[caddy.1m]}) |
 | 1 MiB file, MB/s | $(fmt ${R[nginx.1m_mb]}) | $(fmt ${R[caddy.1m_mb]}) | $(fmt ${R[quartet.1m_mb]}) | $(ratio ${R[quartet.1m_mb]} ${R[nginx.1m_mb]}) | $(ratio ${R[quartet.1m_mb]} ${R[caddy.1m_mb]}) |
 | 1 KiB over TLS, HTTP/2, req/s (h2load, $CONNS conns x 10 streams) | $(fmt ${R[nginx.h2]}) | $(fmt ${R[caddy.h2]}) | $(fmt ${R[quartet.h2]}) | $(ratio ${R[quartet.h2]} ${R[nginx.h2]}) | $(ratio ${R[quartet.h2]} ${R[caddy.h2]}) |
-| KiB of memory per 10,000 idle keep-alive connections | ${R[nginx.idle]} | ${R[caddy.idle]} | ${R[quartet.idle]} | $(ratio ${R[quartet.idle]} ${R[nginx.idle]}) | $(ratio ${R[quartet.idle]} ${R[caddy.idle]}) |
+| KiB of memory added per 10,000 idle keep-alive connections | ${R[nginx.idle]} | ${R[caddy.idle]} | ${R[quartet.idle]} | $(ratio ${R[quartet.idle]} ${R[nginx.idle]}) | $(ratio ${R[quartet.idle]} ${R[caddy.idle]}) |
+| MiB resident with $IDLE idle connections open (nginx: master + worker) | ${R[nginx.rss]} | ${R[caddy.rss]} | ${R[quartet.rss]} | $(ratio ${R[quartet.rss]} ${R[nginx.rss]}) | $(ratio ${R[quartet.rss]} ${R[caddy.rss]}) |
 
 Reverse proxy to the same small upstream (nginx \`return 200\`, upstream keep-alive on both):
 
