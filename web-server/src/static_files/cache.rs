@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,6 +43,9 @@ pub struct FileEntry {
     pub compressible: bool,
     /// The whole file, when it is small enough to keep.
     pub body: Option<Bytes>,
+    /// For a file too large to keep: the file, opened when the entry was made (an open-file
+    /// cache: no open per request, and the file served is the one that was checked).
+    pub open: Option<Arc<std::fs::File>>,
     /// `name.br`, `name.zst`, `name.gz` next to the file, when present and not older.
     pub sidecars: Vec<Sidecar>,
     /// Compressed forms of `body`, made on first request (None: compression did not help or
@@ -72,7 +75,12 @@ fn identity(meta: &std::fs::Metadata) -> Identity {
 pub struct Budget {
     used: AtomicU64,
     max: u64,
+    /// Open file descriptors held by entries, at most `MAX_OPEN_FILES`.
+    open_files: AtomicUsize,
 }
+
+/// Large files kept open at once; beyond this they are opened per request.
+const MAX_OPEN_FILES: usize = 512;
 
 impl Budget {
     fn reserve(&self, bytes: u64) -> bool {
@@ -100,6 +108,9 @@ impl Budget {
 impl Drop for FileEntry {
     fn drop(&mut self) {
         self.budget.release(self.held.load(Ordering::Acquire));
+        if self.open.is_some() {
+            self.budget.open_files.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -170,6 +181,7 @@ impl FileCache {
             budget: Arc::new(Budget {
                 used: AtomicU64::new(0),
                 max: limits.max_bytes,
+                open_files: AtomicUsize::new(0),
             }),
         }
     }
@@ -273,6 +285,11 @@ impl FileCache {
         let (content_type, compressible) = content_type(path);
         let held = AtomicU64::new(0);
         let body = self.read_small(path, len, &held);
+        let open = if body.is_none() {
+            self.open_large(path)
+        } else {
+            None
+        };
         let mut sidecars = Vec::new();
         for (encoding, side) in &sidecar_identities {
             let sidecar = sidecar_path(path, *encoding);
@@ -298,10 +315,28 @@ impl FileCache {
             content_type,
             compressible,
             body,
+            open,
             sidecars,
             compressed: Mutex::new(HashMap::new()),
             held,
             budget: Arc::clone(&self.budget),
+        }
+    }
+
+    /// Opens a large file to keep, if fewer than [`MAX_OPEN_FILES`] are open.
+    fn open_large(&self, path: &Path) -> Option<Arc<std::fs::File>> {
+        let counter = &self.budget.open_files;
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_OPEN_FILES).then_some(n + 1)
+            })
+            .ok()?;
+        match std::fs::File::open(path) {
+            Ok(file) => Some(Arc::new(file)),
+            Err(_) => {
+                counter.fetch_sub(1, Ordering::AcqRel);
+                None
+            }
         }
     }
 

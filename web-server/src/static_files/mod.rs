@@ -312,10 +312,7 @@ impl StaticFiles {
     ) -> Response {
         let (source, coding) = match encoding {
             Some((encoding, source)) => (source, Some(encoding)),
-            None => match &entry.body {
-                Some(bytes) => (Source::Memory(bytes.clone()), None),
-                None => (Source::File(entry.path.clone(), entry.len), None),
-            },
+            None => (entry_source(entry), None),
         };
         let len = source.len();
         let body = if head {
@@ -335,10 +332,7 @@ impl StaticFiles {
 
     /// 206 with one range, or `multipart/byteranges` with several.
     fn partial_response(&self, entry: &FileEntry, ranges: Vec<Range<u64>>, head: bool) -> Response {
-        let source = match &entry.body {
-            Some(bytes) => Source::Memory(bytes.clone()),
-            None => Source::File(entry.path.clone(), entry.len),
-        };
+        let source = entry_source(entry);
         if let [range] = ranges.as_slice() {
             let len = range.end - range.start;
             let body = if head {
@@ -416,6 +410,9 @@ impl StaticFiles {
 #[derive(Debug, Clone)]
 enum Source {
     Memory(Bytes),
+    /// An open file from the cache.
+    Open(Arc<std::fs::File>, u64),
+    /// A file to open for this response (when too many are open already).
     File(PathBuf, u64),
 }
 
@@ -423,7 +420,7 @@ impl Source {
     fn len(&self) -> u64 {
         match self {
             Source::Memory(bytes) => bytes.len() as u64,
-            Source::File(_, len) => *len,
+            Source::Open(_, len) | Source::File(_, len) => *len,
         }
     }
 
@@ -432,8 +429,18 @@ impl Source {
             Source::Memory(bytes) => {
                 Body::from(bytes.slice(range.start as usize..range.end as usize))
             }
+            Source::Open(file, _) => Body::from_stream(open_file_stream(Arc::clone(file), range)),
             Source::File(path, _) => Body::from_stream(file_range_stream(path.clone(), range)),
         }
+    }
+}
+
+/// The bytes of an entry's identity representation: memory, the cached open file, or a path.
+fn entry_source(entry: &FileEntry) -> Source {
+    match (&entry.body, &entry.open) {
+        (Some(bytes), _) => Source::Memory(bytes.clone()),
+        (None, Some(file)) => Source::Open(Arc::clone(file), entry.len),
+        (None, None) => Source::File(entry.path.clone(), entry.len),
     }
 }
 
@@ -458,16 +465,62 @@ fn multipart_body(source: Source, parts: Vec<Part>) -> Body {
             }
             Body::from(out)
         }
-        Source::File(path, _) => {
+        source => {
             let pieces = parts.into_iter().map(move |part| -> ByteStream {
-                match part {
-                    Part::Bytes(b) => Box::pin(futures_util::stream::once(async move { Ok(b) })),
-                    Part::Range(r) => file_range_stream(path.clone(), r),
+                match (part, &source) {
+                    (Part::Bytes(b), _) => {
+                        Box::pin(futures_util::stream::once(async move { Ok(b) }))
+                    }
+                    (Part::Range(r), Source::Open(file, _)) => {
+                        open_file_stream(Arc::clone(file), r)
+                    }
+                    (Part::Range(r), Source::File(path, _)) => file_range_stream(path.clone(), r),
+                    (Part::Range(r), Source::Memory(bytes)) => {
+                        let slice = bytes.slice(r.start as usize..r.end as usize);
+                        Box::pin(futures_util::stream::once(async move { Ok(slice) }))
+                    }
                 }
             });
             Body::from_stream(futures_util::stream::iter(pieces).flatten())
         }
     }
+}
+
+/// Streams a byte range of an already open file with positional reads of [`STREAM_CHUNK`],
+/// each a short job on the blocking pool.
+fn open_file_stream(file: Arc<std::fs::File>, range: Range<u64>) -> ByteStream {
+    let state = (file, range.start, range.end);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(file, offset, end)| async move {
+            if offset >= end {
+                return None;
+            }
+            let want = ((end - offset) as usize).min(STREAM_CHUNK);
+            let reader = Arc::clone(&file);
+            let read = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; want];
+                let n = reader.read_at(&mut buf, offset)?;
+                buf.truncate(n);
+                Ok::<_, std::io::Error>(buf)
+            })
+            .await;
+            match read {
+                Ok(Ok(buf)) if !buf.is_empty() => {
+                    let next = offset + buf.len() as u64;
+                    Some((Ok(Bytes::from(buf)), (file, next, end)))
+                }
+                // The file shrank under us: end the body short rather than pad it.
+                Ok(Ok(_)) => Some((
+                    Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    (file, end, end),
+                )),
+                Ok(Err(err)) => Some((Err(err), (file, end, end))),
+                Err(join) => Some((Err(std::io::Error::other(join)), (file, end, end))),
+            }
+        },
+    ))
 }
 
 /// Streams a byte range of a file in [`STREAM_CHUNK`] reads. Each read is a short job on
