@@ -35,14 +35,15 @@ pub fn acceptable(accept_encoding: Option<&str>) -> Vec<Encoding> {
         return Vec::new();
     };
     let mut star = None;
-    let mut explicit: Vec<(Encoding, f32)> = Vec::new();
-    let mut refused: Vec<Encoding> = Vec::new();
+    // Each coding once; when a client lists one twice, the last mention wins.
+    let mut listed: Vec<(Encoding, f32)> = Vec::new();
     for item in header.split(',') {
         let mut parts = item.split(';');
         let token = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         let quality = parts
             .filter_map(|p| p.trim().strip_prefix("q="))
             .find_map(|q| q.trim().parse::<f32>().ok())
+            .filter(|q| q.is_finite())
             .unwrap_or(1.0);
         let encoding = match token.as_str() {
             "br" => Encoding::Brotli,
@@ -54,19 +55,19 @@ pub fn acceptable(accept_encoding: Option<&str>) -> Vec<Encoding> {
             }
             _ => continue,
         };
-        if quality <= 0.0 {
-            refused.push(encoding);
-        } else {
-            explicit.push((encoding, quality));
+        match listed.iter_mut().find(|(e, _)| *e == encoding) {
+            Some(entry) => entry.1 = quality,
+            None => listed.push((encoding, quality)),
         }
     }
-    if let Some(quality) = star.filter(|q| *q > 0.0) {
+    if let Some(quality) = star {
         for encoding in [Encoding::Brotli, Encoding::Zstd, Encoding::Gzip] {
-            if !explicit.iter().any(|(e, _)| *e == encoding) && !refused.contains(&encoding) {
-                explicit.push((encoding, quality));
+            if !listed.iter().any(|(e, _)| *e == encoding) {
+                listed.push((encoding, quality));
             }
         }
     }
+    let mut explicit: Vec<(Encoding, f32)> = listed.into_iter().filter(|(_, q)| *q > 0.0).collect();
     let rank = |e: Encoding| match e {
         Encoding::Brotli => 0,
         Encoding::Zstd => 1,
@@ -117,6 +118,11 @@ mod tests {
         );
         assert!(acceptable(Some("identity")).is_empty());
         assert!(acceptable(None).is_empty());
+        assert_eq!(
+            acceptable(Some("gzip, gzip;q=0.5, br;q=0.1")),
+            vec![Encoding::Gzip, Encoding::Brotli]
+        );
+        assert_eq!(acceptable(Some("gzip, gzip;q=0")), vec![]);
     }
 
     #[test]

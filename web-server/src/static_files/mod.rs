@@ -9,11 +9,11 @@
 
 mod cache;
 mod conditional;
-mod encoding;
+pub mod encoding;
 mod listing;
 pub use listing::escape as escape_html;
 pub mod path;
-mod range;
+pub mod range;
 
 use std::ops::Range;
 use std::path::PathBuf;
