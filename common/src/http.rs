@@ -5,6 +5,7 @@
 //! timer instead.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -21,6 +22,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 
+use crate::framing::{Findings, Guarded};
 use crate::listeners::{AcceptLimits, BoundListener, ConnectionMetrics, accept_loop};
 use crate::shutdown::Shutdown;
 use crate::tls::TlsAcceptor;
@@ -81,8 +83,25 @@ struct Tracked {
     listener: &'static str,
 }
 
+/// Set on a request by the connection's framing guard when it carried both `Content-Length`
+/// and `Transfer-Encoding`.
+#[derive(Debug, Clone, Copy)]
+struct AmbiguousFraming;
+
 async fn count_request(State(tracked): State<Tracked>, request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+    let response = if request.extensions().get::<AmbiguousFraming>().is_some() {
+        let mut refused = Response::new(axum::body::Body::from(
+            "both Content-Length and Transfer-Encoding\n",
+        ));
+        *refused.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+        refused.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        refused
+    } else {
+        next.run(request).await
+    };
     tracked
         .metrics
         .requests
@@ -152,7 +171,9 @@ pub async fn serve(
                             () = shutdown.cancelled() => false,
                         };
                         if spoke {
-                            serve_connection(&builder, stream, router, peer, &shutdown).await
+                            let findings = Arc::new(Findings::default());
+                            let stream = Guarded::new(stream, Arc::clone(&findings));
+                            serve_connection(&builder, stream, router, peer, Some(findings), &shutdown).await
                         }
                     }
                     Some(acceptor) => {
@@ -166,12 +187,15 @@ pub async fn serve(
                                 // ALPN already chose the protocol: no sniffing, and HTTP/1.1
                                 // gets hyper's header timer from the first byte.
                                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                                let builder = if h2 {
-                                    builder.clone().http2_only()
+                                if h2 {
+                                    let builder = builder.clone().http2_only();
+                                    serve_connection(&builder, stream, router, peer, None, &shutdown).await
                                 } else {
-                                    builder.clone().http1_only()
-                                };
-                                serve_connection(&builder, stream, router, peer, &shutdown).await
+                                    let builder = builder.clone().http1_only();
+                                    let findings = Arc::new(Findings::default());
+                                    let stream = Guarded::new(stream, Arc::clone(&findings));
+                                    serve_connection(&builder, stream, router, peer, Some(findings), &shutdown).await
+                                }
                             }
                             Err(err) => {
                                 tracing::debug!(%peer, error = %err, "TLS handshake failed");
@@ -190,6 +214,7 @@ async fn serve_connection<IO>(
     stream: IO,
     router: Router,
     peer: SocketAddr,
+    findings: Option<Arc<Findings>>,
     shutdown: &Shutdown,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -199,6 +224,13 @@ async fn serve_connection<IO>(
             request
                 .extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+            // HTTP/1 requests arrive here in order, as the guard saw their heads.
+            if findings
+                .as_ref()
+                .is_some_and(|findings| findings.next_request_flagged())
+            {
+                request.extensions_mut().insert(AmbiguousFraming);
+            }
             request
         },
     ));

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod environment;
+pub mod framing;
 pub mod http;
 pub mod listeners;
 pub mod metrics;

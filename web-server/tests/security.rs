@@ -182,6 +182,48 @@ async fn silent_connections_are_closed_within_the_header_timeout() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let web = start(
+        Environment::Development,
+        &[("index.html", b"home")],
+        SITE,
+        &[("web.max_connections", "1")],
+    )
+    .await;
+    let addr = web.http();
+    tokio::task::spawn_blocking(move || {
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut first = std::net::TcpStream::connect(addr).unwrap();
+        first.write_all(request).unwrap();
+        let mut buf = [0u8; 1024];
+        assert!(first.read(&mut buf).unwrap() > 0);
+        // The only slot is held by the idle keep-alive connection: a second client waits.
+        let mut second = std::net::TcpStream::connect(addr).unwrap();
+        second.write_all(request).unwrap();
+        second
+            .set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
+        assert!(
+            second.read(&mut buf).is_err(),
+            "served beyond max_connections"
+        );
+        // Once the first leaves, the second is served.
+        drop(first);
+        second
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let n = second.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    })
+    .await
+    .unwrap();
+}
+
 fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
@@ -235,9 +277,10 @@ async fn oversized_and_ambiguous_requests_get_protocol_errors() {
         "{}",
         replies[3]
     );
-    // CL+TE (RFC 9112 §6.3): Transfer-Encoding wins, Content-Length is dropped, and the
-    // connection is closed after one response, so the request hidden behind it is never read.
+    // CL+TE: refused with 400 and the connection closed, so the request hidden behind the
+    // chunked body is never read.
     let cl_te = &replies[4];
+    assert!(cl_te.starts_with("HTTP/1.1 400"), "{cl_te}");
     assert_eq!(cl_te.matches("HTTP/1.1 ").count(), 1, "{cl_te}");
     assert!(
         cl_te.to_ascii_lowercase().contains("connection: close"),
