@@ -141,9 +141,7 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
 
     let tls = options.tls.clone();
     let first_byte_timeout = options.header_read_timeout;
@@ -188,8 +186,12 @@ pub async fn serve(
                                 // gets hyper's header timer from the first byte.
                                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                                 if h2 {
+                                    // hyper has no idle timeout for HTTP/2: close a connection
+                                    // that has sent nothing for the header timeout.
                                     let builder = builder.clone().http2_only();
-                                    serve_connection(&builder, stream, router, peer, None, &shutdown).await
+                                    let activity = Arc::new(Activity::new());
+                                    let stream = Watched { inner: stream, activity: Arc::clone(&activity) };
+                                    serve_connection_watched(&builder, stream, router, peer, None, Some((activity, first_byte_timeout)), &shutdown).await
                                 } else {
                                     let builder = builder.clone().http1_only();
                                     let findings = Arc::new(Findings::default());
@@ -219,6 +221,99 @@ async fn serve_connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_connection_watched(builder, stream, router, peer, findings, None, shutdown).await
+}
+
+/// When a connection last received bytes, in milliseconds since `start`.
+struct Activity {
+    start: std::time::Instant,
+    last_read_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            last_read_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_read_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has been read for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last =
+                Duration::from_millis(self.last_read_ms.load(std::sync::atomic::Ordering::Relaxed));
+            let idle = self.start.elapsed().saturating_sub(last);
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
+        }
+    }
+}
+
+/// Records read activity on a connection.
+struct Watched<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn serve_connection_watched<IO>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: IO,
+    router: Router,
+    peer: SocketAddr,
+    findings: Option<Arc<Findings>>,
+    idle: Option<(Arc<Activity>, Duration)>,
+    shutdown: &Shutdown,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = TowerToHyperService::new(router.map_request(
         move |mut request: hyper::Request<hyper::body::Incoming>| {
             request
@@ -236,11 +331,27 @@ async fn serve_connection<IO>(
     ));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
+    let idle_expired = async {
+        match &idle {
+            Some((activity, limit)) => activity.idle_for(*limit).await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = idle_expired => {
+            // GOAWAY, then a little time for the peer's acknowledgement; a silent peer never
+            // sends one, so the connection is dropped after that.
+            connection.as_mut().graceful_shutdown();
+            let grace = idle.as_ref().map_or(Duration::from_secs(1), |(_, limit)| *limit);
+            match tokio::time::timeout(grace, connection).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
         }
     };
     if let Err(err) = result {

@@ -390,6 +390,11 @@ pub fn curl(args: &[&str]) -> (u16, String) {
 
 /// A TLS connector that trusts only the CA certificates in `ca_pem`.
 pub fn tls_connector(ca_pem: &Path) -> tokio_rustls::TlsConnector {
+    tls_connector_with_alpn(ca_pem, &[])
+}
+
+/// Like [`tls_connector`], offering the ALPN protocols `alpn` (e.g. `[b"h2"]`).
+pub fn tls_connector_with_alpn(ca_pem: &Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     crate::tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_pem).expect("read CA file") {
@@ -404,6 +409,8 @@ pub fn tls_connector(ca_pem: &Path) -> tokio_rustls::TlsConnector {
     .expect("protocol versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 

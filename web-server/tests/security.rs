@@ -224,6 +224,36 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_http2_connections_are_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = start(
+        Environment::Development,
+        &[("index.html", b"home")],
+        SITE,
+        &[("web.header_timeout_secs", "1")],
+    )
+    .await;
+    let connector = common::testing::tls_connector_with_alpn(&web.ca(), &[b"h2"]);
+    let tcp = tokio::net::TcpStream::connect(web.https()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The client preface and an empty SETTINGS frame, then silence.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "the idle HTTP/2 connection was not closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 fn raw_request(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
