@@ -1,0 +1,133 @@
+//! The control API on `app.api_listen`: bearer-token authenticated JSON.
+//! Today: `POST /apps`, `GET /apps`, `GET /apps/{name}`, `DELETE /apps/{name}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::store::{Store, StoreError, valid_app_name};
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub store: Store,
+    pub token: Arc<str>,
+}
+
+/// The authenticated routes; the caller merges `/healthz` and `/metrics` (public) beside them.
+pub fn router(api: Api) -> Router {
+    let token = Arc::clone(&api.token);
+    Router::new()
+        .route("/apps", get(list_apps).post(create_app))
+        .route("/apps/{name}", get(get_app).delete(delete_app))
+        .with_state(api)
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let token = Arc::clone(&token);
+                async move { require_token(&token, request, next).await }
+            },
+        ))
+}
+
+async fn require_token(token: &str, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        let mut response = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+fn store_error(err: StoreError) -> Response {
+    match err {
+        StoreError::Exists(_) => error(StatusCode::CONFLICT, &err.to_string()),
+        StoreError::NotFound(_) => error(StatusCode::NOT_FOUND, &err.to_string()),
+        other => {
+            tracing::error!(error = %other, "store failure");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct NewApp {
+    name: String,
+}
+
+async fn create_app(
+    State(api): State<Api>,
+    body: Result<Json<NewApp>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(new)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON body like {\"name\":\"hello\"}",
+        );
+    };
+    if !valid_app_name(&new.name) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "an app name is 1-63 lowercase letters, digits and '-', not starting or ending with '-'",
+        );
+    }
+    match api.store.create_app(&new.name).await {
+        Ok(app) => (StatusCode::CREATED, Json(app)).into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+async fn list_apps(State(api): State<Api>) -> Response {
+    match api.store.list_apps().await {
+        Ok(apps) => Json(apps).into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+async fn get_app(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.store.get_app(&name).await {
+        // Releases, processes and schedules appear here as the deploy path lands.
+        Ok(app) => Json(json!({
+            "name": app.name,
+            "created_at": app.created_at,
+            "release": null,
+            "processes": [],
+        }))
+        .into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+async fn delete_app(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.store.delete_app(&name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => store_error(err),
+    }
+}

@@ -1,0 +1,4 @@
+//! An app's uploaded source: safe unpacking and the Procfile that says how to run it.
+
+pub mod procfile;
+pub mod unpack;
