@@ -12,6 +12,7 @@ pub mod framing;
 pub mod http;
 pub mod listeners;
 pub mod metrics;
+pub mod proxy;
 pub mod role;
 pub mod secret;
 pub mod server;

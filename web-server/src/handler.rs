@@ -16,10 +16,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, request};
 use axum::response::Response;
 
 use crate::observe::{self, AccessRecord};
-use crate::proxy::Forwarding;
 use crate::sites::Site;
 use crate::static_files::Refusal;
 use crate::{Generation, WebState, welcome};
+use common::proxy::Forwarding;
 
 /// Which listener a request came in on.
 #[derive(Debug, Clone)]
@@ -236,7 +236,13 @@ async fn dispatch(
         return match listener
             .state
             .proxy
-            .forward(route, parts, body, &forwarding)
+            .forward(
+                &route.upstreams,
+                route.strip_prefix.then_some(route.path.as_str()),
+                parts,
+                body,
+                &forwarding,
+            )
             .await
         {
             Ok(response) => Outcome {

@@ -16,7 +16,6 @@
 pub mod auth;
 pub mod handler;
 mod observe;
-pub mod proxy;
 pub mod sites;
 pub mod sni;
 pub mod static_files;
@@ -35,9 +34,9 @@ use common::tls::TlsAcceptor;
 use common::{Config, Listeners, Role, Shutdown};
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{Proxy, Upstreams};
 use crate::sites::Sites;
 use crate::static_files::{CacheLimits, StaticFiles};
+use common::proxy::{Proxy, Upstreams};
 
 /// What the configuration builds: sites, the file cache, upstream pools (with their health
 /// checks, stopped when the generation is replaced).

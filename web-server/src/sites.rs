@@ -11,8 +11,8 @@ use common::Config;
 use common::config::SiteConfig;
 use globset::{GlobBuilder, GlobMatcher};
 
-use crate::proxy::Upstreams;
 use crate::static_files::StaticSite;
+use common::proxy::Upstreams;
 
 /// A problem in `web.sites`, by key.
 pub type SiteProblem = (String, String);

@@ -8,7 +8,7 @@ use axum::response::Response;
 use common::Config;
 use serde::Serialize;
 
-use crate::proxy::Proxy;
+use common::proxy::Proxy;
 
 #[derive(Serialize)]
 struct RoleStatus {

@@ -1,6 +1,7 @@
-//! The reverse proxy: forwards a request to one of a route's upstreams over a keep-alive
-//! connection pool, with forwarding headers, WebSocket (and any HTTP/1.1 upgrade) pass-through,
-//! connect and response timeouts, and 502/504 when the upstream cannot answer.
+//! The reverse proxy the web role (routes to upstreams) and the app role (routes to app
+//! processes) share: forwards a request to one of a pool's upstreams over a keep-alive
+//! connection pool, with forwarding headers, WebSocket (and any HTTP/1.1 upgrade)
+//! pass-through, connect and response timeouts, and 502/504 when the upstream cannot answer.
 
 mod upstream;
 
@@ -16,8 +17,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 pub use upstream::Upstreams;
-
-use crate::sites::ProxyRoute;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -85,9 +84,12 @@ impl Proxy {
 
     /// Forwards `request` along `route`. Requests without a body are retried on the next
     /// upstream when one cannot be reached; a request with a body is sent once.
+    /// Forwards to one of `upstreams`; with `strip_prefix`, that prefix is removed from the
+    /// path first.
     pub async fn forward(
         &self,
-        route: &ProxyRoute,
+        upstreams: &Upstreams,
+        strip_prefix: Option<&str>,
         parts: &axum::http::request::Parts,
         body: Body,
         forwarding: &Forwarding,
@@ -98,7 +100,7 @@ impl Proxy {
             Some(_) => parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned(),
             None => None,
         };
-        let path_and_query = rewrite_path(&parts.uri, route);
+        let path_and_query = rewrite_path(&parts.uri, strip_prefix);
         let mut headers = forward_headers(&parts.headers, forwarding, upgrade.as_ref());
         // Only an idempotent request with no body may be tried on a second upstream: a body
         // is consumed by the first attempt.
@@ -108,10 +110,10 @@ impl Proxy {
         ) && axum::body::HttpBody::size_hint(&body).exact() == Some(0);
         let mut body = Some(body);
 
-        let order = route.upstreams.order();
+        let order = upstreams.order();
         let mut last = ProxyFailure::BadGateway;
         for index in order {
-            let upstream = &route.upstreams.list[index];
+            let upstream = &upstreams.list[index];
             let uri = Uri::builder()
                 .scheme(upstream.scheme.clone())
                 .authority(upstream.authority.clone())
@@ -130,7 +132,7 @@ impl Proxy {
             };
             match tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await {
                 Ok(Ok(mut response)) => {
-                    route.upstreams.mark_ok(index);
+                    upstreams.mark_ok(index);
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_upgrade) = client_upgrade
                     {
@@ -156,7 +158,7 @@ impl Proxy {
                 Ok(Err(err)) => {
                     tracing::warn!(upstream = %upstream.authority, error = %err, "upstream request failed");
                     if err.is_connect() {
-                        route.upstreams.mark_failed(index);
+                        upstreams.mark_failed(index);
                     }
                     last = ProxyFailure::BadGateway;
                     if !(err.is_connect() && retryable) {
@@ -217,11 +219,11 @@ impl Proxy {
 }
 
 /// The path (and query) to send upstream.
-fn rewrite_path(uri: &Uri, route: &ProxyRoute) -> String {
+fn rewrite_path(uri: &Uri, strip_prefix: Option<&str>) -> String {
     let path = uri.path();
-    let path = if route.strip_prefix {
+    let path = if let Some(prefix) = strip_prefix {
         let rest = path
-            .strip_prefix(route.path.trim_end_matches('/'))
+            .strip_prefix(prefix.trim_end_matches('/'))
             .unwrap_or(path);
         if rest.starts_with('/') {
             rest.to_owned()
