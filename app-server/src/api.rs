@@ -14,12 +14,15 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::apps::{Apps, DeployError};
 use crate::store::{Store, StoreError, valid_app_name};
 
 #[derive(Debug, Clone)]
 pub struct Api {
     pub store: Store,
+    pub apps: Arc<Apps>,
     pub token: Arc<str>,
+    pub max_upload_bytes: usize,
 }
 
 /// The authenticated routes; the caller merges `/healthz` and `/metrics` (public) beside them.
@@ -28,6 +31,8 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/apps", get(list_apps).post(create_app))
         .route("/apps/{name}", get(get_app).delete(delete_app))
+        .route("/apps/{name}/builds", axum::routing::post(create_build))
+        .route("/apps/{name}/releases", get(list_releases))
         .with_state(api)
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
@@ -127,7 +132,64 @@ async fn get_app(State(api): State<Api>, Path(name): Path<String>) -> Response {
 
 async fn delete_app(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.store.delete_app(&name).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            api.apps.remove(&name).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(err) => store_error(err),
+    }
+}
+
+/// `POST /apps/{name}/builds` with a `tar.gz` body: answers once the new release serves
+/// (201), or with why it does not (the running release keeps serving).
+async fn create_build(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    let archive = match axum::body::to_bytes(body, api.max_upload_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "the upload is larger than {} bytes (app.max_upload_bytes)",
+                    api.max_upload_bytes
+                ),
+            );
+        }
+    };
+    match api.apps.deploy(&name, archive).await {
+        Ok(release) => (
+            StatusCode::CREATED,
+            Json(
+                json!({ "status": "released", "version": release.version, "build": release.build }),
+            ),
+        )
+            .into_response(),
+        Err(DeployError::Store(err)) => store_error(err),
+        Err(err) => {
+            let status = match err {
+                DeployError::Archive(_) | DeployError::Procfile(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                DeployError::Build(_) | DeployError::ReleaseCommand(_) | DeployError::Health(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (
+                status,
+                Json(json!({ "status": "failed", "error": err.to_string() })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn list_releases(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.store.releases(&name).await {
+        Ok(releases) => Json(releases).into_response(),
         Err(err) => store_error(err),
     }
 }

@@ -43,7 +43,29 @@ CREATE TABLE IF NOT EXISTS apps (
     name TEXT PRIMARY KEY NOT NULL,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS builds (
+    hash TEXT PRIMARY KEY NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS releases (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    build TEXT NOT NULL REFERENCES builds(hash),
+    created_at INTEGER NOT NULL,
+    current INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (app, version)
+);
 ";
+
+/// A release: a build plus a version number (config snapshots join with config vars).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Release {
+    pub app: String,
+    pub version: i64,
+    pub build: String,
+    pub created_at: i64,
+    pub current: bool,
+}
 
 impl Store {
     /// Opens (creating if needed) `data_dir/app/app.db`. Writes are durable when acknowledged
@@ -59,7 +81,8 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(std::time::Duration::from_secs(5));
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .foreign_keys(true);
         // One connection: the control API's writes are few; no writer contention to manage.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -70,10 +93,7 @@ impl Store {
     }
 
     pub async fn create_app(&self, name: &str) -> Result<App, StoreError> {
-        let created_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let created_at = now();
         let inserted = sqlx::query(
             "INSERT INTO apps (name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
         )
@@ -126,9 +146,96 @@ impl Store {
         Ok(())
     }
 
+    pub async fn record_build(&self, hash: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO builds (hash, created_at) VALUES (?, ?) ON CONFLICT(hash) DO NOTHING",
+        )
+        .bind(hash)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a new release (not yet current) and returns it with its version.
+    pub async fn create_release(&self, app: &str, build: &str) -> Result<Release, StoreError> {
+        self.get_app(app).await?;
+        let mut tx = self.pool.begin().await?;
+        let version: i64 =
+            sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 AS v FROM releases WHERE app = ?")
+                .bind(app)
+                .fetch_one(&mut *tx)
+                .await?
+                .get("v");
+        let created_at = now();
+        sqlx::query("INSERT INTO releases (app, version, build, created_at) VALUES (?, ?, ?, ?)")
+            .bind(app)
+            .bind(version)
+            .bind(build)
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Release {
+            app: app.to_owned(),
+            version,
+            build: build.to_owned(),
+            created_at,
+            current: false,
+        })
+    }
+
+    /// Makes `version` the app's current release (durably, before the deploy is acknowledged).
+    pub async fn set_current(&self, app: &str, version: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE releases SET current = (version = ?) WHERE app = ?")
+            .bind(version)
+            .bind(app)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn releases(&self, app: &str) -> Result<Vec<Release>, StoreError> {
+        self.get_app(app).await?;
+        let rows = sqlx::query("SELECT app, version, build, created_at, current FROM releases WHERE app = ? ORDER BY version DESC")
+            .bind(app)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(release_from_row).collect())
+    }
+
+    /// Every app's current release, for bringing apps back on start.
+    pub async fn current_releases(&self) -> Result<Vec<Release>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT app, version, build, created_at, current FROM releases WHERE current = 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(release_from_row).collect())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn release_from_row(row: sqlx::sqlite::SqliteRow) -> Release {
+    Release {
+        app: row.get("app"),
+        version: row.get("version"),
+        build: row.get("build"),
+        created_at: row.get("created_at"),
+        current: row.get::<i64, _>("current") != 0,
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// App names become host names (`{app}.{domain}`): one DNS label, lowercase.

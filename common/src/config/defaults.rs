@@ -78,6 +78,13 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
         // Apps are reached through the web role's reverse proxy, so loopback everywhere.
         ("app.http_listen", ValueKind::from("127.0.0.1:7080")),
         ("app.api_token", ValueKind::from(DEFAULT_APP_API_TOKEN)),
+        ("app.domain", ValueKind::from("localhost")),
+        ("app.max_upload_bytes", ValueKind::from(104_857_600u64)),
+        ("app.max_unpacked_bytes", ValueKind::from(1_073_741_824u64)),
+        ("app.max_archive_entries", ValueKind::from(50_000u64)),
+        ("app.health_timeout_secs", ValueKind::from(30u64)),
+        ("app.stop_grace_secs", ValueKind::from(10u64)),
+        ("app.run_as", ValueKind::from("nobody")),
     ]
 }
 

@@ -117,6 +117,19 @@ pub struct AppConfig {
     pub http_listen: ListenAddr,
     /// Bearer token for the control API. Development accepts the documented `dev`.
     pub api_token: Secret,
+    /// Apps answer at `{app}.{domain}` on `http_listen`.
+    pub domain: String,
+    /// Largest source upload accepted (413 above).
+    pub max_upload_bytes: u64,
+    /// Limits on unpacking an upload (gzip bombs, entry floods).
+    pub max_unpacked_bytes: u64,
+    pub max_archive_entries: usize,
+    /// Seconds a new release's processes have to accept connections before the deploy fails.
+    pub health_timeout_secs: u64,
+    /// Seconds between SIGTERM and SIGKILL when stopping an app's processes.
+    pub stop_grace_secs: u64,
+    /// When app-server runs as root, apps run as this user (never as root).
+    pub run_as: String,
 }
 
 /// A listen address as written in configuration (`IP:PORT`; port 0 picks a free port).

@@ -137,6 +137,24 @@ impl Config {
             }
         }
         if roles.contains(&Role::App) {
+            if self.app.run_as.trim().is_empty() || self.app.run_as == "root" {
+                problems.push(problem(
+                    "app.run_as",
+                    "apps never run as root: name an unprivileged user".into(),
+                ));
+            }
+            let domain = self.app.domain.trim_start_matches('.');
+            if domain.is_empty()
+                || !domain.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+            {
+                problems.push(problem(
+                    "app.domain",
+                    format!("{:?} is not a domain name", self.app.domain),
+                ));
+            }
             if self.app.api_token.is_empty() {
                 problems.push(problem("app.api_token", "must not be empty".into()));
             } else if env.is_strict() && self.app.api_token.expose() == DEFAULT_APP_API_TOKEN {

@@ -1,0 +1,256 @@
+//! Deploying and running apps: upload → content-addressed build → release → processes started
+//! and checked → routing switched → old processes stopped. A failure at any step leaves the
+//! running release serving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use common::proxy::Upstreams;
+use sha2::{Digest, Sha256};
+
+use crate::runner::{Runner, Running, give_to};
+use crate::source::procfile::Procfile;
+use crate::source::unpack::{UnpackLimits, unpack};
+use crate::store::{Release, Store, StoreError};
+
+/// How long a `build:` or `release:` command may run.
+const ONE_OFF_LIMIT: Duration = Duration::from_secs(600);
+/// Time given to requests already routed to the old release before it is stopped.
+const DRAIN: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("bad archive: {0}")]
+    Archive(String),
+    #[error("{0}")]
+    Procfile(String),
+    #[error("build failed: {0}")]
+    Build(String),
+    #[error("release command failed: {0}")]
+    ReleaseCommand(String),
+    #[error("health check failed: {0}")]
+    Health(String),
+    #[error("{0}")]
+    Run(#[from] crate::runner::RunError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Debug)]
+pub struct Apps {
+    pub store: Store,
+    pub runner: Runner,
+    builds_dir: PathBuf,
+    limits: UnpackLimits,
+    health_timeout: Duration,
+    /// What the router sends each app's traffic to; swapped whole, atomically.
+    pub routes: ArcSwap<HashMap<String, Arc<Upstreams>>>,
+    processes: tokio::sync::Mutex<HashMap<String, Vec<Running>>>,
+    /// One deploy at a time per app.
+    deploying: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Apps {
+    pub fn new(
+        store: Store,
+        runner: Runner,
+        data_dir: &Path,
+        limits: UnpackLimits,
+        health_timeout: Duration,
+    ) -> Self {
+        Self {
+            store,
+            runner,
+            builds_dir: data_dir.join("app").join("builds"),
+            limits,
+            health_timeout,
+            routes: ArcSwap::from_pointee(HashMap::new()),
+            processes: tokio::sync::Mutex::new(HashMap::new()),
+            deploying: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Uploads, builds and releases `archive` for `app`; returns the release once it serves.
+    pub async fn deploy(&self, app: &str, archive: Bytes) -> Result<Release, DeployError> {
+        self.store.get_app(app).await?;
+        let lock = {
+            let mut deploying = self.deploying.lock().await;
+            Arc::clone(deploying.entry(app.to_owned()).or_default())
+        };
+        let _one_at_a_time = lock.lock().await;
+        let hash = format!("{:x}", Sha256::digest(&archive));
+        let build_dir = self.build(app, &hash, archive).await?;
+        self.store.record_build(&hash).await?;
+        let release = self.store.create_release(app, &hash).await?;
+        self.activate(app, &release, &build_dir).await?;
+        Ok(Release {
+            current: true,
+            ..release
+        })
+    }
+
+    /// Unpacks and builds once per content hash; builds are immutable.
+    async fn build(&self, app: &str, hash: &str, archive: Bytes) -> Result<PathBuf, DeployError> {
+        let build_dir = self.builds_dir.join(hash);
+        if build_dir.join("Procfile").is_file() {
+            return Ok(build_dir);
+        }
+        std::fs::create_dir_all(&self.builds_dir)
+            .map_err(|e| DeployError::Internal(e.to_string()))?;
+        let scratch = self
+            .builds_dir
+            .join(format!(".{hash}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir(&scratch).map_err(|e| DeployError::Internal(e.to_string()))?;
+        let limits = self.limits;
+        let target = scratch.clone();
+        let unpacked = tokio::task::spawn_blocking(move || unpack(&archive[..], &target, limits))
+            .await
+            .map_err(|e| DeployError::Internal(e.to_string()))?;
+        let result = async {
+            unpacked.map_err(|e| DeployError::Archive(e.to_string()))?;
+            let text = std::fs::read_to_string(scratch.join("Procfile")).map_err(|_| {
+                DeployError::Procfile("the source has no Procfile at its top level".into())
+            })?;
+            let procfile =
+                Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))?;
+            if let Some(build) = &procfile.build {
+                give_to(&self.runner.identity, &scratch)
+                    .map_err(|e| DeployError::Internal(e.to_string()))?;
+                let (ok, output) = self
+                    .runner
+                    .run_once(
+                        app,
+                        "build",
+                        build,
+                        &scratch,
+                        &BTreeMap::new(),
+                        ONE_OFF_LIMIT,
+                    )
+                    .await?;
+                if !ok {
+                    return Err(DeployError::Build(output));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(err) = result {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(err);
+        }
+        if std::fs::rename(&scratch, &build_dir).is_err() {
+            // The same content was built meanwhile; keep that one.
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+        Ok(build_dir)
+    }
+
+    /// Runs the release command, starts the `web` process, waits for it, switches routing,
+    /// records the release as current, and stops the previous processes.
+    async fn activate(
+        &self,
+        app: &str,
+        release: &Release,
+        build_dir: &Path,
+    ) -> Result<(), DeployError> {
+        let text = std::fs::read_to_string(build_dir.join("Procfile"))
+            .map_err(|e| DeployError::Procfile(e.to_string()))?;
+        let procfile = Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))?;
+        let vars = BTreeMap::new();
+        if let Some(command) = &procfile.release {
+            let (ok, output) = self
+                .runner
+                .run_once(app, "release", command, build_dir, &vars, ONE_OFF_LIMIT)
+                .await?;
+            if !ok {
+                return Err(DeployError::ReleaseCommand(output));
+            }
+        }
+        let Some(web) = procfile.processes.get("web") else {
+            return Err(DeployError::Procfile(
+                "no `web` process type to route traffic to".into(),
+            ));
+        };
+        let mut process = self.runner.start(app, "web.1", web, build_dir, &vars)?;
+        if let Err(reason) = self
+            .runner
+            .wait_ready(&mut process, self.health_timeout)
+            .await
+        {
+            self.runner.stop(process).await;
+            return Err(DeployError::Health(reason));
+        }
+        self.store.set_current(app, release.version).await?;
+        let upstreams = Upstreams::parse(&[format!("http://127.0.0.1:{}", process.port)], "/", 5)
+            .map_err(DeployError::Internal)?;
+        self.routes.rcu(|current| {
+            let mut routes = HashMap::clone(current);
+            routes.insert(app.to_owned(), Arc::clone(&upstreams));
+            routes
+        });
+        let old = self
+            .processes
+            .lock()
+            .await
+            .insert(app.to_owned(), vec![process]);
+        tracing::info!(app, version = release.version, build = %release.build, "released");
+        if let Some(old) = old {
+            tokio::time::sleep(DRAIN).await;
+            for process in old {
+                self.runner.stop(process).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings every app back to its current release (on start).
+    pub async fn restore(&self) {
+        let releases = match self.store.current_releases().await {
+            Ok(releases) => releases,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read releases to restore");
+                return;
+            }
+        };
+        for release in releases {
+            let build_dir = self.builds_dir.join(&release.build);
+            if let Err(err) = self.activate(&release.app, &release, &build_dir).await {
+                tracing::error!(app = release.app, version = release.version, error = %err, "could not restore release");
+            }
+        }
+    }
+
+    /// Stops every process (role shutdown).
+    pub async fn stop_all(&self) {
+        let all: Vec<Running> = self
+            .processes
+            .lock()
+            .await
+            .drain()
+            .flat_map(|(_, processes)| processes)
+            .collect();
+        for process in all {
+            self.runner.stop(process).await;
+        }
+    }
+
+    /// Stops an app's processes and forgets its route (app deleted).
+    pub async fn remove(&self, app: &str) {
+        self.routes.rcu(|current| {
+            let mut routes = HashMap::clone(current);
+            routes.remove(app);
+            routes
+        });
+        let processes = self.processes.lock().await.remove(app).unwrap_or_default();
+        for process in processes {
+            self.runner.stop(process).await;
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! A real Python app through upload, build, release, routing, redeploy, a failing release,
+//! and a restart of app-server.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions
+
+use std::path::Path;
+
+use common::testing::{RunningRole, TestConfig, curl};
+use common::{Environment, Role};
+
+const AUTH: &str = "Authorization: Bearer dev";
+
+/// The fixture app as a tar.gz, with `VERSION` and optionally another Procfile.
+fn tarball(version: &str, procfile: Option<&str>) -> Vec<u8> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello");
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    let mut add = |name: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, data).unwrap();
+    };
+    add("app.py", &std::fs::read(fixture.join("app.py")).unwrap());
+    let default_procfile = std::fs::read_to_string(fixture.join("Procfile")).unwrap();
+    add("Procfile", procfile.unwrap_or(&default_procfile).as_bytes());
+    add("VERSION", version.as_bytes());
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+fn upload(api: &str, app: &str, archive: &[u8], dir: &Path) -> (u16, serde_json::Value) {
+    let file = dir.join(format!("upload-{}.tar.gz", archive.len()));
+    std::fs::write(&file, archive).unwrap();
+    let (status, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        AUTH,
+        "-H",
+        "Accept: application/json",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{api}/apps/{app}/builds"),
+    ]);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+    )
+}
+
+fn via_router(router: &str, app: &str) -> (u16, serde_json::Value) {
+    let (status, body) = curl(&[
+        "-H",
+        &format!("Host: {app}.localhost"),
+        &format!("{router}/"),
+    ]);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_release_route_redeploy_refuse_and_restore() {
+    let test = TestConfig::new(Environment::Development);
+    // Apps run as an unprivileged user when the tests run as root: let it reach the builds.
+    std::fs::set_permissions(
+        test.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let role = RunningRole::start(Role::App, &test, app_server::run).await;
+    let api = format!("http://{}", role.addr("api"));
+    let router = format!("http://{}", role.addr("http"));
+    let dir = test.dir.path().to_path_buf();
+
+    let (api2, router2, dir2) = (api.clone(), router.clone(), dir.clone());
+    tokio::task::spawn_blocking(move || {
+        let (api, router, dir) = (api2, router2, dir2);
+        let (status, _) = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            AUTH,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"name":"hello"}"#,
+            &format!("{api}/apps"),
+        ]);
+        assert_eq!(status, 201);
+        assert_eq!(via_router(&router, "hello").0, 404, "nothing deployed yet");
+
+        let started = std::time::Instant::now();
+        let (status, body) = upload(&api, "hello", &tarball("v1", None), &dir);
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["version"], 1);
+        assert_eq!(body["build"].as_str().unwrap().len(), 64, "content hash");
+        eprintln!("upload to first release: {:?}", started.elapsed());
+
+        let (status, app) = via_router(&router, "hello");
+        assert_eq!(status, 200, "{app}");
+        assert_eq!(app["version"], "v1");
+        assert_eq!(app["quartet_env"], "development");
+        assert_eq!(app["host"], format!("hello.localhost"));
+        assert_eq!(app["forwarded_for"], "127.0.0.1");
+        assert_ne!(app["uid"], 0, "apps never run as root");
+        // Nothing of app-server's environment leaks into the app.
+        let env: Vec<&str> = app["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for name in &env {
+            assert!(
+                [
+                    "HOME",
+                    "LANG",
+                    "PATH",
+                    "PORT",
+                    "QUARTET_ENV",
+                    "PWD",
+                    "SHLVL",
+                    "LC_CTYPE"
+                ]
+                .contains(name),
+                "leaked {name}: {env:?}"
+            );
+        }
+
+        // A redeploy: the new version serves, as release 2.
+        let (status, body) = upload(&api, "hello", &tarball("v2", None), &dir);
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["version"], 2);
+        assert_eq!(via_router(&router, "hello").1["version"], "v2");
+
+        // A release that never accepts connections is refused; v2 keeps serving.
+        let broken = tarball("v3", Some("web: python3 -c 'import sys; sys.exit(3)'\n"));
+        let (status, body) = upload(&api, "hello", &broken, &dir);
+        assert_eq!(status, 422, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("health check failed"),
+            "{body}"
+        );
+        assert_eq!(via_router(&router, "hello").1["version"], "v2");
+
+        // A malicious archive is refused with nothing written outside the builds.
+        let evil = {
+            let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut builder = tar::Builder::new(gz);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_mode(0o644);
+            let name = header.as_old_mut().name.as_mut();
+            name[..12].copy_from_slice(b"../../escape");
+            header.set_cksum();
+            builder.append(&header, &b"x"[..]).unwrap();
+            builder.into_inner().unwrap().finish().unwrap()
+        };
+        let (status, body) = upload(&api, "hello", &evil, &dir);
+        assert_eq!(status, 422, "{body}");
+        assert!(!dir.join("data/escape").exists() && !dir.join("escape").exists());
+
+        let (status, body) = curl(&["-H", AUTH, &format!("{api}/apps/hello/releases")]);
+        assert_eq!(status, 200);
+        let releases: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let current: Vec<i64> = releases
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["current"] == true)
+            .map(|r| r["version"].as_i64().unwrap())
+            .collect();
+        assert_eq!(current, [2], "{releases}");
+        assert_eq!(via_router(&router, "nope").0, 404);
+    })
+    .await
+    .unwrap();
+    role.stop().await.unwrap();
+
+    // A new app-server brings the current release back.
+    let role = RunningRole::start(Role::App, &test, app_server::run).await;
+    let router = format!("http://{}", role.addr("http"));
+    let (status, app) = tokio::task::spawn_blocking(move || via_router(&router, "hello"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{app}");
+    assert_eq!(app["version"], "v2");
+    let port: u16 = app["port"].as_str().unwrap().parse().unwrap();
+    role.stop().await.unwrap();
+    // Stopping app-server stops the app's processes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app outlived app-server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
