@@ -33,6 +33,8 @@ pub fn router(api: Api) -> Router {
         .route("/apps/{name}", get(get_app).delete(delete_app))
         .route("/apps/{name}/builds", axum::routing::post(create_build))
         .route("/apps/{name}/releases", get(list_releases))
+        .route("/apps/{name}/config", get(get_config).put(put_config))
+        .route("/apps/{name}/rollback", axum::routing::post(rollback))
         .with_state(api)
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
@@ -167,23 +169,7 @@ async fn create_build(
             ),
         )
             .into_response(),
-        Err(DeployError::Store(err)) => store_error(err),
-        Err(err) => {
-            let status = match err {
-                DeployError::Archive(_) | DeployError::Procfile(_) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                DeployError::Build(_) | DeployError::ReleaseCommand(_) | DeployError::Health(_) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            (
-                status,
-                Json(json!({ "status": "failed", "error": err.to_string() })),
-            )
-                .into_response()
-        }
+        Err(err) => deploy_error(err),
     }
 }
 
@@ -191,5 +177,97 @@ async fn list_releases(State(api): State<Api>, Path(name): Path<String>) -> Resp
     match api.store.releases(&name).await {
         Ok(releases) => Json(releases).into_response(),
         Err(err) => store_error(err),
+    }
+}
+
+fn deploy_error(err: DeployError) -> Response {
+    let status = match &err {
+        DeployError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
+        DeployError::Store(_) | DeployError::Internal(_) | DeployError::Run(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    (
+        status,
+        Json(json!({ "status": "failed", "error": err.to_string() })),
+    )
+        .into_response()
+}
+
+async fn get_config(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.store.config(&name).await {
+        Ok(config) => Json(config).into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+/// Names a process may be given: `[A-Za-z_][A-Za-z0-9_]*`, but not what app-server sets.
+fn valid_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !matches!(name, "PORT" | "QUARTET_ENV")
+}
+
+/// `PUT /apps/{name}/config` with a JSON object; `null` removes a key. A running app gets a
+/// new release with the new environment.
+async fn put_config(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<
+        Json<std::collections::BTreeMap<String, Option<String>>>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> Response {
+    let Ok(Json(changes)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON object of strings (null removes a key)",
+        );
+    };
+    if let Some(bad) = changes.keys().find(|k| !valid_var_name(k)) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!(
+                "{bad:?} is not a usable variable name (PORT and QUARTET_ENV are set by app-server)"
+            ),
+        );
+    }
+    match api.apps.update_config(&name, &changes).await {
+        Ok((config, release)) => Json(json!({
+            "config": config,
+            "release": release.map(|r| r.version),
+        }))
+        .into_response(),
+        Err(err) => deploy_error(err),
+    }
+}
+
+#[derive(Deserialize)]
+struct RollbackTo {
+    version: i64,
+}
+
+/// `POST /apps/{name}/rollback {"version": N}`: a new release with version N's build and config.
+async fn rollback(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<RollbackTo>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(target)) = body else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"version\": N}");
+    };
+    match api.apps.rollback(&name, target.version).await {
+        Ok(release) => (
+            StatusCode::CREATED,
+            Json(
+                json!({ "status": "released", "version": release.version, "build": release.build }),
+            ),
+        )
+            .into_response(),
+        Err(err) => deploy_error(err),
     }
 }

@@ -79,20 +79,73 @@ impl Apps {
     /// Uploads, builds and releases `archive` for `app`; returns the release once it serves.
     pub async fn deploy(&self, app: &str, archive: Bytes) -> Result<Release, DeployError> {
         self.store.get_app(app).await?;
-        let lock = {
-            let mut deploying = self.deploying.lock().await;
-            Arc::clone(deploying.entry(app.to_owned()).or_default())
-        };
+        let lock = self.lock(app).await;
         let _one_at_a_time = lock.lock().await;
         let hash = format!("{:x}", Sha256::digest(&archive));
         let build_dir = self.build(app, &hash, archive).await?;
         self.store.record_build(&hash).await?;
-        let release = self.store.create_release(app, &hash).await?;
-        self.activate(app, &release, &build_dir).await?;
+        let config = self.store.config(app).await?;
+        self.release(app, &hash, &config, &build_dir).await
+    }
+
+    async fn release(
+        &self,
+        app: &str,
+        build: &str,
+        config: &BTreeMap<String, String>,
+        build_dir: &Path,
+    ) -> Result<Release, DeployError> {
+        let release = self.store.create_release(app, build, config).await?;
+        self.activate(app, &release, build_dir).await?;
         Ok(Release {
             current: true,
             ..release
         })
+    }
+
+    async fn lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut deploying = self.deploying.lock().await;
+        Arc::clone(deploying.entry(app.to_owned()).or_default())
+    }
+
+    /// Changes config vars; if the app runs, a new release with the new config replaces it
+    /// (the processes restart with the new environment).
+    pub async fn update_config(
+        &self,
+        app: &str,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<(BTreeMap<String, String>, Option<Release>), DeployError> {
+        let lock = self.lock(app).await;
+        let _one_at_a_time = lock.lock().await;
+        let previous = self.store.config(app).await?;
+        let config = self.store.update_config(app, changes).await?;
+        let Some(current) = self.store.current_release(app).await? else {
+            return Ok((config, None));
+        };
+        let build_dir = self.builds_dir.join(&current.build);
+        match self.release(app, &current.build, &config, &build_dir).await {
+            Ok(release) => Ok((config, Some(release))),
+            Err(err) => {
+                // The running release keeps serving; so does its config.
+                let restore: BTreeMap<String, Option<String>> = config
+                    .keys()
+                    .map(|k| (k.clone(), previous.get(k).cloned()))
+                    .chain(previous.iter().map(|(k, v)| (k.clone(), Some(v.clone()))))
+                    .collect();
+                let _ = self.store.update_config(app, &restore).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// A new release with the build and config of `version`.
+    pub async fn rollback(&self, app: &str, version: i64) -> Result<Release, DeployError> {
+        let lock = self.lock(app).await;
+        let _one_at_a_time = lock.lock().await;
+        let target = self.store.release(app, version).await?;
+        let build_dir = self.builds_dir.join(&target.build);
+        self.release(app, &target.build, &target.config, &build_dir)
+            .await
     }
 
     /// Unpacks and builds once per content hash; builds are immutable.
@@ -163,11 +216,11 @@ impl Apps {
         let text = std::fs::read_to_string(build_dir.join("Procfile"))
             .map_err(|e| DeployError::Procfile(e.to_string()))?;
         let procfile = Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))?;
-        let vars = BTreeMap::new();
+        let vars = &release.config;
         if let Some(command) = &procfile.release {
             let (ok, output) = self
                 .runner
-                .run_once(app, "release", command, build_dir, &vars, ONE_OFF_LIMIT)
+                .run_once(app, "release", command, build_dir, vars, ONE_OFF_LIMIT)
                 .await?;
             if !ok {
                 return Err(DeployError::ReleaseCommand(output));
@@ -178,7 +231,7 @@ impl Apps {
                 "no `web` process type to route traffic to".into(),
             ));
         };
-        let mut process = self.runner.start(app, "web.1", web, build_dir, &vars)?;
+        let mut process = self.runner.start(app, "web.1", web, build_dir, vars)?;
         if let Err(reason) = self
             .runner
             .wait_ready(&mut process, self.health_timeout)

@@ -107,11 +107,14 @@ impl Runner {
         cmd
     }
 
+    /// Defaults, then the app's config vars (which may override them), then what app-server
+    /// decides (`QUARTET_ENV`; `PORT` is added per process).
     fn base_env(&self, dir: &Path, vars: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        let mut env = vars.clone();
+        let mut env = BTreeMap::new();
         env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
         env.insert("HOME".into(), dir.display().to_string());
         env.insert("LANG".into(), "C.UTF-8".into());
+        env.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.insert("QUARTET_ENV".into(), self.environment.clone());
         env
     }

@@ -136,7 +136,67 @@ async fn upload_release_route_redeploy_refuse_and_restore() {
         assert_eq!(body["version"], 2);
         assert_eq!(via_router(&router, "hello").1["version"], "v2");
 
-        // A release that never accepts connections is refused; v2 keeps serving.
+        // Config vars: a new release whose processes see them; null removes one.
+        let put = |body: &str| {
+            let (status, body) = curl(&[
+                "-X",
+                "PUT",
+                "-H",
+                AUTH,
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+                &format!("{api}/apps/hello/config"),
+            ]);
+            (
+                status,
+                serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            )
+        };
+        let (status, body) = put(r#"{"GREETING":"hi there","EXTRA":"1"}"#);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["release"], 3);
+        assert_eq!(via_router(&router, "hello").1["greeting"], "hi there");
+        let (status, body) = put(r#"{"EXTRA":null}"#);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["config"], serde_json::json!({"GREETING": "hi there"}));
+        assert_eq!(body["release"], 4);
+        let (status, _) = put(r#"{"PORT":"1"}"#);
+        assert_eq!(status, 422, "PORT is app-server's to set");
+
+        // Rollback to v1: its build and its (empty) config, as a new release.
+        let (status, body) = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            AUTH,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"version":1}"#,
+            &format!("{api}/apps/hello/rollback"),
+        ]);
+        assert_eq!(status, 201, "{body}");
+        let (_, app) = via_router(&router, "hello");
+        assert_eq!(app["version"], "v1");
+        assert_eq!(app["greeting"], serde_json::Value::Null);
+        // And forward again to release 4's build and config.
+        let (status, _) = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            AUTH,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"version":4}"#,
+            &format!("{api}/apps/hello/rollback"),
+        ]);
+        assert_eq!(status, 201);
+        assert_eq!(via_router(&router, "hello").1["greeting"], "hi there");
+
+        // A release that never accepts connections is refused; the running one keeps serving.
         let broken = tarball("v3", Some("web: python3 -c 'import sys; sys.exit(3)'\n"));
         let (status, body) = upload(&api, "hello", &broken, &dir);
         assert_eq!(status, 422, "{body}");
@@ -176,7 +236,7 @@ async fn upload_release_route_redeploy_refuse_and_restore() {
             .filter(|r| r["current"] == true)
             .map(|r| r["version"].as_i64().unwrap())
             .collect();
-        assert_eq!(current, [2], "{releases}");
+        assert_eq!(current, [6], "{releases}");
         assert_eq!(via_router(&router, "nope").0, 404);
     })
     .await

@@ -1,6 +1,7 @@
 //! Everything app-server must remember across restarts, in SQLite under `data_dir/app/`
 //! (sqlx). Today: apps. Builds, releases, config and formation join as the deploy path lands.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -51,18 +52,27 @@ CREATE TABLE IF NOT EXISTS releases (
     app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
     version INTEGER NOT NULL,
     build TEXT NOT NULL REFERENCES builds(hash),
+    config TEXT NOT NULL DEFAULT '{}',
     created_at INTEGER NOT NULL,
     current INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (app, version)
 );
+CREATE TABLE IF NOT EXISTS config_vars (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (app, key)
+);
 ";
 
-/// A release: a build plus a version number (config snapshots join with config vars).
+/// A release: a build, a snapshot of the app's config vars, and a version number.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Release {
     pub app: String,
     pub version: i64,
     pub build: String,
+    /// The config vars the release runs with (values are the owner's to see).
+    pub config: BTreeMap<String, String>,
     pub created_at: i64,
     pub current: bool,
 }
@@ -158,7 +168,12 @@ impl Store {
     }
 
     /// Records a new release (not yet current) and returns it with its version.
-    pub async fn create_release(&self, app: &str, build: &str) -> Result<Release, StoreError> {
+    pub async fn create_release(
+        &self,
+        app: &str,
+        build: &str,
+        config: &BTreeMap<String, String>,
+    ) -> Result<Release, StoreError> {
         self.get_app(app).await?;
         let mut tx = self.pool.begin().await?;
         let version: i64 =
@@ -168,18 +183,23 @@ impl Store {
                 .await?
                 .get("v");
         let created_at = now();
-        sqlx::query("INSERT INTO releases (app, version, build, created_at) VALUES (?, ?, ?, ?)")
-            .bind(app)
-            .bind(version)
-            .bind(build)
-            .bind(created_at)
-            .execute(&mut *tx)
-            .await?;
+        let snapshot = serde_json::to_string(config).unwrap_or_else(|_| "{}".into());
+        sqlx::query(
+            "INSERT INTO releases (app, version, build, config, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(app)
+        .bind(version)
+        .bind(build)
+        .bind(snapshot)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Release {
             app: app.to_owned(),
             version,
             build: build.to_owned(),
+            config: config.clone(),
             created_at,
             current: false,
         })
@@ -199,7 +219,7 @@ impl Store {
 
     pub async fn releases(&self, app: &str) -> Result<Vec<Release>, StoreError> {
         self.get_app(app).await?;
-        let rows = sqlx::query("SELECT app, version, build, created_at, current FROM releases WHERE app = ? ORDER BY version DESC")
+        let rows = sqlx::query("SELECT app, version, build, config, created_at, current FROM releases WHERE app = ? ORDER BY version DESC")
             .bind(app)
             .fetch_all(&self.pool)
             .await?;
@@ -209,11 +229,72 @@ impl Store {
     /// Every app's current release, for bringing apps back on start.
     pub async fn current_releases(&self) -> Result<Vec<Release>, StoreError> {
         let rows = sqlx::query(
-            "SELECT app, version, build, created_at, current FROM releases WHERE current = 1",
+            "SELECT app, version, build, config, created_at, current FROM releases WHERE current = 1",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(release_from_row).collect())
+    }
+
+    pub async fn release(&self, app: &str, version: i64) -> Result<Release, StoreError> {
+        let row = sqlx::query("SELECT app, version, build, config, created_at, current FROM releases WHERE app = ? AND version = ?")
+            .bind(app)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("{app} v{version}")))?;
+        Ok(release_from_row(row))
+    }
+
+    pub async fn current_release(&self, app: &str) -> Result<Option<Release>, StoreError> {
+        let row = sqlx::query("SELECT app, version, build, config, created_at, current FROM releases WHERE app = ? AND current = 1")
+            .bind(app)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(release_from_row))
+    }
+
+    pub async fn config(&self, app: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        self.get_app(app).await?;
+        let rows = sqlx::query("SELECT key, value FROM config_vars WHERE app = ?")
+            .bind(app)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get("key"), row.get("value")))
+            .collect())
+    }
+
+    /// Applies `changes` (`None` removes a key) in one transaction; returns the new config.
+    pub async fn update_config(
+        &self,
+        app: &str,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        self.get_app(app).await?;
+        let mut tx = self.pool.begin().await?;
+        for (key, value) in changes {
+            match value {
+                Some(value) => {
+                    sqlx::query("INSERT INTO config_vars (app, key, value) VALUES (?, ?, ?) ON CONFLICT(app, key) DO UPDATE SET value = excluded.value")
+                        .bind(app)
+                        .bind(key)
+                        .bind(value)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM config_vars WHERE app = ? AND key = ?")
+                        .bind(app)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        self.config(app).await
     }
 
     pub async fn close(&self) {
@@ -222,10 +303,12 @@ impl Store {
 }
 
 fn release_from_row(row: sqlx::sqlite::SqliteRow) -> Release {
+    let config: String = row.get("config");
     Release {
         app: row.get("app"),
         version: row.get("version"),
         build: row.get("build"),
+        config: serde_json::from_str(&config).unwrap_or_default(),
         created_at: row.get("created_at"),
         current: row.get::<i64, _>("current") != 0,
     }
