@@ -35,6 +35,7 @@ pub fn router(api: Api) -> Router {
         .route("/apps/{name}/releases", get(list_releases))
         .route("/apps/{name}/config", get(get_config).put(put_config))
         .route("/apps/{name}/rollback", axum::routing::post(rollback))
+        .route("/apps/{name}/formation", axum::routing::put(put_formation))
         .with_state(api)
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
@@ -119,16 +120,45 @@ async fn list_apps(State(api): State<Api>) -> Response {
 }
 
 async fn get_app(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    match api.store.get_app(&name).await {
-        // Releases, processes and schedules appear here as the deploy path lands.
-        Ok(app) => Json(json!({
-            "name": app.name,
-            "created_at": app.created_at,
-            "release": null,
-            "processes": [],
-        }))
-        .into_response(),
-        Err(err) => store_error(err),
+    let app = match api.store.get_app(&name).await {
+        Ok(app) => app,
+        Err(err) => return store_error(err),
+    };
+    let release = api.store.current_release(&name).await.ok().flatten();
+    let formation = api.store.formation(&name).await.unwrap_or_default();
+    let processes = api.apps.status(&name).await;
+    Json(json!({
+        "name": app.name,
+        "created_at": app.created_at,
+        "release": release.as_ref().map(|r| r.version),
+        "build": release.as_ref().map(|r| r.build.clone()),
+        "formation": formation,
+        "processes": processes,
+    }))
+    .into_response()
+}
+
+/// `PUT /apps/{name}/formation {"web": 2, "worker": 1}`: how many of each process type run.
+async fn put_formation(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<
+        Json<std::collections::BTreeMap<String, u32>>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> Response {
+    let Ok(Json(counts)) = body else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"web\": N, ...}");
+    };
+    if counts.values().any(|count| *count > 20) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "at most 20 processes of a type",
+        );
+    }
+    match api.apps.scale(&name, &counts).await {
+        Ok(()) => Json(json!({ "formation": counts })).into_response(),
+        Err(err) => deploy_error(err),
     }
 }
 

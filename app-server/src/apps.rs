@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::proxy::Upstreams;
 use sha2::{Digest, Sha256};
 
-use crate::runner::{Runner, Running, give_to};
+use crate::runner::{ProcessStatus, Runner, Supervised, give_to};
 use crate::source::procfile::Procfile;
 use crate::source::unpack::{UnpackLimits, unpack};
 use crate::store::{Release, Store, StoreError};
@@ -51,7 +51,7 @@ pub struct Apps {
     health_timeout: Duration,
     /// What the router sends each app's traffic to; swapped whole, atomically.
     pub routes: ArcSwap<HashMap<String, Arc<Upstreams>>>,
-    processes: tokio::sync::Mutex<HashMap<String, Vec<Running>>>,
+    processes: tokio::sync::Mutex<HashMap<String, Vec<Supervised>>>,
     /// One deploy at a time per app.
     deploying: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -226,41 +226,113 @@ impl Apps {
                 return Err(DeployError::ReleaseCommand(output));
             }
         }
-        let Some(web) = procfile.processes.get("web") else {
+        if !procfile.processes.contains_key("web") {
             return Err(DeployError::Procfile(
                 "no `web` process type to route traffic to".into(),
             ));
-        };
-        let mut process = self.runner.start(app, "web.1", web, build_dir, vars)?;
-        if let Err(reason) = self
-            .runner
-            .wait_ready(&mut process, self.health_timeout)
-            .await
-        {
-            self.runner.stop(process).await;
-            return Err(DeployError::Health(reason));
+        }
+        let formation = self.store.formation(app).await?;
+        let mut started = Vec::new();
+        let mut failure = None;
+        'types: for (kind, command) in &procfile.processes {
+            let default = u32::from(kind == "web");
+            let count = formation.get(kind).copied().unwrap_or(default);
+            for index in 1..=count {
+                let name = format!("{kind}.{index}");
+                let mut process = match self
+                    .runner
+                    .start(app, &name, command, build_dir, vars, None)
+                {
+                    Ok(process) => process,
+                    Err(err) => {
+                        failure = Some(DeployError::Run(err));
+                        break 'types;
+                    }
+                };
+                // Web processes must accept connections before they get traffic.
+                if kind == "web"
+                    && let Err(reason) = self
+                        .runner
+                        .wait_ready(&mut process, self.health_timeout)
+                        .await
+                {
+                    self.runner.stop(process).await;
+                    failure = Some(DeployError::Health(reason));
+                    break 'types;
+                }
+                started.push((kind.clone(), command.clone(), process));
+            }
+        }
+        if let Some(failure) = failure {
+            for (_, _, process) in started {
+                self.runner.stop(process).await;
+            }
+            return Err(failure);
         }
         self.store.set_current(app, release.version).await?;
-        let upstreams = Upstreams::parse(&[format!("http://127.0.0.1:{}", process.port)], "/", 5)
-            .map_err(DeployError::Internal)?;
+        let mut supervised = Vec::new();
+        let mut web_ports = Vec::new();
+        for (kind, command, process) in started {
+            if kind == "web" {
+                web_ports.push(format!("http://127.0.0.1:{}", process.port));
+            }
+            supervised.push(
+                self.runner
+                    .supervise(app, &command, build_dir, vars, process),
+            );
+        }
+        let upstreams = if web_ports.is_empty() {
+            None
+        } else {
+            Some(Upstreams::parse(&web_ports, "/", 5).map_err(DeployError::Internal)?)
+        };
         self.routes.rcu(|current| {
             let mut routes = HashMap::clone(current);
-            routes.insert(app.to_owned(), Arc::clone(&upstreams));
+            match &upstreams {
+                Some(upstreams) => routes.insert(app.to_owned(), Arc::clone(upstreams)),
+                None => routes.remove(app),
+            };
             routes
         });
         let old = self
             .processes
             .lock()
             .await
-            .insert(app.to_owned(), vec![process]);
+            .insert(app.to_owned(), supervised);
         tracing::info!(app, version = release.version, build = %release.build, "released");
         if let Some(old) = old {
             tokio::time::sleep(DRAIN).await;
             for process in old {
-                self.runner.stop(process).await;
+                process.stop().await;
             }
         }
         Ok(())
+    }
+
+    /// Sets how many of each process type run, and restarts the current release with it.
+    pub async fn scale(
+        &self,
+        app: &str,
+        counts: &BTreeMap<String, u32>,
+    ) -> Result<(), DeployError> {
+        let lock = self.lock(app).await;
+        let _one_at_a_time = lock.lock().await;
+        self.store.set_formation(app, counts).await?;
+        if let Some(current) = self.store.current_release(app).await? {
+            let build_dir = self.builds_dir.join(&current.build);
+            self.activate(app, &current, &build_dir).await?;
+        }
+        Ok(())
+    }
+
+    /// The app's processes as they are now.
+    pub async fn status(&self, app: &str) -> Vec<ProcessStatus> {
+        self.processes
+            .lock()
+            .await
+            .get(app)
+            .map(|processes| processes.iter().map(Supervised::status).collect())
+            .unwrap_or_default()
     }
 
     /// Brings every app back to its current release (on start).
@@ -282,7 +354,7 @@ impl Apps {
 
     /// Stops every process (role shutdown).
     pub async fn stop_all(&self) {
-        let all: Vec<Running> = self
+        let all: Vec<Supervised> = self
             .processes
             .lock()
             .await
@@ -290,7 +362,7 @@ impl Apps {
             .flat_map(|(_, processes)| processes)
             .collect();
         for process in all {
-            self.runner.stop(process).await;
+            process.stop().await;
         }
     }
 
@@ -303,7 +375,7 @@ impl Apps {
         });
         let processes = self.processes.lock().await.remove(app).unwrap_or_default();
         for process in processes {
-            self.runner.stop(process).await;
+            process.stop().await;
         }
     }
 }

@@ -166,7 +166,7 @@ impl Runner {
         }
     }
 
-    /// Starts a long-running process on a fresh port.
+    /// Starts a long-running process, on `port` or a fresh one.
     pub fn start(
         &self,
         app: &str,
@@ -174,8 +174,12 @@ impl Runner {
         command: &str,
         dir: &Path,
         vars: &BTreeMap<String, String>,
+        port: Option<u16>,
     ) -> Result<Running, RunError> {
-        let port = free_port().map_err(RunError::Port)?;
+        let port = match port {
+            Some(port) => port,
+            None => free_port().map_err(RunError::Port)?,
+        };
         let mut env = self.base_env(dir, vars);
         env.insert("PORT".into(), port.to_string());
         let mut cmd = self.command(command);
@@ -321,4 +325,138 @@ pub fn give_to(identity: &Identity, dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `GET /apps/{name}` shows of a process.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProcessStatus {
+    pub name: String,
+    pub port: u16,
+    pub state: &'static str,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+}
+
+/// A supervised process: restarted with exponential backoff when it exits on its own (reset
+/// after a stable minute), stopped (SIGTERM, then SIGKILL) when asked.
+#[derive(Debug)]
+pub struct Supervised {
+    pub port: u16,
+    pub status: std::sync::Arc<std::sync::Mutex<ProcessStatus>>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// First delay before restarting a crashed process, and the cap.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A process that ran this long is considered stable: its backoff starts over.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+impl Supervised {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    pub fn status(&self) -> ProcessStatus {
+        self.status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+}
+
+impl Runner {
+    /// Hands a started (and checked) process to a supervisor task.
+    pub fn supervise(
+        &self,
+        app: &str,
+        command: &str,
+        dir: &Path,
+        vars: &BTreeMap<String, String>,
+        running: Running,
+    ) -> Supervised {
+        let status = std::sync::Arc::new(std::sync::Mutex::new(ProcessStatus {
+            name: running.name.clone(),
+            port: running.port,
+            state: "up",
+            restarts: 0,
+            last_exit: None,
+        }));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let port = running.port;
+        let (runner, app, command, dir, vars) = (
+            self.clone(),
+            app.to_owned(),
+            command.to_owned(),
+            dir.to_path_buf(),
+            vars.clone(),
+        );
+        let (task_status, task_stop) = (std::sync::Arc::clone(&status), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut running = running;
+            let mut backoff = BACKOFF_START;
+            let mut started = tokio::time::Instant::now();
+            loop {
+                let exit = tokio::select! {
+                    exit = running.child.wait() => exit,
+                    () = task_stop.cancelled() => {
+                        runner.stop(running).await;
+                        return;
+                    }
+                };
+                let exit = exit.map_or_else(|e| e.to_string(), |s| s.to_string());
+                if started.elapsed() >= STABLE_AFTER {
+                    backoff = BACKOFF_START;
+                }
+                let name = running.name.clone();
+                tracing::warn!(app, process = name, %exit, "process exited; restarting in {:?}", backoff);
+                runner
+                    .append_log(
+                        &app,
+                        &name,
+                        &format!("exited ({exit}); restarting in {backoff:?}"),
+                    )
+                    .await;
+                if let Ok(mut s) = task_status.lock() {
+                    s.state = "crashed";
+                    s.last_exit = Some(exit);
+                }
+                // Never abandoned: keep trying, further apart each time.
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = task_stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    // Same port: the route to it stays valid.
+                    match runner.start(&app, &name, &command, &dir, &vars, Some(port)) {
+                        Ok(restarted) => {
+                            running = restarted;
+                            started = tokio::time::Instant::now();
+                            if let Ok(mut s) = task_status.lock() {
+                                s.state = "up";
+                                s.restarts += 1;
+                            }
+                            break;
+                        }
+                        Err(err) => {
+                            tracing::error!(app, process = name, error = %err, "cannot restart; trying again in {:?}", backoff);
+                            if let Ok(mut s) = task_status.lock() {
+                                s.state = "restart failed";
+                                s.last_exit = Some(err.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Supervised {
+            port,
+            status,
+            stop,
+            task,
+        }
+    }
 }

@@ -196,6 +196,74 @@ async fn upload_release_route_redeploy_refuse_and_restore() {
         assert_eq!(status, 201);
         assert_eq!(via_router(&router, "hello").1["greeting"], "hi there");
 
+        // Scale to two web processes: both serve, load-balanced.
+        let (status, body) = curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            AUTH,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"web":2}"#,
+            &format!("{api}/apps/hello/formation"),
+        ]);
+        assert_eq!(status, 200, "{body}");
+        let ports: std::collections::HashSet<String> = (0..6)
+            .map(|_| {
+                via_router(&router, "hello").1["port"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(ports.len(), 2, "{ports:?}");
+
+        // Kill one with SIGKILL: it is restarted on its port and answers again within a second.
+        let (_, status_body) = curl(&["-H", AUTH, &format!("{api}/apps/hello")]);
+        let status_json: serde_json::Value = serde_json::from_str(&status_body).unwrap();
+        let port = status_json["processes"][0]["port"].as_u64().unwrap() as u16;
+        let pid = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ss -ltnpH 'sport = :{port}' | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -1"
+            ))
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&pid.stdout).trim().to_owned();
+        assert!(!pid.is_empty(), "no pid for port {port}");
+        let killed = std::time::Instant::now();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                killed.elapsed() < std::time::Duration::from_secs(3),
+                "not back after 3s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("back after kill -9 in {:?}", killed.elapsed());
+        let (_, status_body) = curl(&["-H", AUTH, &format!("{api}/apps/hello")]);
+        assert!(status_body.contains("\"restarts\":1"), "{status_body}");
+        let (status, body) = curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            AUTH,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"web":1}"#,
+            &format!("{api}/apps/hello/formation"),
+        ]);
+        assert_eq!(status, 200, "{body}");
+
         // A release that never accepts connections is refused; the running one keeps serving.
         let broken = tarball("v3", Some("web: python3 -c 'import sys; sys.exit(3)'\n"));
         let (status, body) = upload(&api, "hello", &broken, &dir);

@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS releases (
     current INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (app, version)
 );
+CREATE TABLE IF NOT EXISTS formation (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    process TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (app, process)
+);
 CREATE TABLE IF NOT EXISTS config_vars (
     app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
     key TEXT NOT NULL,
@@ -295,6 +301,42 @@ impl Store {
         }
         tx.commit().await?;
         self.config(app).await
+    }
+
+    /// How many of each process type to run; `web` defaults to 1, others to 0.
+    pub async fn formation(&self, app: &str) -> Result<BTreeMap<String, u32>, StoreError> {
+        let rows = sqlx::query("SELECT process, count FROM formation WHERE app = ?")
+            .bind(app)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                (
+                    row.get("process"),
+                    row.get::<i64, _>("count").clamp(0, 100) as u32,
+                )
+            })
+            .collect())
+    }
+
+    pub async fn set_formation(
+        &self,
+        app: &str,
+        counts: &BTreeMap<String, u32>,
+    ) -> Result<(), StoreError> {
+        self.get_app(app).await?;
+        let mut tx = self.pool.begin().await?;
+        for (process, count) in counts {
+            sqlx::query("INSERT INTO formation (app, process, count) VALUES (?, ?, ?) ON CONFLICT(app, process) DO UPDATE SET count = excluded.count")
+                .bind(app)
+                .bind(process)
+                .bind(i64::from(*count))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn close(&self) {
