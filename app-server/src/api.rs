@@ -156,7 +156,13 @@ async fn put_formation(
             "at most 20 processes of a type",
         );
     }
-    match api.apps.scale(&name, &counts).await {
+    let apps = Arc::clone(&api.apps);
+    let scaled = counts.clone();
+    let outcome = tokio::spawn(async move { apps.scale(&name, &scaled).await }).await;
+    let Ok(outcome) = outcome else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the scaling task failed");
+    };
+    match outcome {
         Ok(()) => Json(json!({ "formation": counts })).into_response(),
         Err(err) => deploy_error(err),
     }
@@ -165,7 +171,8 @@ async fn put_formation(
 async fn delete_app(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.store.delete_app(&name).await {
         Ok(()) => {
-            api.apps.remove(&name).await;
+            let apps = Arc::clone(&api.apps);
+            let _ = tokio::spawn(async move { apps.remove(&name).await }).await;
             StatusCode::NO_CONTENT.into_response()
         }
         Err(err) => store_error(err),
@@ -191,7 +198,13 @@ async fn create_build(
             );
         }
     };
-    match api.apps.deploy(&name, archive).await {
+    // A deploy runs to its end even if the client goes away: a half-done switch is worse.
+    let apps = Arc::clone(&api.apps);
+    let outcome = tokio::spawn(async move { apps.deploy(&name, archive).await }).await;
+    let Ok(outcome) = outcome else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the deploy task failed");
+    };
+    match outcome {
         Ok(release) => (
             StatusCode::CREATED,
             Json(
@@ -266,7 +279,12 @@ async fn put_config(
             ),
         );
     }
-    match api.apps.update_config(&name, &changes).await {
+    let apps = Arc::clone(&api.apps);
+    let outcome = tokio::spawn(async move { apps.update_config(&name, &changes).await }).await;
+    let Ok(outcome) = outcome else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the release task failed");
+    };
+    match outcome {
         Ok((config, release)) => Json(json!({
             "config": config,
             "release": release.map(|r| r.version),
@@ -290,7 +308,15 @@ async fn rollback(
     let Ok(Json(target)) = body else {
         return error(StatusCode::BAD_REQUEST, "expected {\"version\": N}");
     };
-    match api.apps.rollback(&name, target.version).await {
+    let apps = Arc::clone(&api.apps);
+    let outcome = tokio::spawn(async move { apps.rollback(&name, target.version).await }).await;
+    let Ok(outcome) = outcome else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the rollback task failed",
+        );
+    };
+    match outcome {
         Ok(release) => (
             StatusCode::CREATED,
             Json(

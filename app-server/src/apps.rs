@@ -12,10 +12,27 @@ use bytes::Bytes;
 use common::proxy::Upstreams;
 use sha2::{Digest, Sha256};
 
-use crate::runner::{ProcessStatus, Runner, Supervised, give_to};
+use crate::runner::{ProcessStatus, Runner, Supervised, give_to, take_back};
 use crate::source::procfile::Procfile;
 use crate::source::unpack::{UnpackLimits, unpack};
 use crate::store::{Release, Store, StoreError};
+
+/// fsyncs every file and folder under `dir` (a deploy is acknowledged only once durable).
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+            std::fs::File::open(&path)?.sync_all()?;
+        } else if meta.is_file() {
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
 
 /// How long a `build:` or `release:` command may run.
 const ONE_OFF_LIMIT: Duration = Duration::from_secs(600);
@@ -96,7 +113,7 @@ impl Apps {
         build_dir: &Path,
     ) -> Result<Release, DeployError> {
         let release = self.store.create_release(app, build, config).await?;
-        self.activate(app, &release, build_dir).await?;
+        self.activate(app, &release, build_dir, true).await?;
         Ok(Release {
             current: true,
             ..release
@@ -156,9 +173,14 @@ impl Apps {
         }
         std::fs::create_dir_all(&self.builds_dir)
             .map_err(|e| DeployError::Internal(e.to_string()))?;
+        // Unique per attempt: two deploys of the same content never share a scratch tree.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let scratch = self
             .builds_dir
-            .join(format!(".{hash}-{}", std::process::id()));
+            .join(format!(".{hash}-{}-{nanos}", std::process::id()));
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir(&scratch).map_err(|e| DeployError::Internal(e.to_string()))?;
         let limits = self.limits;
@@ -191,6 +213,10 @@ impl Apps {
                     return Err(DeployError::Build(output));
                 }
             }
+            // Builds are immutable: back to root, then on disk for good before anything uses it.
+            take_back(&self.runner.identity, &scratch)
+                .map_err(|e| DeployError::Internal(e.to_string()))?;
+            sync_tree(&scratch).map_err(|e| DeployError::Internal(e.to_string()))?;
             Ok(())
         }
         .await;
@@ -202,6 +228,9 @@ impl Apps {
             // The same content was built meanwhile; keep that one.
             let _ = std::fs::remove_dir_all(&scratch);
         }
+        std::fs::File::open(&self.builds_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| DeployError::Internal(e.to_string()))?;
         Ok(build_dir)
     }
 
@@ -212,12 +241,13 @@ impl Apps {
         app: &str,
         release: &Release,
         build_dir: &Path,
+        run_release_command: bool,
     ) -> Result<(), DeployError> {
         let text = std::fs::read_to_string(build_dir.join("Procfile"))
             .map_err(|e| DeployError::Procfile(e.to_string()))?;
         let procfile = Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))?;
         let vars = &release.config;
-        if let Some(command) = &procfile.release {
+        if let Some(command) = procfile.release.as_ref().filter(|_| run_release_command) {
             let (ok, output) = self
                 .runner
                 .run_once(app, "release", command, build_dir, vars, ONE_OFF_LIMIT)
@@ -320,7 +350,8 @@ impl Apps {
         self.store.set_formation(app, counts).await?;
         if let Some(current) = self.store.current_release(app).await? {
             let build_dir = self.builds_dir.join(&current.build);
-            self.activate(app, &current, &build_dir).await?;
+            // Same release, new formation: its release command already ran.
+            self.activate(app, &current, &build_dir, false).await?;
         }
         Ok(())
     }
@@ -346,7 +377,11 @@ impl Apps {
         };
         for release in releases {
             let build_dir = self.builds_dir.join(&release.build);
-            if let Err(err) = self.activate(&release.app, &release, &build_dir).await {
+            // Already released once: bring it back without running `release:` again.
+            if let Err(err) = self
+                .activate(&release.app, &release, &build_dir, false)
+                .await
+            {
                 tracing::error!(app = release.app, version = release.version, error = %err, "could not restore release");
             }
         }
@@ -366,8 +401,11 @@ impl Apps {
         }
     }
 
-    /// Stops an app's processes and forgets its route (app deleted).
+    /// Stops an app's processes and forgets its route (app deleted). Waits for a deploy in
+    /// progress, so it cannot bring the deleted app back.
     pub async fn remove(&self, app: &str) {
+        let lock = self.lock(app).await;
+        let _one_at_a_time = lock.lock().await;
         self.routes.rcu(|current| {
             let mut routes = HashMap::clone(current);
             routes.remove(app);

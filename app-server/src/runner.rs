@@ -64,6 +64,8 @@ pub struct Running {
     pub name: String,
     pub port: u16,
     child: Child,
+    /// The process group (the leader's pid at spawn), signalled even after the leader is gone.
+    pgid: Option<i32>,
 }
 
 impl Running {
@@ -77,7 +79,10 @@ impl Runner {
     /// is `exec`ed by the shell, so the process we wait for and signal is the app itself, not a
     /// shell that could leave it behind.
     fn command(&self, command: &str) -> Command {
-        let simple = !command.contains([';', '&', '|', '(', ')', '\n']);
+        // `FOO=1 cmd` is an assignment prefix, which `exec` would take for the command.
+        let first_word = command.split_whitespace().next().unwrap_or("");
+        let simple =
+            !command.contains([';', '&', '|', '(', ')', '\n']) && !first_word.contains('=');
         let command = if simple && !command.starts_with("exec ") {
             format!("exec {command}")
         } else {
@@ -120,7 +125,8 @@ impl Runner {
     }
 
     /// Runs a one-off command (`build:`, `release:`) to completion; returns its exit success
-    /// and its combined output.
+    /// and the tail of its output (all of it goes to the app's log). Anything it left running
+    /// in its process group is killed afterwards.
     pub async fn run_once(
         &self,
         app: &str,
@@ -138,30 +144,87 @@ impl Runner {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|source| RunError::Spawn {
+        let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
             name: name.to_owned(),
             source,
         })?;
-        let pgid = child.id();
-        match tokio::time::timeout(limit, child.wait_with_output()).await {
-            Ok(Ok(output)) => {
-                let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-                text.push_str(&String::from_utf8_lossy(&output.stderr));
-                self.append_log(app, name, &text).await;
-                Ok((output.status.success(), text))
-            }
+        let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(Tail::default()));
+        let mut readers = Vec::new();
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tail = Some(std::sync::Arc::clone(&tail));
+            readers.push(tokio::spawn(self.clone().pump(
+                app.to_owned(),
+                name.to_owned(),
+                pipe,
+                tail,
+            )));
+        }
+        let waited = tokio::time::timeout(limit, child.wait()).await;
+        if let Some(group) = pgid {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+        let _ = child.wait().await;
+        for reader in readers {
+            let _ = reader.await;
+        }
+        let output = tail.lock().map(|t| t.text()).unwrap_or_default();
+        match waited {
+            Ok(Ok(status)) => Ok((status.success(), output)),
             Ok(Err(source)) => Err(RunError::Spawn {
                 name: name.to_owned(),
                 source,
             }),
-            Err(_) => {
-                if let Some(pgid) = pgid {
-                    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+            Err(_) => Ok((
+                false,
+                format!(
+                    "{output}\n{name} did not finish within {}s",
+                    limit.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// Copies a process's output into the app's log, line by line (lossy UTF-8, lines capped
+    /// at 16 KiB), optionally keeping a bounded tail.
+    async fn pump(
+        self,
+        app: String,
+        name: String,
+        pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        tail: Option<std::sync::Arc<std::sync::Mutex<Tail>>>,
+    ) {
+        use tokio::io::AsyncReadExt;
+        const MAX_LINE: u64 = 16 * 1024;
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let mut limited = (&mut reader).take(MAX_LINE);
+            match limited.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end_matches(['\n', '\r']);
+                    self.append_log(&app, &name, text).await;
+                    if let Some(tail) = &tail
+                        && let Ok(mut tail) = tail.lock()
+                    {
+                        tail.push(text);
+                    }
                 }
-                Ok((
-                    false,
-                    format!("{name} did not finish within {}s", limit.as_secs()),
-                ))
             }
         }
     }
@@ -207,20 +270,18 @@ impl Runner {
         .into_iter()
         .flatten()
         {
-            let runner = self.clone();
-            let (app, name) = (app.to_owned(), name.to_owned());
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    runner.append_log(&app, &name, &line).await;
-                }
-            });
+            tokio::spawn(
+                self.clone()
+                    .pump(app.to_owned(), name.to_owned(), pipe, None),
+            );
         }
         tracing::info!(app, process = name, port, "started");
+        let pgid = child.id().map(|pid| pid as i32);
         Ok(Running {
             name: name.to_owned(),
             port,
             child,
+            pgid,
         })
     }
 
@@ -252,18 +313,16 @@ impl Runner {
         }
     }
 
-    /// SIGTERM to the process group, SIGKILL after the grace period.
+    /// SIGTERM to the process group, then SIGKILL to whatever of the group is left after the
+    /// leader exits or the grace period ends (a member ignoring SIGTERM does not survive).
     pub async fn stop(&self, mut process: Running) {
-        if let Some(pid) = process.child.id() {
-            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            if tokio::time::timeout(self.stop_grace, process.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                let _ = process.child.wait().await;
-            }
+        if let Some(pgid) = process.pgid {
+            let group = Pid::from_raw(pgid);
+            let _ = killpg(group, Signal::SIGTERM);
+            let _ = tokio::time::timeout(self.stop_grace, process.child.wait()).await;
+            let _ = killpg(group, Signal::SIGKILL);
         }
+        let _ = process.child.wait().await;
         tracing::info!(process = process.name, "stopped");
     }
 
@@ -293,6 +352,32 @@ fn httpdate_now() -> String {
     format!("{secs:.3}")
 }
 
+/// The last 64 KiB of a command's output, for the deploy's answer.
+#[derive(Debug, Default)]
+struct Tail {
+    lines: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+impl Tail {
+    const MAX: usize = 64 * 1024;
+
+    fn push(&mut self, line: &str) {
+        self.bytes += line.len() + 1;
+        self.lines.push_back(line.to_owned());
+        while self.bytes > Self::MAX {
+            match self.lines.pop_front() {
+                Some(old) => self.bytes -= old.len() + 1,
+                None => break,
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        self.lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -304,25 +389,41 @@ pub fn give_to(identity: &Identity, dir: &Path) -> std::io::Result<()> {
     let Identity::User { uid, gid } = identity else {
         return Ok(());
     };
-    let owner = (
-        Some(nix::unistd::Uid::from_raw(*uid)),
-        Some(nix::unistd::Gid::from_raw(*gid)),
-    );
+    chown_tree(dir, *uid, *gid)
+}
+
+/// Gives a built tree back to root (readable by all, writable by no app), so a build stays
+/// immutable whichever app runs it.
+pub fn take_back(identity: &Identity, dir: &Path) -> std::io::Result<()> {
+    if matches!(identity, Identity::Inherit) {
+        return Ok(());
+    }
+    chown_tree(dir, 0, 0)
+}
+
+/// Changes the owner of everything under `dir`, deepest first and without following links:
+/// while a folder's contents are being changed it still belongs to its previous owner, so
+/// nothing in it can be swapped for a link in the meantime.
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    let mut order = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &path,
-            owner.0,
-            owner.1,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(std::io::Error::from)?;
         if std::fs::symlink_metadata(&path)?.is_dir() {
             for entry in std::fs::read_dir(&path)? {
                 stack.push(entry?.path());
             }
         }
+        order.push(path);
+    }
+    for path in order.iter().rev() {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(std::io::Error::from)?;
     }
     Ok(())
 }

@@ -224,10 +224,12 @@ async fn serve_connection<IO>(
     serve_connection_watched(builder, stream, router, peer, findings, None, shutdown).await
 }
 
-/// When a connection last received bytes, in milliseconds since `start`.
+/// When a connection last received bytes, in milliseconds since `start`, and how many of its
+/// requests are still being answered (a connection with work in flight is never idle).
 struct Activity {
     start: std::time::Instant,
     last_read_ms: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Activity {
@@ -235,6 +237,7 @@ impl Activity {
         Self {
             start: std::time::Instant::now(),
             last_read_ms: std::sync::atomic::AtomicU64::new(0),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -244,16 +247,18 @@ impl Activity {
             .store(now, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Resolves once nothing has been read for `limit`.
+    /// Resolves once nothing has been read for `limit` and no request is in flight.
     async fn idle_for(&self, limit: Duration) {
         loop {
             let last =
                 Duration::from_millis(self.last_read_ms.load(std::sync::atomic::Ordering::Relaxed));
             let idle = self.start.elapsed().saturating_sub(last);
-            if idle >= limit {
+            let busy = self.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            if idle >= limit && !busy {
                 return;
             }
-            tokio::time::sleep(limit - idle).await;
+            let wait = if busy { limit } else { limit - idle };
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -314,6 +319,25 @@ async fn serve_connection_watched<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let in_flight = idle.as_ref().map(|(activity, _)| Arc::clone(activity));
+    type Incoming = hyper::Request<hyper::body::Incoming>;
+    let router = ServiceExt::<Incoming>::map_future(router, move |response| {
+        let in_flight = in_flight.clone();
+        if let Some(activity) = &in_flight {
+            activity
+                .in_flight
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        async move {
+            let response: Result<Response, std::convert::Infallible> = response.await;
+            if let Some(activity) = &in_flight {
+                activity
+                    .in_flight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            response
+        }
+    });
     let service = TowerToHyperService::new(router.map_request(
         move |mut request: hyper::Request<hyper::body::Incoming>| {
             request

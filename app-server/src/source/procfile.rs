@@ -212,7 +212,10 @@ fn field(text: &str, min: u32, max: u32, what: &str) -> Result<u64, String> {
         let mut value = low;
         while value <= high {
             set |= 1 << value;
-            value += step;
+            match value.checked_add(step) {
+                Some(next) => value = next,
+                None => break,
+            }
         }
     }
     Ok(set)
@@ -265,6 +268,7 @@ mod tests {
         assert!(Schedule::parse("60 * * * *").is_err());
         assert!(Schedule::parse("*/0 * * * *").is_err());
         assert!(Schedule::parse("* * * *").is_err());
+        assert!(Schedule::parse("1/4294967295 * * * *").is_ok());
     }
 
     #[test]

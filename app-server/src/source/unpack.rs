@@ -87,6 +87,20 @@ fn clean_relative(path: &Path) -> Option<PathBuf> {
     (!clean.as_os_str().is_empty()).then_some(clean)
 }
 
+/// Whether any existing component of `dest/relative` is a symlink.
+fn passes_through_link(dest: &Path, relative: &Path) -> bool {
+    let mut path = dest.to_path_buf();
+    for component in relative.components() {
+        path.push(component);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => return true,
+            Ok(_) => {}
+            Err(_) => return false, // not created yet: nothing further exists either
+        }
+    }
+    false
+}
+
 /// Whether `target`, a link's target as written, stays inside the tree when resolved from the
 /// directory holding the link (`link_dir`, relative to the root).
 fn link_stays_inside(link_dir: &Path, target: &Path) -> bool {
@@ -154,6 +168,11 @@ pub fn unpack(
         };
         let target = dest.join(&relative);
         let parent_rel = relative.parent().unwrap_or(Path::new(""));
+        // Every folder on the way must be a real folder: a link planted by an earlier entry
+        // (even one pointing inside the tree) could otherwise chain its way out.
+        if passes_through_link(dest, parent_rel) {
+            return Err(refuse("path goes through a symlink"));
+        }
         let write_err = |source| UnpackError::Write {
             path: target.clone(),
             source,
@@ -210,6 +229,9 @@ pub fn unpack(
                 let Some(source_rel) = clean_relative(&link) else {
                     return Err(refuse("hard link leaves the source tree"));
                 };
+                if passes_through_link(dest, source_rel.parent().unwrap_or(Path::new(""))) {
+                    return Err(refuse("hard link goes through a symlink"));
+                }
                 let source = dest.join(source_rel);
                 // Only to a regular file already unpacked (not through a symlink).
                 let is_file = fs::symlink_metadata(&source).is_ok_and(|m| m.file_type().is_file());
@@ -350,6 +372,27 @@ mod tests {
             nothing_outside(outer.path());
         }
         assert!(!Path::new("/tmp/quartet-pwned").exists());
+    }
+
+    #[test]
+    fn chained_links_cannot_climb_out() {
+        use tar::EntryType::*;
+        let bytes = archive(&[
+            ("s", Symlink, b"", Some(".")),
+            ("s/l", Symlink, b"", Some("..")),
+            ("s/l/escaped", Regular, b"x", None),
+        ]);
+        let (outer, result) = unpack_into(&bytes);
+        assert!(result.is_err(), "{result:?}");
+        nothing_outside(outer.path());
+        // A file under an in-tree directory link is refused too.
+        let bytes = archive(&[
+            ("real/", Directory, b"", None),
+            ("alias", Symlink, b"", Some("real")),
+            ("alias/file", Regular, b"x", None),
+        ]);
+        let (_outer, result) = unpack_into(&bytes);
+        assert!(result.is_err());
     }
 
     #[test]

@@ -214,11 +214,14 @@ impl Store {
     /// Makes `version` the app's current release (durably, before the deploy is acknowledged).
     pub async fn set_current(&self, app: &str, version: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE releases SET current = (version = ?) WHERE app = ?")
+        let updated = sqlx::query("UPDATE releases SET current = (version = ?) WHERE app = ?")
             .bind(version)
             .bind(app)
             .execute(&mut *tx)
             .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound(app.to_owned()));
+        }
         tx.commit().await?;
         Ok(())
     }
