@@ -36,6 +36,7 @@ pub fn router(api: Api) -> Router {
         .route("/apps/{name}/config", get(get_config).put(put_config))
         .route("/apps/{name}/rollback", axum::routing::post(rollback))
         .route("/apps/{name}/formation", axum::routing::put(put_formation))
+        .route("/apps/{name}/logs", get(logs))
         .with_state(api)
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
@@ -326,4 +327,62 @@ async fn rollback(
             .into_response(),
         Err(err) => deploy_error(err),
     }
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    tail: Option<usize>,
+}
+
+/// `GET /apps/{name}/logs?tail=N`: the last N lines (default 100, at most 10,000) of the app's
+/// log, every process's output with time and process name.
+async fn logs(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<LogQuery>,
+) -> Response {
+    if let Err(err) = api.store.get_app(&name).await {
+        return store_error(err);
+    }
+    let tail = query.tail.unwrap_or(100).min(10_000);
+    let path = api.apps.runner.logs_dir.join(format!("{name}.log"));
+    let text = tokio::task::spawn_blocking(move || last_lines(&path, tail))
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// The last `count` lines of a file, reading only its end.
+fn last_lines(path: &std::path::Path, count: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // Lines are capped at 16 KiB when written; read back at most what `count` of them fill.
+    let want = (count as u64 + 1)
+        .saturating_mul(16 * 1024)
+        .min(len)
+        .min(64 * 1024 * 1024);
+    if file.seek(SeekFrom::Start(len - want)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(count);
+    lines[start..]
+        .iter()
+        .map(|line| format!("{line}\n"))
+        .collect()
 }

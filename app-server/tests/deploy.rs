@@ -264,6 +264,14 @@ async fn upload_release_route_redeploy_refuse_and_restore() {
         ]);
         assert_eq!(status, 200, "{body}");
 
+        // The app's log holds every process's output, by process name.
+        let (status, log) = curl(&["-H", AUTH, &format!("{api}/apps/hello/logs?tail=50")]);
+        assert_eq!(status, 200);
+        assert!(
+            log.contains("web.1: exited"),
+            "the kill is in the log:\n{log}"
+        );
+
         // A release that never accepts connections is refused; the running one keeps serving.
         let broken = tarball("v3", Some("web: python3 -c 'import sys; sys.exit(3)'\n"));
         let (status, body) = upload(&api, "hello", &broken, &dir);
