@@ -25,6 +25,8 @@ pub struct Api {
     pub max_upload_bytes: usize,
 }
 
+// Bodies are parsed as JSON whatever their Content-Type, so `curl -d '{...}'` just works.
+
 /// The authenticated routes; the caller merges `/healthz` and `/metrics` (public) beside them.
 pub fn router(api: Api) -> Router {
     let token = Arc::clone(&api.token);
@@ -91,11 +93,8 @@ struct NewApp {
     name: String,
 }
 
-async fn create_app(
-    State(api): State<Api>,
-    body: Result<Json<NewApp>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Ok(Json(new)) = body else {
+async fn create_app(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let Ok(new) = serde_json::from_slice::<NewApp>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
             "expected a JSON body like {\"name\":\"hello\"}",
@@ -143,12 +142,10 @@ async fn get_app(State(api): State<Api>, Path(name): Path<String>) -> Response {
 async fn put_formation(
     State(api): State<Api>,
     Path(name): Path<String>,
-    body: Result<
-        Json<std::collections::BTreeMap<String, u32>>,
-        axum::extract::rejection::JsonRejection,
-    >,
+    body: axum::body::Bytes,
 ) -> Response {
-    let Ok(Json(counts)) = body else {
+    let Ok(counts) = serde_json::from_slice::<std::collections::BTreeMap<String, u32>>(&body)
+    else {
         return error(StatusCode::BAD_REQUEST, "expected {\"web\": N, ...}");
     };
     if counts.values().any(|count| *count > 20) {
@@ -261,12 +258,11 @@ fn valid_var_name(name: &str) -> bool {
 async fn put_config(
     State(api): State<Api>,
     Path(name): Path<String>,
-    body: Result<
-        Json<std::collections::BTreeMap<String, Option<String>>>,
-        axum::extract::rejection::JsonRejection,
-    >,
+    body: axum::body::Bytes,
 ) -> Response {
-    let Ok(Json(changes)) = body else {
+    let Ok(changes) =
+        serde_json::from_slice::<std::collections::BTreeMap<String, Option<String>>>(&body)
+    else {
         return error(
             StatusCode::BAD_REQUEST,
             "expected a JSON object of strings (null removes a key)",
@@ -304,9 +300,9 @@ struct RollbackTo {
 async fn rollback(
     State(api): State<Api>,
     Path(name): Path<String>,
-    body: Result<Json<RollbackTo>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let Ok(Json(target)) = body else {
+    let Ok(target) = serde_json::from_slice::<RollbackTo>(&body) else {
         return error(StatusCode::BAD_REQUEST, "expected {\"version\": N}");
     };
     let apps = Arc::clone(&api.apps);
