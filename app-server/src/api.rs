@@ -25,6 +25,16 @@ pub struct Api {
     pub max_upload_bytes: usize,
 }
 
+/// Runs a deploy-like operation in its own task, so it finishes even if the client goes away
+/// (a half-done switch is worse than an unanswered request).
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, DeployError>> + Send + 'static,
+) -> Result<T, DeployError> {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|err| Err(DeployError::Internal(format!("task failed: {err}"))))
+}
+
 // Bodies are parsed as JSON whatever their Content-Type, so `curl -d '{...}'` just works.
 
 /// The authenticated routes; the caller merges `/healthz` and `/metrics` (public) beside them.
@@ -156,10 +166,7 @@ async fn put_formation(
     }
     let apps = Arc::clone(&api.apps);
     let scaled = counts.clone();
-    let outcome = tokio::spawn(async move { apps.scale(&name, &scaled).await }).await;
-    let Ok(outcome) = outcome else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "the scaling task failed");
-    };
+    let outcome = detached(async move { apps.scale(&name, &scaled).await }).await;
     match outcome {
         Ok(()) => Json(json!({ "formation": counts })).into_response(),
         Err(err) => deploy_error(err),
@@ -196,12 +203,8 @@ async fn create_build(
             );
         }
     };
-    // A deploy runs to its end even if the client goes away: a half-done switch is worse.
     let apps = Arc::clone(&api.apps);
-    let outcome = tokio::spawn(async move { apps.deploy(&name, archive).await }).await;
-    let Ok(outcome) = outcome else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "the deploy task failed");
-    };
+    let outcome = detached(async move { apps.deploy(&name, archive).await }).await;
     match outcome {
         Ok(release) => (
             StatusCode::CREATED,
@@ -277,10 +280,7 @@ async fn put_config(
         );
     }
     let apps = Arc::clone(&api.apps);
-    let outcome = tokio::spawn(async move { apps.update_config(&name, &changes).await }).await;
-    let Ok(outcome) = outcome else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "the release task failed");
-    };
+    let outcome = detached(async move { apps.update_config(&name, &changes).await }).await;
     match outcome {
         Ok((config, release)) => Json(json!({
             "config": config,
@@ -306,13 +306,7 @@ async fn rollback(
         return error(StatusCode::BAD_REQUEST, "expected {\"version\": N}");
     };
     let apps = Arc::clone(&api.apps);
-    let outcome = tokio::spawn(async move { apps.rollback(&name, target.version).await }).await;
-    let Ok(outcome) = outcome else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the rollback task failed",
-        );
-    };
+    let outcome = detached(async move { apps.rollback(&name, target.version).await }).await;
     match outcome {
         Ok(release) => (
             StatusCode::CREATED,

@@ -150,28 +150,8 @@ impl Runner {
         })?;
         let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
         let tail = std::sync::Arc::new(std::sync::Mutex::new(Tail::default()));
-        let mut readers = Vec::new();
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let tail = Some(std::sync::Arc::clone(&tail));
-            readers.push(tokio::spawn(self.clone().pump(
-                app.to_owned(),
-                name.to_owned(),
-                pipe,
-                tail,
-            )));
-        }
+        let readers =
+            self.capture_output(app, name, &mut child, Some(std::sync::Arc::clone(&tail)));
         let waited = tokio::time::timeout(limit, child.wait()).await;
         if let Some(group) = pgid {
             let _ = killpg(group, Signal::SIGKILL);
@@ -195,6 +175,29 @@ impl Runner {
                 ),
             )),
         }
+    }
+
+    /// Starts copying the child's stdout and stderr into the app's log.
+    fn capture_output(
+        &self,
+        app: &str,
+        name: &str,
+        child: &mut Child,
+        tail: Option<std::sync::Arc<std::sync::Mutex<Tail>>>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        type Pipe = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+        let stdout = child.stdout.take().map(|p| Box::new(p) as Pipe);
+        let stderr = child.stderr.take().map(|p| Box::new(p) as Pipe);
+        [stdout, stderr]
+            .into_iter()
+            .flatten()
+            .map(|pipe| {
+                let pump = self
+                    .clone()
+                    .pump(app.to_owned(), name.to_owned(), pipe, tail.clone());
+                tokio::spawn(pump)
+            })
+            .collect()
     }
 
     /// Copies a process's output into the app's log, line by line (lossy UTF-8, lines capped
@@ -257,24 +260,7 @@ impl Runner {
             name: name.to_owned(),
             source,
         })?;
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            tokio::spawn(
-                self.clone()
-                    .pump(app.to_owned(), name.to_owned(), pipe, None),
-            );
-        }
+        self.capture_output(app, name, &mut child, None);
         tracing::info!(app, process = name, port, "started");
         let pgid = child.id().map(|pid| pid as i32);
         Ok(Running {

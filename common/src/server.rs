@@ -89,14 +89,7 @@ impl RoleServer {
             tls,
             ..HttpOptions::default()
         };
-        self.shutdown.spawn(crate::http::serve(
-            bound,
-            router,
-            options,
-            self.http.clone(),
-            self.connections.clone(),
-            self.shutdown.clone(),
-        ));
+        self.serve_http_with(bound, router, options);
         Ok(())
     }
 
