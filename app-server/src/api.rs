@@ -144,6 +144,7 @@ async fn get_app(State(api): State<Api>, Path(name): Path<String>) -> Response {
         "build": release.as_ref().map(|r| r.build.clone()),
         "formation": formation,
         "processes": processes,
+        "schedules": api.apps.schedules(&name),
     }))
     .into_response()
 }

@@ -71,6 +71,41 @@ pub struct Apps {
     processes: tokio::sync::Mutex<HashMap<String, Vec<Supervised>>>,
     /// One deploy at a time per app.
     deploying: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The current release's scheduled entries, per app.
+    schedulers: std::sync::Mutex<HashMap<String, Scheduler>>,
+}
+
+/// What `GET /apps/{name}` shows of a scheduled entry.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScheduleStatus {
+    pub name: String,
+    pub schedule: String,
+    pub command: String,
+    /// Unix seconds.
+    pub next_run: Option<i64>,
+    pub last_run: Option<i64>,
+    pub last_result: Option<String>,
+    pub running: bool,
+}
+
+/// The tasks running one release's schedules; dropped (and so stopped) when replaced.
+#[derive(Debug)]
+struct Scheduler {
+    stop: tokio_util::sync::CancellationToken,
+    statuses: Vec<Arc<std::sync::Mutex<ScheduleStatus>>>,
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl Apps {
@@ -90,6 +125,7 @@ impl Apps {
             routes: ArcSwap::from_pointee(HashMap::new()),
             processes: tokio::sync::Mutex::new(HashMap::new()),
             deploying: tokio::sync::Mutex::new(HashMap::new()),
+            schedulers: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -329,6 +365,7 @@ impl Apps {
             .lock()
             .await
             .insert(app.to_owned(), supervised);
+        self.schedule(app, &procfile, build_dir, vars);
         tracing::info!(app, version = release.version, build = %release.build, "released");
         if let Some(old) = old {
             tokio::time::sleep(DRAIN).await;
@@ -354,6 +391,118 @@ impl Apps {
             self.activate(app, &current, &build_dir, false).await?;
         }
         Ok(())
+    }
+
+    /// Runs the release's scheduled entries at their times, with the release's environment;
+    /// a run still going when the next is due is skipped (and logged). Replaces the schedules
+    /// of the previous release.
+    fn schedule(
+        &self,
+        app: &str,
+        procfile: &Procfile,
+        build_dir: &Path,
+        vars: &BTreeMap<String, String>,
+    ) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut statuses = Vec::new();
+        for (name, entry) in &procfile.scheduled {
+            let status = Arc::new(std::sync::Mutex::new(ScheduleStatus {
+                name: name.clone(),
+                schedule: entry.spec.clone(),
+                command: entry.command.clone(),
+                next_run: entry.schedule.next_after(unix_now()),
+                last_run: None,
+                last_result: None,
+                running: false,
+            }));
+            statuses.push(Arc::clone(&status));
+            let (runner, app, name, entry, dir, vars, stop) = (
+                self.runner.clone(),
+                app.to_owned(),
+                name.clone(),
+                entry.clone(),
+                build_dir.to_path_buf(),
+                vars.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let Some(next) = entry.schedule.next_after(unix_now()) else {
+                        return;
+                    };
+                    if let Ok(mut s) = status.lock() {
+                        s.next_run = Some(next);
+                    }
+                    let wait = Duration::from_secs(u64::try_from(next - unix_now()).unwrap_or(0));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    let already = status.lock().map(|s| s.running).unwrap_or(true);
+                    if already {
+                        tracing::warn!(
+                            app,
+                            schedule = name,
+                            "previous run still going; this one is skipped"
+                        );
+                        runner
+                            .note(&app, &name, "previous run still going; skipped")
+                            .await;
+                        continue;
+                    }
+                    if let Ok(mut s) = status.lock() {
+                        s.running = true;
+                        s.last_run = Some(unix_now());
+                    }
+                    let (runner, app, name, command, dir, vars, status, stop) = (
+                        runner.clone(),
+                        app.clone(),
+                        name.clone(),
+                        entry.command.clone(),
+                        dir.clone(),
+                        vars.clone(),
+                        Arc::clone(&status),
+                        stop.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let run =
+                            runner.run_once(&app, &name, &command, &dir, &vars, ONE_OFF_LIMIT);
+                        let result = tokio::select! {
+                            result = run => match result {
+                                Ok((true, _)) => "succeeded".to_owned(),
+                                Ok((false, _)) => "failed".to_owned(),
+                                Err(err) => err.to_string(),
+                            },
+                            () = stop.cancelled() => "stopped with its release".to_owned(),
+                        };
+                        if let Ok(mut s) = status.lock() {
+                            s.running = false;
+                            s.last_result = Some(result);
+                        }
+                    });
+                }
+            });
+        }
+        if let Ok(mut schedulers) = self.schedulers.lock() {
+            schedulers.insert(app.to_owned(), Scheduler { stop, statuses });
+        }
+    }
+
+    /// The app's scheduled entries as they are now.
+    pub fn schedules(&self, app: &str) -> Vec<ScheduleStatus> {
+        self.schedulers
+            .lock()
+            .ok()
+            .and_then(|schedulers| {
+                schedulers.get(app).map(|scheduler| {
+                    scheduler
+                        .statuses
+                        .iter()
+                        .filter_map(|s| s.lock().ok().map(|s| s.clone()))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
     }
 
     /// The app's processes as they are now.
@@ -389,6 +538,9 @@ impl Apps {
 
     /// Stops every process (role shutdown).
     pub async fn stop_all(&self) {
+        if let Ok(mut schedulers) = self.schedulers.lock() {
+            schedulers.clear();
+        }
         let all: Vec<Supervised> = self
             .processes
             .lock()
@@ -411,6 +563,9 @@ impl Apps {
             routes.remove(app);
             routes
         });
+        if let Ok(mut schedulers) = self.schedulers.lock() {
+            schedulers.remove(app);
+        }
         let processes = self.processes.lock().await.remove(app).unwrap_or_default();
         for process in processes {
             process.stop().await;

@@ -312,6 +312,11 @@ impl Runner {
         tracing::info!(process = process.name, "stopped");
     }
 
+    /// A line of app-server's own in the app's log.
+    pub async fn note(&self, app: &str, name: &str, text: &str) {
+        self.append_log(app, name, text).await;
+    }
+
     async fn append_log(&self, app: &str, name: &str, text: &str) {
         let path = self.logs_dir.join(format!("{app}.log"));
         let time = httpdate_now();

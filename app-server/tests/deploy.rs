@@ -339,3 +339,73 @@ async fn upload_release_route_redeploy_refuse_and_restore() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_entries_run_at_their_time_with_output_in_the_log() {
+    let test = TestConfig::new(Environment::Development);
+    std::fs::set_permissions(
+        test.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let role = RunningRole::start(Role::App, &test, app_server::run).await;
+    let api = format!("http://{}", role.addr("api"));
+    let dir = test.dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let (status, _) = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            AUTH,
+            "-d",
+            r#"{"name":"clock"}"#,
+            &format!("{api}/apps"),
+        ]);
+        assert_eq!(status, 201);
+        let procfile = "web: python3 app.py\ntick: * * * * * echo tick-ran for $GREETING\n";
+        curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            AUTH,
+            "-d",
+            r#"{"GREETING":"the schedule"}"#,
+            &format!("{api}/apps/clock/config"),
+        ]);
+        let (status, body) = upload(&api, "clock", &tarball("v1", Some(procfile)), &dir);
+        assert_eq!(status, 201, "{body}");
+
+        let (_, body) = curl(&["-H", AUTH, &format!("{api}/apps/clock")]);
+        let app: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let schedule = &app["schedules"][0];
+        assert_eq!(schedule["name"], "tick");
+        assert_eq!(schedule["schedule"], "* * * * *");
+        let next = schedule["next_run"].as_i64().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(next > now && next <= now + 60, "next {next}, now {now}");
+
+        // Wait for it to run (at most a minute), then find its output in the app's log.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(75);
+        loop {
+            let (_, log) = curl(&["-H", AUTH, &format!("{api}/apps/clock/logs")]);
+            if log.contains("tick: tick-ran for the schedule") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the schedule never ran:\n{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (_, body) = curl(&["-H", AUTH, &format!("{api}/apps/clock")]);
+        let app: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(app["schedules"][0]["last_result"], "succeeded", "{app}");
+    })
+    .await
+    .unwrap();
+    role.stop().await.unwrap();
+}

@@ -182,6 +182,42 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The first minute strictly after `after` (Unix seconds, UTC) at which the schedule fires,
+    /// within the next 366 days.
+    pub fn next_after(&self, after: i64) -> Option<i64> {
+        let mut minute = after.div_euclid(60) * 60 + 60;
+        let limit = minute + 366 * 24 * 3600;
+        while minute <= limit {
+            let t = time::OffsetDateTime::from_unix_timestamp(minute).ok()?;
+            // Skip whole hours and days that cannot match, to keep this cheap.
+            if self.months & (1 << u8::from(t.month())) == 0 || !self.day_matches(&t) {
+                minute = (minute.div_euclid(86_400) + 1) * 86_400;
+                continue;
+            }
+            if self.hours & (1 << t.hour()) == 0 {
+                minute = (minute.div_euclid(3600) + 1) * 3600;
+                continue;
+            }
+            if self.minutes & (1 << t.minute()) != 0 {
+                return Some(minute);
+            }
+            minute += 60;
+        }
+        None
+    }
+
+    fn day_matches(&self, t: &time::OffsetDateTime) -> bool {
+        let day_ok = self.days & (1 << t.day()) != 0;
+        let weekday_ok = self.weekdays & (1 << t.weekday().number_days_from_sunday()) != 0;
+        if self.day_or {
+            day_ok || weekday_ok
+        } else {
+            day_ok && weekday_ok
+        }
+    }
+}
+
 /// One cron field as a bit set over `min..=max`.
 fn field(text: &str, min: u32, max: u32, what: &str) -> Result<u64, String> {
     let mut set = 0u64;
@@ -269,6 +305,22 @@ mod tests {
         assert!(Schedule::parse("*/0 * * * *").is_err());
         assert!(Schedule::parse("* * * *").is_err());
         assert!(Schedule::parse("1/4294967295 * * * *").is_ok());
+    }
+
+    #[test]
+    fn next_run_times() {
+        // 2026-11-24 20:07:30 UTC is a Tuesday.
+        let t = 1_795_550_850;
+        let every_15 = Schedule::parse("*/15 * * * *").unwrap();
+        assert_eq!(every_15.next_after(t), Some(1_795_551_300)); // 20:15
+        let nightly = Schedule::parse("30 2 * * *").unwrap();
+        assert_eq!(nightly.next_after(t), Some(1_795_573_800)); // 25th 02:30
+        let sundays = Schedule::parse("0 0 * * 0").unwrap();
+        assert_eq!(sundays.next_after(t), Some(1_795_910_400)); // Sun 29th 00:00
+        let every_minute = Schedule::parse("* * * * *").unwrap();
+        assert_eq!(every_minute.next_after(t), Some(1_795_550_880));
+        let never = Schedule::parse("0 0 31 2 *").unwrap();
+        assert_eq!(never.next_after(t), None);
     }
 
     #[test]
