@@ -185,11 +185,14 @@ async fn delete_app(State(api): State<Api>, Path(name): Path<String>) -> Respons
     }
 }
 
-/// `POST /apps/{name}/builds` with a `tar.gz` body: answers once the new release serves
-/// (201), or with why it does not (the running release keeps serving).
+/// `POST /apps/{name}/builds` with a `tar.gz` body. With `Accept: application/json` it answers
+/// once: 201 when the new release serves, or the reason it does not (the running release keeps
+/// serving). Otherwise it streams the build's progress as it happens and ends with one JSON
+/// line: `{"status":"released","version":N,...}` or `{"status":"failed","error":"…"}`.
 async fn create_build(
     State(api): State<Api>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Response {
     let archive = match axum::body::to_bytes(body, api.max_upload_bytes).await {
@@ -204,18 +207,47 @@ async fn create_build(
             );
         }
     };
+    let wants_json = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/json"));
     let apps = Arc::clone(&api.apps);
-    let outcome = detached(async move { apps.deploy(&name, archive).await }).await;
-    match outcome {
-        Ok(release) => (
-            StatusCode::CREATED,
-            Json(
-                json!({ "status": "released", "version": release.version, "build": release.build }),
-            ),
-        )
-            .into_response(),
-        Err(err) => deploy_error(err),
+    if wants_json {
+        let outcome = detached(async move { apps.deploy(&name, archive, &None).await }).await;
+        return match outcome {
+            Ok(release) => (
+                StatusCode::CREATED,
+                Json(json!({ "status": "released", "version": release.version, "build": release.build })),
+            )
+                .into_response(),
+            Err(err) => deploy_error(err),
+        };
     }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let progress = Some(tx.clone());
+        let outcome = apps.deploy(&name, archive, &progress).await;
+        let last = match outcome {
+            Ok(release) => {
+                json!({ "status": "released", "version": release.version, "build": release.build })
+            }
+            Err(err) => json!({ "status": "failed", "error": err.to_string() }),
+        };
+        let _ = tx.send(last.to_string());
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(format!("{line}\n")), rx))
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 async fn list_releases(State(api): State<Api>, Path(name): Path<String>) -> Response {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::proxy::Upstreams;
 use sha2::{Digest, Sha256};
 
-use crate::runner::{ProcessStatus, Runner, Supervised, give_to, take_back};
+use crate::runner::{ProcessStatus, Progress, Runner, Supervised, give_to, say, take_back};
 use crate::source::procfile::Procfile;
 use crate::source::unpack::{UnpackLimits, unpack};
 use crate::store::{Release, Store, StoreError};
@@ -130,15 +130,29 @@ impl Apps {
     }
 
     /// Uploads, builds and releases `archive` for `app`; returns the release once it serves.
-    pub async fn deploy(&self, app: &str, archive: Bytes) -> Result<Release, DeployError> {
+    pub async fn deploy(
+        &self,
+        app: &str,
+        archive: Bytes,
+        progress: &Progress,
+    ) -> Result<Release, DeployError> {
         self.store.get_app(app).await?;
         let lock = self.lock(app).await;
         let _one_at_a_time = lock.lock().await;
         let hash = format!("{:x}", Sha256::digest(&archive));
-        let build_dir = self.build(app, &hash, archive).await?;
+        say(
+            progress,
+            format!(
+                "-----> Received {} bytes (build {})",
+                archive.len(),
+                &hash[..12]
+            ),
+        );
+        let build_dir = self.build(app, &hash, archive, progress).await?;
         self.store.record_build(&hash).await?;
         let config = self.store.config(app).await?;
-        self.release(app, &hash, &config, &build_dir).await
+        self.release(app, &hash, &config, &build_dir, progress)
+            .await
     }
 
     async fn release(
@@ -147,9 +161,12 @@ impl Apps {
         build: &str,
         config: &BTreeMap<String, String>,
         build_dir: &Path,
+        progress: &Progress,
     ) -> Result<Release, DeployError> {
         let release = self.store.create_release(app, build, config).await?;
-        self.activate(app, &release, build_dir, true).await?;
+        say(progress, format!("-----> Releasing v{}", release.version));
+        self.activate(app, &release, build_dir, true, progress)
+            .await?;
         Ok(Release {
             current: true,
             ..release
@@ -176,7 +193,10 @@ impl Apps {
             return Ok((config, None));
         };
         let build_dir = self.builds_dir.join(&current.build);
-        match self.release(app, &current.build, &config, &build_dir).await {
+        match self
+            .release(app, &current.build, &config, &build_dir, &None)
+            .await
+        {
             Ok(release) => Ok((config, Some(release))),
             Err(err) => {
                 // The running release keeps serving; so does its config.
@@ -197,14 +217,24 @@ impl Apps {
         let _one_at_a_time = lock.lock().await;
         let target = self.store.release(app, version).await?;
         let build_dir = self.builds_dir.join(&target.build);
-        self.release(app, &target.build, &target.config, &build_dir)
+        self.release(app, &target.build, &target.config, &build_dir, &None)
             .await
     }
 
     /// Unpacks and builds once per content hash; builds are immutable.
-    async fn build(&self, app: &str, hash: &str, archive: Bytes) -> Result<PathBuf, DeployError> {
+    async fn build(
+        &self,
+        app: &str,
+        hash: &str,
+        archive: Bytes,
+        progress: &Progress,
+    ) -> Result<PathBuf, DeployError> {
         let build_dir = self.builds_dir.join(hash);
         if build_dir.join("Procfile").is_file() {
+            say(
+                progress,
+                "-----> Same content as an earlier build: reusing it",
+            );
             return Ok(build_dir);
         }
         std::fs::create_dir_all(&self.builds_dir)
@@ -231,7 +261,10 @@ impl Apps {
             })?;
             let procfile =
                 Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))?;
+            let kinds: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
+            say(progress, format!("-----> Procfile: {}", kinds.join(", ")));
             if let Some(build) = &procfile.build {
+                say(progress, format!("-----> Running build: {build}"));
                 give_to(&self.runner.identity, &scratch)
                     .map_err(|e| DeployError::Internal(e.to_string()))?;
                 let (ok, output) = self
@@ -243,6 +276,7 @@ impl Apps {
                         &scratch,
                         &BTreeMap::new(),
                         ONE_OFF_LIMIT,
+                        progress,
                     )
                     .await?;
                 if !ok {
@@ -278,15 +312,25 @@ impl Apps {
         release: &Release,
         build_dir: &Path,
         run_release_command: bool,
+        progress: &Progress,
     ) -> Result<(), DeployError> {
         let text = std::fs::read_to_string(build_dir.join("Procfile"))
             .map_err(|e| DeployError::Procfile(e.to_string()))?;
         let procfile = Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))?;
         let vars = &release.config;
         if let Some(command) = procfile.release.as_ref().filter(|_| run_release_command) {
+            say(progress, format!("-----> Running release: {command}"));
             let (ok, output) = self
                 .runner
-                .run_once(app, "release", command, build_dir, vars, ONE_OFF_LIMIT)
+                .run_once(
+                    app,
+                    "release",
+                    command,
+                    build_dir,
+                    vars,
+                    ONE_OFF_LIMIT,
+                    progress,
+                )
                 .await?;
             if !ok {
                 return Err(DeployError::ReleaseCommand(output));
@@ -315,6 +359,10 @@ impl Apps {
                         break 'types;
                     }
                 };
+                say(
+                    progress,
+                    format!("-----> Starting {name} on port {}", process.port),
+                );
                 // Web processes must accept connections before they get traffic.
                 if kind == "web"
                     && let Err(reason) = self
@@ -388,7 +436,8 @@ impl Apps {
         if let Some(current) = self.store.current_release(app).await? {
             let build_dir = self.builds_dir.join(&current.build);
             // Same release, new formation: its release command already ran.
-            self.activate(app, &current, &build_dir, false).await?;
+            self.activate(app, &current, &build_dir, false, &None)
+                .await?;
         }
         Ok(())
     }
@@ -465,8 +514,15 @@ impl Apps {
                         stop.clone(),
                     );
                     tokio::spawn(async move {
-                        let run =
-                            runner.run_once(&app, &name, &command, &dir, &vars, ONE_OFF_LIMIT);
+                        let run = runner.run_once(
+                            &app,
+                            &name,
+                            &command,
+                            &dir,
+                            &vars,
+                            ONE_OFF_LIMIT,
+                            &None,
+                        );
                         let result = tokio::select! {
                             result = run => match result {
                                 Ok((true, _)) => "succeeded".to_owned(),
@@ -528,7 +584,7 @@ impl Apps {
             let build_dir = self.builds_dir.join(&release.build);
             // Already released once: bring it back without running `release:` again.
             if let Err(err) = self
-                .activate(&release.app, &release, &build_dir, false)
+                .activate(&release.app, &release, &build_dir, false, &None)
                 .await
             {
                 tracing::error!(app = release.app, version = release.version, error = %err, "could not restore release");

@@ -13,6 +13,16 @@ use nix::unistd::{Pid, User};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Where a deploy's progress goes as it happens (the streamed answer to an upload), if anywhere.
+pub type Progress = Option<tokio::sync::mpsc::UnboundedSender<String>>;
+
+/// Sends one progress line.
+pub fn say(progress: &Progress, line: impl Into<String>) {
+    if let Some(progress) = progress {
+        let _ = progress.send(line.into());
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("app-server runs as root but the user {0:?} (app.run_as) does not exist")]
@@ -127,6 +137,7 @@ impl Runner {
     /// Runs a one-off command (`build:`, `release:`) to completion; returns its exit success
     /// and the tail of its output (all of it goes to the app's log). Anything it left running
     /// in its process group is killed afterwards.
+    #[allow(clippy::too_many_arguments)] // one-off runs are described by all of these
     pub async fn run_once(
         &self,
         app: &str,
@@ -135,6 +146,7 @@ impl Runner {
         dir: &Path,
         vars: &BTreeMap<String, String>,
         limit: Duration,
+        progress: &Progress,
     ) -> Result<(bool, String), RunError> {
         let mut cmd = self.command(command);
         cmd.envs(self.base_env(dir, vars))
@@ -149,7 +161,10 @@ impl Runner {
             source,
         })?;
         let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
-        let tail = std::sync::Arc::new(std::sync::Mutex::new(Tail::default()));
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(Tail {
+            progress: progress.clone(),
+            ..Tail::default()
+        }));
         let readers =
             self.capture_output(app, name, &mut child, Some(std::sync::Arc::clone(&tail)));
         let waited = tokio::time::timeout(limit, child.wait()).await;
@@ -348,12 +363,15 @@ fn httpdate_now() -> String {
 struct Tail {
     lines: std::collections::VecDeque<String>,
     bytes: usize,
+    /// Each line also goes here as it arrives.
+    progress: Progress,
 }
 
 impl Tail {
     const MAX: usize = 64 * 1024;
 
     fn push(&mut self, line: &str) {
+        say(&self.progress, line);
         self.bytes += line.len() + 1;
         self.lines.push_back(line.to_owned());
         while self.bytes > Self::MAX {

@@ -130,10 +130,25 @@ async fn upload_release_route_redeploy_refuse_and_restore() {
             );
         }
 
-        // A redeploy: the new version serves, as release 2.
-        let (status, body) = upload(&api, "hello", &tarball("v2", None), &dir);
-        assert_eq!(status, 201, "{body}");
-        assert_eq!(body["version"], 2);
+        // A redeploy, as the CLI does it: the build's progress streams, then one JSON line.
+        let file = dir.join("v2.tar.gz");
+        std::fs::write(&file, tarball("v2", None)).unwrap();
+        let (status, text) = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            AUTH,
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{api}/apps/hello/builds"),
+        ]);
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("-----> Procfile: web"), "{text}");
+        assert!(text.contains("-----> Releasing v2"), "{text}");
+        let last: serde_json::Value =
+            serde_json::from_str(text.trim_end().lines().last().unwrap()).unwrap();
+        assert_eq!(last["status"], "released", "{text}");
+        assert_eq!(last["version"], 2);
         assert_eq!(via_router(&router, "hello").1["version"], "v2");
 
         // Config vars: a new release whose processes see them; null removes one.
