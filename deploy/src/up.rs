@@ -40,7 +40,7 @@ async fn up(options: LoadOptions, loaded: Loaded, roles: Vec<Role>) -> ExitCode 
     for warning in &loaded.warnings {
         tracing::warn!("configuration: {warning}");
     }
-    let config = Arc::new(loaded.config);
+    let mut config = loaded.config;
 
     // Bind everything first, so a port conflict stops the whole box before any role starts.
     let mut bound = Vec::new();
@@ -53,11 +53,35 @@ async fn up(options: LoadOptions, loaded: Loaded, roles: Vec<Role>) -> ExitCode 
             }
         }
     }
+    // Wire the roles together: the web role proxies app hosts to the app role.
+    let app_traffic =
+        bound
+            .iter()
+            .find(|(role, _)| *role == Role::App)
+            .and_then(|(_, listeners)| {
+                listeners
+                    .addresses()
+                    .into_iter()
+                    .find(|(spec, _)| spec.name == "http")
+                    .map(|(_, addr)| addr)
+            });
+    if roles.contains(&Role::Web) {
+        wire(&mut config, app_traffic);
+    }
+    let config = Arc::new(config);
     let table = table(&bound);
     let count = bound.len();
 
     let shutdown = Shutdown::new();
-    let reload = common::cli::reloader(options, roles.clone(), checks(&roles));
+    let plain = common::cli::reloader(options, roles.clone(), checks(&roles));
+    let wired_roles = roles.clone();
+    let reload: common::shutdown::Reloader = Box::new(move || {
+        let mut config = plain()?;
+        if wired_roles.contains(&Role::Web) {
+            wire(&mut config, app_traffic);
+        }
+        Ok(config)
+    });
     if let Err(err) = handle_signals(shutdown.clone(), Some(reload)) {
         tracing::error!("cannot install signal handlers: {err}");
         return ExitCode::FAILURE;
@@ -121,6 +145,61 @@ async fn up(options: LoadOptions, loaded: Loaded, roles: Vec<Role>) -> ExitCode 
     }
     printer.abort();
     code
+}
+
+/// In one process, the web role sends `*.{app.domain}` to the app role's traffic listener
+/// (unless a configured site already claims those hosts), so `http://hello.localhost:8080`
+/// reaches the app `hello` as `http://hello.localhost:7080` does.
+fn wire(config: &mut Config, app_traffic: Option<std::net::SocketAddr>) {
+    let Some(addr) = app_traffic else { return };
+    let pattern = format!("*.{}", config.app.domain.trim_start_matches('.'));
+    let claimed = config
+        .web
+        .sites
+        .iter()
+        .any(|site| site.hosts.iter().any(|h| h.eq_ignore_ascii_case(&pattern)));
+    if claimed {
+        return;
+    }
+    // Without sites, the web role serves a default site from web.root; keep it as the
+    // explicit default next to the new app site.
+    if config.web.sites.is_empty() {
+        config.web.sites.push(common::config::SiteConfig {
+            hosts: Vec::new(),
+            root: None,
+            index: vec!["index.html".into()],
+            listing: false,
+            spa_fallback: None,
+            error_pages: Default::default(),
+            allow_symlink_escape: false,
+            proxy: Vec::new(),
+            headers: Vec::new(),
+            auth: Vec::new(),
+            redirects: Vec::new(),
+            tls: None,
+        });
+        config.web.wired_default_site = true;
+    }
+    config.web.sites.push(common::config::SiteConfig {
+        hosts: vec![pattern],
+        root: None,
+        index: Vec::new(),
+        listing: false,
+        spa_fallback: None,
+        error_pages: Default::default(),
+        allow_symlink_escape: false,
+        proxy: vec![common::config::ProxyRoute {
+            path: "/".into(),
+            upstreams: vec![format!("http://{addr}")],
+            strip_prefix: false,
+            health_check: "/".into(),
+            health_interval_secs: 5,
+        }],
+        headers: Vec::new(),
+        auth: Vec::new(),
+        redirects: Vec::new(),
+        tls: None,
+    });
 }
 
 async fn run_role(

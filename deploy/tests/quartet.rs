@@ -28,6 +28,19 @@ fn up_runs_all_four_roles_prints_the_table_and_stops_on_sigterm() {
     ]);
     assert_eq!(status, 200);
 
+    // The roles are wired: the web role sends app hosts to the app role's router...
+    let web = addrs["web http"];
+    let (status, body) = curl(&["-H", "Host: hello.localhost", &format!("http://{web}/")]);
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("app \"hello\" has no running release"),
+        "{body}"
+    );
+    // ...and still shows the welcome page for everything else.
+    let (status, body) = curl(&[&format!("http://{web}/")]);
+    assert_eq!(status, 200);
+    assert!(body.contains("Application server"), "{body}");
+
     // The table: a header and one row per listener, each with its bound address.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while quartet.stdout().lines().count() < 15 && std::time::Instant::now() < deadline {

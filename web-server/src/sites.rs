@@ -358,7 +358,9 @@ impl Sites {
                 auth,
                 redirects,
                 tls,
-                welcome: !configured && !config.environment.is_strict(),
+                welcome: is_default
+                    && (!configured || config.web.wired_default_site)
+                    && !config.environment.is_strict(),
             }));
         }
         if problems.is_empty() {

@@ -42,6 +42,10 @@ pub struct WebConfig {
     pub proxy_connect_timeout_secs: u64,
     /// Time allowed for an upstream's response head.
     pub proxy_response_timeout_secs: u64,
+    /// Set by `quartet up` when it added the default site itself (to sit beside the app site
+    /// it wires in): that site still shows the development welcome page. Never from a file.
+    #[serde(skip)]
+    pub wired_default_site: bool,
 }
 
 /// One site: a set of host names, a document root and/or proxy routes, and its rules.
