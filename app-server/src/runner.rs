@@ -122,6 +122,28 @@ impl Runner {
         cmd
     }
 
+    /// Spawns `command` in `dir` with exactly `env`, in its own process group, output piped.
+    fn spawn(
+        &self,
+        name: &str,
+        command: &str,
+        dir: &Path,
+        env: BTreeMap<String, String>,
+    ) -> Result<Child, RunError> {
+        let mut cmd = self.command(command);
+        cmd.envs(env)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        cmd.spawn().map_err(|source| RunError::Spawn {
+            name: name.to_owned(),
+            source,
+        })
+    }
+
     /// Defaults, then the app's config vars (which may override them), then what app-server
     /// decides (`QUARTET_ENV`; `PORT` is added per process).
     fn base_env(&self, dir: &Path, vars: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -148,18 +170,7 @@ impl Runner {
         limit: Duration,
         progress: &Progress,
     ) -> Result<(bool, String), RunError> {
-        let mut cmd = self.command(command);
-        cmd.envs(self.base_env(dir, vars))
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-            name: name.to_owned(),
-            source,
-        })?;
+        let mut child = self.spawn(name, command, dir, self.base_env(dir, vars))?;
         let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
         let tail = std::sync::Arc::new(std::sync::Mutex::new(Tail {
             progress: progress.clone(),
@@ -263,18 +274,7 @@ impl Runner {
         };
         let mut env = self.base_env(dir, vars);
         env.insert("PORT".into(), port.to_string());
-        let mut cmd = self.command(command);
-        cmd.envs(env)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-            name: name.to_owned(),
-            source,
-        })?;
+        let mut child = self.spawn(name, command, dir, env)?;
         self.capture_output(app, name, &mut child, None);
         tracing::info!(app, process = name, port, "started");
         let pgid = child.id().map(|pid| pid as i32);

@@ -164,42 +164,21 @@ fn wire(config: &mut Config, app_traffic: Option<std::net::SocketAddr>) {
     // Without sites, the web role serves a default site from web.root; keep it as the
     // explicit default next to the new app site.
     if config.web.sites.is_empty() {
-        config.web.sites.push(common::config::SiteConfig {
-            hosts: Vec::new(),
-            root: None,
-            index: vec!["index.html".into()],
-            listing: false,
-            spa_fallback: None,
-            error_pages: Default::default(),
-            allow_symlink_escape: false,
-            proxy: Vec::new(),
-            headers: Vec::new(),
-            auth: Vec::new(),
-            redirects: Vec::new(),
-            tls: None,
-        });
+        config
+            .web
+            .sites
+            .push(common::config::SiteConfig::for_hosts(Vec::new()));
         config.web.wired_default_site = true;
     }
-    config.web.sites.push(common::config::SiteConfig {
-        hosts: vec![pattern],
-        root: None,
-        index: Vec::new(),
-        listing: false,
-        spa_fallback: None,
-        error_pages: Default::default(),
-        allow_symlink_escape: false,
-        proxy: vec![common::config::ProxyRoute {
-            path: "/".into(),
-            upstreams: vec![format!("http://{addr}")],
-            strip_prefix: false,
-            health_check: "/".into(),
-            health_interval_secs: 5,
-        }],
-        headers: Vec::new(),
-        auth: Vec::new(),
-        redirects: Vec::new(),
-        tls: None,
+    let mut app_site = common::config::SiteConfig::for_hosts(vec![pattern]);
+    app_site.proxy.push(common::config::ProxyRoute {
+        path: "/".into(),
+        upstreams: vec![format!("http://{addr}")],
+        strip_prefix: false,
+        health_check: "/".into(),
+        health_interval_secs: 5,
     });
+    config.web.sites.push(app_site);
 }
 
 async fn run_role(

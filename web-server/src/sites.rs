@@ -105,20 +105,7 @@ impl Sites {
         let site_configs: Vec<SiteConfig> = if configured {
             config.web.sites.clone()
         } else {
-            vec![SiteConfig {
-                hosts: Vec::new(),
-                root: None,
-                index: vec!["index.html".into()],
-                listing: false,
-                spa_fallback: None,
-                error_pages: Default::default(),
-                allow_symlink_escape: false,
-                proxy: Vec::new(),
-                headers: Vec::new(),
-                auth: Vec::new(),
-                redirects: Vec::new(),
-                tls: None,
-            }]
+            vec![SiteConfig::for_hosts(Vec::new())]
         };
 
         let mut sites = Sites {

@@ -86,6 +86,26 @@ pub struct SiteConfig {
     pub tls: Option<SiteTls>,
 }
 
+impl SiteConfig {
+    /// A site for `hosts` (none: the default site) with every option at its default.
+    pub fn for_hosts(hosts: Vec<String>) -> Self {
+        Self {
+            hosts,
+            root: None,
+            index: default_index(),
+            listing: false,
+            spa_fallback: None,
+            error_pages: BTreeMap::new(),
+            allow_symlink_escape: false,
+            proxy: Vec::new(),
+            headers: Vec::new(),
+            auth: Vec::new(),
+            redirects: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
 fn default_index() -> Vec<String> {
     vec!["index.html".to_owned()]
 }
