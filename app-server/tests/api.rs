@@ -134,3 +134,92 @@ async fn apps_are_created_listed_shown_deleted_and_kept_across_restarts() {
     assert!(body.contains("hello") && !body.contains("api2"), "{body}");
     role.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_uploads_and_garbage_are_refused_with_a_reason() {
+    let test = TestConfig::new(Environment::Development).set("app.max_upload_bytes", "1000");
+    let role = RunningRole::start(Role::App, &test, app_server::run).await;
+    let base = format!("http://{}", role.addr("api"));
+    let dir = test.dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let auth = "Authorization: Bearer dev";
+        assert_eq!(
+            call(&[
+                "-X",
+                "POST",
+                "-H",
+                auth,
+                "-d",
+                r#"{"name":"big"}"#,
+                &format!("{base}/apps")
+            ])
+            .0,
+            201
+        );
+        let big = dir.join("big.bin");
+        std::fs::write(&big, vec![7u8; 5000]).unwrap();
+        let (status, body) = call(&[
+            "-X",
+            "POST",
+            "-H",
+            auth,
+            "-H",
+            "Accept: application/json",
+            "--data-binary",
+            &format!("@{}", big.display()),
+            &format!("{base}/apps/big/builds"),
+        ]);
+        assert_eq!(status, 413, "{body}");
+        assert!(body.contains("app.max_upload_bytes"), "{body}");
+        // Small, but not a gzip'd tar: refused with the reason, nothing released.
+        let junk = dir.join("junk.bin");
+        std::fs::write(&junk, b"definitely not a tarball").unwrap();
+        let (status, body) = call(&[
+            "-X",
+            "POST",
+            "-H",
+            auth,
+            "-H",
+            "Accept: application/json",
+            "--data-binary",
+            &format!("@{}", junk.display()),
+            &format!("{base}/apps/big/builds"),
+        ]);
+        assert_eq!(status, 422, "{body}");
+        assert!(body.contains("bad archive"), "{body}");
+        // Formation and rollback bodies are checked too.
+        let (status, _) = call(&[
+            "-X",
+            "PUT",
+            "-H",
+            auth,
+            "-d",
+            r#"{"web":"many"}"#,
+            &format!("{base}/apps/big/formation"),
+        ]);
+        assert_eq!(status, 400);
+        let (status, _) = call(&[
+            "-X",
+            "POST",
+            "-H",
+            auth,
+            "-d",
+            r#"{"version":42}"#,
+            &format!("{base}/apps/big/rollback"),
+        ]);
+        assert_eq!(status, 404);
+        let (status, _) = call(&[
+            "-X",
+            "PUT",
+            "-H",
+            auth,
+            "-d",
+            r#"{"web":500}"#,
+            &format!("{base}/apps/big/formation"),
+        ]);
+        assert_eq!(status, 422);
+    })
+    .await
+    .unwrap();
+    role.stop().await.unwrap();
+}
