@@ -230,6 +230,9 @@ struct Activity {
     start: std::time::Instant,
     last_read_ms: std::sync::atomic::AtomicU64,
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Set by the watchdog: the connection's next read ends it.
+    expired: std::sync::atomic::AtomicBool,
+    reader: futures_util::task::AtomicWaker,
 }
 
 impl Activity {
@@ -238,6 +241,8 @@ impl Activity {
             start: std::time::Instant::now(),
             last_read_ms: std::sync::atomic::AtomicU64::new(0),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            expired: std::sync::atomic::AtomicBool::new(false),
+            reader: futures_util::task::AtomicWaker::new(),
         }
     }
 
@@ -275,6 +280,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self
+            .activity
+            .expired
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Idle past the limit: end of stream, and the connection closes.
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.activity.reader.register(cx.waker());
         let before = buf.filled().len();
         let result = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -305,6 +319,19 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    // Forwarded so HTTP/2 keeps writing frames in one vectored call.
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -355,29 +382,27 @@ async fn serve_connection_watched<IO>(
     ));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let idle_expired = async {
-        match &idle {
-            Some((activity, limit)) => activity.idle_for(*limit).await,
-            None => std::future::pending().await,
-        }
-    };
+    // The idle watchdog runs beside the connection (polling a timer in the connection's own
+    // select would cost every wake-up) and ends it through its reads.
+    let watchdog = idle.map(|(activity, limit)| {
+        tokio::spawn(async move {
+            activity.idle_for(limit).await;
+            activity
+                .expired
+                .store(true, std::sync::atomic::Ordering::Release);
+            activity.reader.wake();
+        })
+    });
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
-        () = idle_expired => {
-            // GOAWAY, then a little time for the peer's acknowledgement; a silent peer never
-            // sends one, so the connection is dropped after that.
-            connection.as_mut().graceful_shutdown();
-            let grace = idle.as_ref().map_or(Duration::from_secs(1), |(_, limit)| *limit);
-            match tokio::time::timeout(grace, connection).await {
-                Ok(result) => result,
-                Err(_) => Ok(()),
-            }
-        }
     };
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     if let Err(err) = result {
         tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
     }
