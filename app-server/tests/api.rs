@@ -218,6 +218,19 @@ async fn oversized_uploads_and_garbage_are_refused_with_a_reason() {
             &format!("{base}/apps/big/formation"),
         ]);
         assert_eq!(status, 422);
+        // A log request with a malformed tail, and a config that is not an object, are refused.
+        let (status, _) = call(&["-H", auth, &format!("{base}/apps/big/logs?tail=lots")]);
+        assert_eq!(status, 400);
+        let (status, _) = call(&[
+            "-X",
+            "PUT",
+            "-H",
+            auth,
+            "-d",
+            "[1,2]",
+            &format!("{base}/apps/big/config"),
+        ]);
+        assert_eq!(status, 400);
     })
     .await
     .unwrap();
