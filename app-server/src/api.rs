@@ -1,5 +1,5 @@
-//! The control API on `app.api_listen`: bearer-token authenticated JSON.
-//! Today: `POST /apps`, `GET /apps`, `GET /apps/{name}`, `DELETE /apps/{name}`.
+//! The control API on `app.api_listen`: bearer-token authenticated JSON (the README lists
+//! every route with an example).
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::apps::{Apps, DeployError};
-use crate::store::{Store, StoreError, valid_app_name};
+use crate::store::{AppSettings, Store, StoreError, valid_app_name};
 
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -23,6 +23,8 @@ pub struct Api {
     pub apps: Arc<Apps>,
     pub token: Arc<str>,
     pub max_upload_bytes: usize,
+    /// Ends live log streams when the role stops.
+    pub shutdown: common::Shutdown,
 }
 
 /// Runs a deploy-like operation in its own task, so it finishes even if the client goes away
@@ -42,7 +44,11 @@ pub fn router(api: Api) -> Router {
     let token = Arc::clone(&api.token);
     Router::new()
         .route("/apps", get(list_apps).post(create_app))
-        .route("/apps/{name}", get(get_app).delete(delete_app))
+        .route(
+            "/apps/{name}",
+            get(get_app).patch(patch_app).delete(delete_app),
+        )
+        .route("/apps/{name}/restart", axum::routing::post(restart))
         .route("/apps/{name}/builds", axum::routing::post(create_build))
         .route("/apps/{name}/releases", get(list_releases))
         .route("/apps/{name}/config", get(get_config).put(put_config))
@@ -99,16 +105,24 @@ fn store_error(err: StoreError) -> Response {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewApp {
     name: String,
+    domains: Option<Vec<String>>,
+    health_path: Option<String>,
 }
 
 async fn create_app(State(api): State<Api>, body: axum::body::Bytes) -> Response {
-    let Ok(new) = serde_json::from_slice::<NewApp>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected a JSON body like {\"name\":\"hello\"}",
-        );
+    let new = match serde_json::from_slice::<NewApp>(&body) {
+        Ok(new) => new,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "expected a JSON body like {{\"name\":\"hello\",\"domains\":[\"hello.example.org\"],\"health_path\":\"/up\"}}: {err}"
+                ),
+            );
+        }
     };
     if !valid_app_name(&new.name) {
         return error(
@@ -116,9 +130,99 @@ async fn create_app(State(api): State<Api>, body: axum::body::Bytes) -> Response
             "an app name is 1-63 lowercase letters, digits and '-', not starting or ending with '-'",
         );
     }
-    match api.store.create_app(&new.name).await {
-        Ok(app) => (StatusCode::CREATED, Json(app)).into_response(),
+    let mut settings = AppSettings {
+        domains: new.domains,
+        health_path: new.health_path.map(Some),
+    };
+    if let Err(response) = check_settings(&api, &new.name, &mut settings) {
+        return *response;
+    }
+    match api.store.create_app(&new.name, &settings).await {
+        Ok(app) => {
+            let _ = api.apps.refresh_domains().await;
+            (StatusCode::CREATED, Json(app)).into_response()
+        }
         Err(err) => store_error(err),
+    }
+}
+
+/// `PATCH /apps/{name} {"domains":[…],"health_path":"/up"}`: changes take effect for routing at
+/// once, and for health checks at the next deploy or restart.
+async fn patch_app(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut settings = match serde_json::from_slice::<AppSettings>(&body) {
+        Ok(settings) => settings,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"domains\":[…],\"health_path\":\"/up\" or null}}: {err}"),
+            );
+        }
+    };
+    if let Err(response) = check_settings(&api, &name, &mut settings) {
+        return *response;
+    }
+    match api.store.update_app(&name, &settings).await {
+        Ok(app) => {
+            let _ = api.apps.refresh_domains().await;
+            Json(app).into_response()
+        }
+        Err(err) => store_error(err),
+    }
+}
+
+/// Domains are host names (lowercased here), each routed to one app; a health path is an
+/// absolute path of printable characters.
+fn check_settings(api: &Api, app: &str, settings: &mut AppSettings) -> Result<(), Box<Response>> {
+    if let Some(domains) = &mut settings.domains {
+        if domains.len() > 100 {
+            return Err(Box::new(error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "at most 100 domains per app",
+            )));
+        }
+        let taken = api.apps.domains.load();
+        for domain in domains.iter_mut() {
+            *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            if !common::config::valid_host_name(domain) {
+                return Err(Box::new(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!("{domain:?} is not a host name"),
+                )));
+            }
+            if let Some(owner) = taken.get(domain.as_str()).filter(|owner| *owner != app) {
+                return Err(Box::new(error(
+                    StatusCode::CONFLICT,
+                    &format!("{domain} already routes to the app {owner}"),
+                )));
+            }
+        }
+        domains.sort();
+        domains.dedup();
+    }
+    if let Some(Some(path)) = &settings.health_path
+        && (!path.starts_with('/')
+            || path.len() > 1024
+            || path.chars().any(|c| c.is_ascii_control() || c == ' '))
+    {
+        return Err(Box::new(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a health path starts with '/' and has no spaces or control characters",
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /apps/{name}/restart`: new processes of the current release replace the old ones the
+/// same way a deploy does (started, checked, switched, drained).
+async fn restart(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    let apps = Arc::clone(&api.apps);
+    match detached(async move { apps.restart(&name).await }).await {
+        Ok(version) => Json(json!({ "status": "restarted", "release": version })).into_response(),
+        Err(err) => deploy_error(err),
     }
 }
 
@@ -355,57 +459,66 @@ async fn rollback(
 #[derive(Deserialize)]
 struct LogQuery {
     tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
 }
 
 /// `GET /apps/{name}/logs?tail=N`: the last N lines (default 100, at most 10,000) of the app's
-/// log, every process's output with time and process name.
+/// log, every process's output with time and process name. With `follow=true`, a stream of
+/// server-sent events: those lines, then each new one as it is written.
 async fn logs(
     State(api): State<Api>,
     Path(name): Path<String>,
     axum::extract::Query(query): axum::extract::Query<LogQuery>,
 ) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+
     if let Err(err) = api.store.get_app(&name).await {
         return store_error(err);
     }
     let tail = query.tail.unwrap_or(100).min(10_000);
-    let path = api.apps.runner.logs_dir.join(format!("{name}.log"));
-    let text = tokio::task::spawn_blocking(move || last_lines(&path, tail))
-        .await
-        .unwrap_or_default();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; charset=utf-8",
-        )],
-        text,
-    )
+    let logs = Arc::clone(&api.apps.runner.logs);
+    if !query.follow {
+        return (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            logs.tail(&name, tail).await,
+        )
+            .into_response();
+    }
+    // Subscribe before reading the tail: a line written in between is sent twice at worst,
+    // never lost.
+    let live = logs.follow(&name);
+    let past = logs.tail(&name, tail).await;
+    let past: Vec<Event> = past
+        .lines()
+        .map(|line| Event::default().data(line))
+        .collect();
+    let stop = api.shutdown.clone();
+    let live = futures_util::stream::unfold(live, move |mut live| {
+        let stop = stop.clone();
+        async move {
+            let event = tokio::select! {
+                received = live.recv() => match received {
+                    Ok(line) => Event::default().data(&*line),
+                    Err(RecvError::Lagged(skipped)) => Event::default()
+                        .event("skipped")
+                        .data(format!("{skipped} lines were written faster than they could be sent")),
+                    Err(RecvError::Closed) => return None,
+                },
+                () = stop.cancelled() => return None,
+            };
+            Some((event, live))
+        }
+    });
+    let events = futures_util::StreamExt::map(
+        futures_util::StreamExt::chain(futures_util::stream::iter(past), live),
+        Ok::<_, std::convert::Infallible>,
+    );
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
         .into_response()
-}
-
-/// The last `count` lines of a file, reading only its end.
-fn last_lines(path: &std::path::Path, count: usize) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    // Lines are capped at 16 KiB when written; read back at most what `count` of them fill.
-    let want = (count as u64 + 1)
-        .saturating_mul(16 * 1024)
-        .min(len)
-        .min(64 * 1024 * 1024);
-    if file.seek(SeekFrom::Start(len - want)).is_err() {
-        return String::new();
-    }
-    let mut bytes = Vec::new();
-    if file.read_to_end(&mut bytes).is_err() {
-        return String::new();
-    }
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(count);
-    lines[start..]
-        .iter()
-        .map(|line| format!("{line}\n"))
-        .collect()
 }

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use common::proxy::Upstreams;
 use sha2::{Digest, Sha256};
 
-use crate::runner::{ProcessStatus, Progress, Runner, Supervised, give_to, say, take_back};
+use crate::runner::{
+    AppUser, ProcessStatus, Progress, Runner, Supervised, give_to, say, take_back,
+};
 use crate::source::procfile::Procfile;
 use crate::source::unpack::{UnpackLimits, unpack};
 use crate::store::{Release, Store, StoreError};
@@ -68,6 +70,8 @@ pub struct Apps {
     health_timeout: Duration,
     /// What the router sends each app's traffic to; swapped whole, atomically.
     pub routes: ArcSwap<HashMap<String, Arc<Upstreams>>>,
+    /// Custom domains → app name.
+    pub domains: ArcSwap<HashMap<String, String>>,
     processes: tokio::sync::Mutex<HashMap<String, Vec<Supervised>>>,
     /// One deploy at a time per app.
     deploying: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -123,6 +127,7 @@ impl Apps {
             limits,
             health_timeout,
             routes: ArcSwap::from_pointee(HashMap::new()),
+            domains: ArcSwap::from_pointee(HashMap::new()),
             processes: tokio::sync::Mutex::new(HashMap::new()),
             deploying: tokio::sync::Mutex::new(HashMap::new()),
             schedulers: std::sync::Mutex::new(HashMap::new()),
@@ -171,6 +176,28 @@ impl Apps {
             current: true,
             ..release
         })
+    }
+
+    /// The app's user, for running its commands.
+    async fn user_of(&self, app: &str) -> Result<AppUser, DeployError> {
+        let row = self.store.get_app(app).await?;
+        Ok(self.runner.identity.of_app(&row.name, row.number)?)
+    }
+
+    /// Reloads the custom domain → app map the router reads.
+    pub async fn refresh_domains(&self) -> Result<(), StoreError> {
+        let apps = self.store.list_apps().await?;
+        let map: HashMap<String, String> = apps
+            .into_iter()
+            .flat_map(|app| {
+                let name = app.name;
+                app.domains
+                    .into_iter()
+                    .map(move |domain| (domain.to_ascii_lowercase(), name.clone()))
+            })
+            .collect();
+        self.domains.store(Arc::new(map));
+        Ok(())
     }
 
     async fn lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -263,14 +290,14 @@ impl Apps {
                 Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))?;
             let kinds: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
             say(progress, format!("-----> Procfile: {}", kinds.join(", ")));
+            let user = self.user_of(app).await?;
             if let Some(build) = &procfile.build {
                 say(progress, format!("-----> Running build: {build}"));
-                give_to(&self.runner.identity, &scratch)
-                    .map_err(|e| DeployError::Internal(e.to_string()))?;
+                give_to(&user, &scratch).map_err(|e| DeployError::Internal(e.to_string()))?;
                 let (ok, output) = self
                     .runner
                     .run_once(
-                        app,
+                        &user,
                         "build",
                         build,
                         &scratch,
@@ -284,8 +311,7 @@ impl Apps {
                 }
             }
             // Builds are immutable: back to root, then on disk for good before anything uses it.
-            take_back(&self.runner.identity, &scratch)
-                .map_err(|e| DeployError::Internal(e.to_string()))?;
+            take_back(&user, &scratch).map_err(|e| DeployError::Internal(e.to_string()))?;
             sync_tree(&scratch).map_err(|e| DeployError::Internal(e.to_string()))?;
             Ok(())
         }
@@ -318,12 +344,14 @@ impl Apps {
             .map_err(|e| DeployError::Procfile(e.to_string()))?;
         let procfile = Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))?;
         let vars = &release.config;
+        let row = self.store.get_app(app).await?;
+        let user = self.runner.identity.of_app(&row.name, row.number)?;
         if let Some(command) = procfile.release.as_ref().filter(|_| run_release_command) {
             say(progress, format!("-----> Running release: {command}"));
             let (ok, output) = self
                 .runner
                 .run_once(
-                    app,
+                    &user,
                     "release",
                     command,
                     build_dir,
@@ -351,7 +379,7 @@ impl Apps {
                 let name = format!("{kind}.{index}");
                 let mut process = match self
                     .runner
-                    .start(app, &name, command, build_dir, vars, None)
+                    .start(&user, &name, command, build_dir, vars, None)
                 {
                     Ok(process) => process,
                     Err(err) => {
@@ -359,6 +387,8 @@ impl Apps {
                         break 'types;
                     }
                 };
+                let starting = format!("starting v{} on port {}", release.version, process.port);
+                self.runner.note(&user, &name, &starting).await;
                 say(
                     progress,
                     format!("-----> Starting {name} on port {}", process.port),
@@ -367,7 +397,11 @@ impl Apps {
                 if kind == "web"
                     && let Err(reason) = self
                         .runner
-                        .wait_ready(&mut process, self.health_timeout)
+                        .wait_ready(
+                            &mut process,
+                            row.health_path.as_deref(),
+                            self.health_timeout,
+                        )
                         .await
                 {
                     self.runner.stop(process).await;
@@ -392,7 +426,7 @@ impl Apps {
             }
             supervised.push(
                 self.runner
-                    .supervise(app, &command, build_dir, vars, process),
+                    .supervise(&user, &command, build_dir, vars, process),
             );
         }
         let upstreams = if web_ports.is_empty() {
@@ -413,12 +447,16 @@ impl Apps {
             .lock()
             .await
             .insert(app.to_owned(), supervised);
-        self.schedule(app, &procfile, build_dir, vars);
+        self.schedule(&user, &procfile, build_dir, vars);
         tracing::info!(app, version = release.version, build = %release.build, "released");
+        let serving = format!("v{} serves traffic", release.version);
+        self.runner.note(&user, "app-server", &serving).await;
         if let Some(old) = old {
             tokio::time::sleep(DRAIN).await;
             for process in old {
+                let name = process.status().name;
                 process.stop().await;
+                self.runner.note(&user, &name, "stopped (replaced)").await;
             }
         }
         Ok(())
@@ -442,12 +480,26 @@ impl Apps {
         Ok(())
     }
 
+    /// Restarts the current release's processes (new processes first, as in a deploy).
+    pub async fn restart(&self, app: &str) -> Result<Option<i64>, DeployError> {
+        let lock = self.lock(app).await;
+        let _one_at_a_time = lock.lock().await;
+        let Some(current) = self.store.current_release(app).await? else {
+            self.store.get_app(app).await?;
+            return Ok(None);
+        };
+        let build_dir = self.builds_dir.join(&current.build);
+        self.activate(app, &current, &build_dir, false, &None)
+            .await?;
+        Ok(Some(current.version))
+    }
+
     /// Runs the release's scheduled entries at their times, with the release's environment;
     /// a run still going when the next is due is skipped (and logged). Replaces the schedules
     /// of the previous release.
     fn schedule(
         &self,
-        app: &str,
+        app: &AppUser,
         procfile: &Procfile,
         build_dir: &Path,
         vars: &BTreeMap<String, String>,
@@ -467,7 +519,7 @@ impl Apps {
             statuses.push(Arc::clone(&status));
             let (runner, app, name, entry, dir, vars, stop) = (
                 self.runner.clone(),
-                app.to_owned(),
+                app.clone(),
                 name.clone(),
                 entry.clone(),
                 build_dir.to_path_buf(),
@@ -490,7 +542,7 @@ impl Apps {
                     let already = status.lock().map(|s| s.running).unwrap_or(true);
                     if already {
                         tracing::warn!(
-                            app,
+                            app = app.name,
                             schedule = name,
                             "previous run still going; this one is skipped"
                         );
@@ -540,7 +592,7 @@ impl Apps {
             });
         }
         if let Ok(mut schedulers) = self.schedulers.lock() {
-            schedulers.insert(app.to_owned(), Scheduler { stop, statuses });
+            schedulers.insert(app.name.clone(), Scheduler { stop, statuses });
         }
     }
 
@@ -573,6 +625,9 @@ impl Apps {
 
     /// Brings every app back to its current release (on start).
     pub async fn restore(&self) {
+        if let Err(err) = self.refresh_domains().await {
+            tracing::error!(error = %err, "cannot read the apps' domains");
+        }
         let releases = match self.store.current_releases().await {
             Ok(releases) => releases,
             Err(err) => {
@@ -625,6 +680,10 @@ impl Apps {
         let processes = self.processes.lock().await.remove(app).unwrap_or_default();
         for process in processes {
             process.stop().await;
+        }
+        self.runner.logs.remove(app).await;
+        if let Err(err) = self.refresh_domains().await {
+            tracing::error!(error = %err, "cannot read the apps' domains");
         }
     }
 }

@@ -1,12 +1,17 @@
 //! app-server: takes an app's source, builds and runs it, keeps releases and routes HTTP to it
 //! (issue #7).
 //!
-//! Today: the control API (bearer token) manages apps, kept in [`store`]; the app traffic
-//! listener answers 404 because nothing can be deployed yet. The pieces of the deploy path that
-//! exist so far: [`source::unpack`] (safe `tar.gz` unpacking) and [`source::procfile`].
+//! - [`api`]: the control API (bearer token) on `app.api_listen`.
+//! - [`apps`]: the deploy pipeline (build → release → start → health → switch → drain),
+//!   supervision, scaling, schedules, promotion.
+//! - [`runner`]: how one process is run (user, limits, environment, process group, output).
+//! - [`logs`]: each app's rotated log and its live followers.
+//! - [`router`]: app traffic on `app.http_listen` by Host.
+//! - [`source`]: safe unpacking of uploads and the Procfile; [`store`]: SQLite state.
 
 pub mod api;
 pub mod apps;
+pub mod logs;
 pub mod router;
 pub mod runner;
 pub mod source;
@@ -44,15 +49,22 @@ pub async fn run(
     let store = store::Store::open(&config.data_dir).await?;
     let identity = runner::Identity::resolve(&app.run_as)?;
     let logs_dir = config.data_dir.join("app").join("logs");
-    std::fs::create_dir_all(&logs_dir).map_err(|source| store::StoreError::Directory {
-        path: logs_dir.display().to_string(),
-        source,
-    })?;
+    let logs = logs::AppLogs::new(logs_dir.clone(), app.log_max_bytes, app.log_files).map_err(
+        |source| store::StoreError::Directory {
+            path: logs_dir.display().to_string(),
+            source,
+        },
+    )?;
     let runner = runner::Runner {
         identity,
         environment: config.environment.to_string(),
-        logs_dir,
+        logs: Arc::new(logs),
         stop_grace: std::time::Duration::from_secs(app.stop_grace_secs),
+        limits: runner::Limits {
+            open_files: app.max_open_files,
+            processes: app.max_processes,
+            memory_bytes: app.max_memory_mb.saturating_mul(1024 * 1024),
+        },
     };
     let apps = std::sync::Arc::new(apps::Apps::new(
         store.clone(),
@@ -76,6 +88,7 @@ pub async fn run(
             apps: Arc::clone(&apps),
             token,
             max_upload_bytes,
+            shutdown: shutdown.clone(),
         }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     server.serve_http(listeners.take("api")?, api, api_tls)?;

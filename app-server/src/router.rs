@@ -1,5 +1,6 @@
-//! App traffic on `app.http_listen`: `Host: {app}.{domain}` → the app's `web` process, through
-//! the shared reverse proxy (keep-alive, `X-Forwarded-*`).
+//! App traffic on `app.http_listen`: `Host: {app}.{domain}` or one of the app's own domains →
+//! the app's `web` processes (round-robin), through the shared reverse proxy (keep-alive,
+//! `X-Forwarded-*`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +40,12 @@ pub async fn route(State(router): State<Router>, request: Request) -> Response {
         .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
         .map_or(raw_host.as_str(), |(host, _)| host)
         .to_ascii_lowercase();
-    let Some(app) = host.strip_suffix(&router.suffix) else {
+    let domains = router.apps.domains.load();
+    let Some(app) = domains
+        .get(&host)
+        .map(String::as_str)
+        .or_else(|| host.strip_suffix(&router.suffix))
+    else {
         return (
             StatusCode::NOT_FOUND,
             format!("no app answers for {host:?}\n"),

@@ -1,17 +1,22 @@
 //! Running an app's processes: each in its own process group, with a clean environment
-//! (`PORT`, `QUARTET_ENV`, `PATH`, `HOME` and nothing of app-server's), never as root (when
-//! app-server is root, through `setpriv` as `app.run_as` with no new privileges and no
-//! supplementary groups), output appended to the app's log with time and process name.
+//! (`PORT`, `QUARTET_ENV`, `PATH`, `HOME` and nothing of app-server's), resource limits (through
+//! `prlimit`), never as root (when app-server is root, through `setpriv` as the app's own user
+//! or `app.run_as`, with no new privileges and no supplementary groups), output appended to the
+//! app's log with time and process name.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, User};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+
+use crate::logs::AppLogs;
 
 /// Where a deploy's progress goes as it happens (the streamed answer to an upload), if anywhere.
 pub type Progress = Option<tokio::sync::mpsc::UnboundedSender<String>>;
@@ -29,6 +34,8 @@ pub enum RunError {
     NoSuchUser(String),
     #[error("no free port: {0}")]
     Port(std::io::Error),
+    #[error("app number {0} has no user ID left in 61184-65519 (app.run_as = \"per-app\")")]
+    NoUserIds(u32),
     #[error("cannot start {name}: {source}")]
     Spawn {
         name: String,
@@ -41,31 +48,79 @@ pub enum RunError {
 pub enum Identity {
     /// app-server is not root: apps run as the same (unprivileged) user.
     Inherit,
-    /// app-server is root: apps run as this user and group.
-    User { uid: u32, gid: u32 },
+    /// app-server is root: every app runs as this user and group (`app.run_as = "name"`).
+    Shared { uid: u32, gid: u32 },
+    /// app-server is root: each app runs as its own user ID, unnamed, like systemd's
+    /// `DynamicUser` (`app.run_as = "per-app"`): apps cannot touch each other's processes or
+    /// files.
+    PerApp,
 }
+
+/// The first of the user IDs `per-app` hands out; systemd's dynamic users take the same range
+/// (61184–65519), which distributions leave free of named users.
+pub const PER_APP_FIRST_UID: u32 = 61184;
+const PER_APP_LAST_UID: u32 = 65519;
 
 impl Identity {
     pub fn resolve(run_as: &str) -> Result<Self, RunError> {
         if !nix::unistd::geteuid().is_root() {
             return Ok(Identity::Inherit);
         }
+        if run_as == "per-app" {
+            return Ok(Identity::PerApp);
+        }
         match User::from_name(run_as) {
-            Ok(Some(user)) if !user.uid.is_root() => Ok(Identity::User {
+            Ok(Some(user)) if !user.uid.is_root() => Ok(Identity::Shared {
                 uid: user.uid.as_raw(),
                 gid: user.gid.as_raw(),
             }),
             _ => Err(RunError::NoSuchUser(run_as.to_owned())),
         }
     }
+
+    /// The user and group the app numbered `number` runs as (`None`: app-server's own).
+    pub fn of_app(&self, name: &str, number: u32) -> Result<AppUser, RunError> {
+        let ids = match self {
+            Identity::Inherit => None,
+            Identity::Shared { uid, gid } => Some((*uid, *gid)),
+            Identity::PerApp => {
+                let uid = PER_APP_FIRST_UID
+                    .checked_add(number)
+                    .filter(|uid| *uid <= PER_APP_LAST_UID && number > 0)
+                    .ok_or(RunError::NoUserIds(number))?;
+                Some((uid, uid))
+            }
+        };
+        Ok(AppUser {
+            name: name.to_owned(),
+            ids,
+        })
+    }
+}
+
+/// An app as the runner sees it: its name (whose log its output goes to) and the user and group
+/// its processes run as (`None`: app-server's own user, which is not root).
+#[derive(Debug, Clone)]
+pub struct AppUser {
+    pub name: String,
+    pub ids: Option<(u32, u32)>,
+}
+
+/// Resource limits of every app process; 0 means no limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub open_files: u64,
+    pub processes: u64,
+    pub memory_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct Runner {
     pub identity: Identity,
     pub environment: String,
-    pub logs_dir: PathBuf,
+    pub logs: Arc<AppLogs>,
     pub stop_grace: Duration,
+    pub limits: Limits,
 }
 
 /// One running process of a release.
@@ -88,7 +143,7 @@ impl Runner {
     /// The command line for `command`: through `setpriv` when dropping root. A simple command
     /// is `exec`ed by the shell, so the process we wait for and signal is the app itself, not a
     /// shell that could leave it behind.
-    fn command(&self, command: &str) -> Command {
+    fn command(&self, app: &AppUser, command: &str) -> Command {
         // `FOO=1 cmd` is an assignment prefix, which `exec` would take for the command.
         let first_word = command.split_whitespace().next().unwrap_or("");
         let simple =
@@ -98,26 +153,30 @@ impl Runner {
         } else {
             command.to_owned()
         };
-        let command = command.as_str();
-        let mut cmd = match self.identity {
-            Identity::Inherit => {
-                let mut cmd = Command::new("sh");
-                cmd.arg("-c").arg(command);
-                cmd
-            }
-            Identity::User { uid, gid } => {
-                let mut cmd = Command::new("setpriv");
-                cmd.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={gid}"))
-                    .arg("--clear-groups")
-                    .arg("--no-new-privs")
-                    .arg("--")
-                    .arg("sh")
-                    .arg("-c")
-                    .arg(command);
-                cmd
-            }
-        };
+        // prlimit sets the limits, then execs setpriv (dropping root), then the shell.
+        let mut cmd = Command::new("prlimit");
+        let limits = self.limits;
+        if limits.open_files > 0 {
+            cmd.arg(format!("--nofile={0}:{0}", limits.open_files));
+        }
+        // Processes are counted per user: only meaningful when the app has a user of its own
+        // (on a developer's machine it would count the developer's every process).
+        if limits.processes > 0 && app.ids.is_some() {
+            cmd.arg(format!("--nproc={0}:{0}", limits.processes));
+        }
+        if limits.memory_bytes > 0 {
+            cmd.arg(format!("--as={0}:{0}", limits.memory_bytes));
+        }
+        cmd.arg("--");
+        if let Some((uid, gid)) = app.ids {
+            cmd.arg("setpriv")
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg("--clear-groups")
+                .arg("--no-new-privs")
+                .arg("--");
+        }
+        cmd.arg("sh").arg("-c").arg(command);
         cmd.env_clear();
         cmd
     }
@@ -125,12 +184,13 @@ impl Runner {
     /// Spawns `command` in `dir` with exactly `env`, in its own process group, output piped.
     fn spawn(
         &self,
+        app: &AppUser,
         name: &str,
         command: &str,
         dir: &Path,
         env: BTreeMap<String, String>,
     ) -> Result<Child, RunError> {
-        let mut cmd = self.command(command);
+        let mut cmd = self.command(app, command);
         cmd.envs(env)
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -162,7 +222,7 @@ impl Runner {
     #[allow(clippy::too_many_arguments)] // one-off runs are described by all of these
     pub async fn run_once(
         &self,
-        app: &str,
+        app: &AppUser,
         name: &str,
         command: &str,
         dir: &Path,
@@ -170,7 +230,7 @@ impl Runner {
         limit: Duration,
         progress: &Progress,
     ) -> Result<(bool, String), RunError> {
-        let mut child = self.spawn(name, command, dir, self.base_env(dir, vars))?;
+        let mut child = self.spawn(app, name, command, dir, self.base_env(dir, vars))?;
         let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
         let tail = std::sync::Arc::new(std::sync::Mutex::new(Tail {
             progress: progress.clone(),
@@ -206,7 +266,7 @@ impl Runner {
     /// Starts copying the child's stdout and stderr into the app's log.
     fn capture_output(
         &self,
-        app: &str,
+        app: &AppUser,
         name: &str,
         child: &mut Child,
         tail: Option<std::sync::Arc<std::sync::Mutex<Tail>>>,
@@ -218,50 +278,22 @@ impl Runner {
             .into_iter()
             .flatten()
             .map(|pipe| {
-                let pump = self
-                    .clone()
-                    .pump(app.to_owned(), name.to_owned(), pipe, tail.clone());
+                let pump = pump(
+                    Arc::clone(&self.logs),
+                    app.name.clone(),
+                    name.to_owned(),
+                    pipe,
+                    tail.clone(),
+                );
                 tokio::spawn(pump)
             })
             .collect()
     }
 
-    /// Copies a process's output into the app's log, line by line (lossy UTF-8, lines capped
-    /// at 16 KiB), optionally keeping a bounded tail.
-    async fn pump(
-        self,
-        app: String,
-        name: String,
-        pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-        tail: Option<std::sync::Arc<std::sync::Mutex<Tail>>>,
-    ) {
-        use tokio::io::AsyncReadExt;
-        const MAX_LINE: u64 = 16 * 1024;
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let mut limited = (&mut reader).take(MAX_LINE);
-            match limited.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end_matches(['\n', '\r']);
-                    self.append_log(&app, &name, text).await;
-                    if let Some(tail) = &tail
-                        && let Ok(mut tail) = tail.lock()
-                    {
-                        tail.push(text);
-                    }
-                }
-            }
-        }
-    }
-
     /// Starts a long-running process, on `port` or a fresh one.
     pub fn start(
         &self,
-        app: &str,
+        app: &AppUser,
         name: &str,
         command: &str,
         dir: &Path,
@@ -274,9 +306,9 @@ impl Runner {
         };
         let mut env = self.base_env(dir, vars);
         env.insert("PORT".into(), port.to_string());
-        let mut child = self.spawn(name, command, dir, env)?;
+        let mut child = self.spawn(app, name, command, dir, env)?;
         self.capture_output(app, name, &mut child, None);
-        tracing::info!(app, process = name, port, "started");
+        tracing::info!(app = app.name, process = name, port, "started");
         let pgid = child.id().map(|pid| pid as i32);
         Ok(Running {
             name: name.to_owned(),
@@ -286,27 +318,41 @@ impl Runner {
         })
     }
 
-    /// Waits until the process accepts connections on its port, or it exits, or `limit`.
-    pub async fn wait_ready(&self, process: &mut Running, limit: Duration) -> Result<(), String> {
+    /// Waits until the process accepts connections on its port (and, given a health path,
+    /// answers it with 2xx or 3xx), or it exits, or `limit`.
+    pub async fn wait_ready(
+        &self,
+        process: &mut Running,
+        health_path: Option<&str>,
+        limit: Duration,
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + limit;
+        let mut last_answer = None;
         loop {
             if let Ok(Some(status)) = process.child.try_wait() {
                 return Err(format!(
-                    "{} exited ({status}) before accepting connections",
+                    "{} exited ({status}) before it was ready",
                     process.name
                 ));
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", process.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
+            if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", process.port)).await {
+                let Some(path) = health_path else {
+                    return Ok(());
+                };
+                match tokio::time::timeout(Duration::from_secs(5), probe(stream, path)).await {
+                    Ok(Ok(status)) if (200..400).contains(&status) => return Ok(()),
+                    Ok(Ok(status)) => last_answer = Some(format!("answered {path} with {status}")),
+                    Ok(Err(err)) => last_answer = Some(format!("{path}: {err}")),
+                    Err(_) => last_answer = Some(format!("{path} took over 5s to answer")),
+                }
             }
             if tokio::time::Instant::now() >= deadline {
+                let why = last_answer.unwrap_or_else(|| {
+                    format!("did not accept connections on port {}", process.port)
+                });
                 return Err(format!(
-                    "{} did not accept connections on port {} within {}s",
+                    "{} {why} within {}s",
                     process.name,
-                    process.port,
                     limit.as_secs()
                 ));
             }
@@ -328,34 +374,40 @@ impl Runner {
     }
 
     /// A line of app-server's own in the app's log.
-    pub async fn note(&self, app: &str, name: &str, text: &str) {
-        self.append_log(app, name, text).await;
-    }
-
-    async fn append_log(&self, app: &str, name: &str, text: &str) {
-        let path = self.logs_dir.join(format!("{app}.log"));
-        let time = httpdate_now();
-        let mut out = String::new();
-        for line in text.lines() {
-            out.push_str(&format!("{time} {name}: {line}\n"));
-        }
-        if let Ok(mut file) = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .await
-        {
-            let _ = file.write_all(out.as_bytes()).await;
-        }
+    pub async fn note(&self, app: &AppUser, name: &str, text: &str) {
+        self.logs.append(&app.name, name, text).await;
     }
 }
 
-fn httpdate_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    format!("{secs:.3}")
+/// Copies a process's output into the app's log, line by line (lossy UTF-8, lines capped
+/// at 16 KiB), optionally keeping a bounded tail.
+async fn pump(
+    logs: Arc<AppLogs>,
+    app: String,
+    name: String,
+    pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    tail: Option<std::sync::Arc<std::sync::Mutex<Tail>>>,
+) {
+    const MAX_LINE: u64 = 16 * 1024;
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_LINE);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                logs.append(&app, &name, text).await;
+                if let Some(tail) = &tail
+                    && let Ok(mut tail) = tail.lock()
+                {
+                    tail.push(text);
+                }
+            }
+        }
+    }
 }
 
 /// The last 64 KiB of a command's output, for the deploy's answer.
@@ -387,24 +439,47 @@ impl Tail {
     }
 }
 
+/// `GET path` over HTTP/1.1 on `stream`; the status code of the answer.
+async fn probe(mut stream: tokio::net::TcpStream, path: &str) -> std::io::Result<u16> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: quartet-health-check\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut reader = BufReader::new(stream).take(8192);
+    reader.read_until(b'\n', &mut head).await?;
+    let line = String::from_utf8_lossy(&head);
+    let mut words = line.split_whitespace();
+    match (
+        words.next(),
+        words.next().and_then(|code| code.parse().ok()),
+    ) {
+        (Some(version), Some(code)) if version.starts_with("HTTP/") => Ok(code),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the answer is not HTTP",
+        )),
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
 
-/// Gives `dir` and everything in it to the apps' user, so that `build:` can write there.
-pub fn give_to(identity: &Identity, dir: &Path) -> std::io::Result<()> {
-    let Identity::User { uid, gid } = identity else {
+/// Gives `dir` and everything in it to the app's user, so that `build:` can write there.
+pub fn give_to(app: &AppUser, dir: &Path) -> std::io::Result<()> {
+    let Some((uid, gid)) = app.ids else {
         return Ok(());
     };
-    chown_tree(dir, *uid, *gid)
+    chown_tree(dir, uid, gid)
 }
 
 /// Gives a built tree back to root (readable by all, writable by no app), so a build stays
 /// immutable whichever app runs it.
-pub fn take_back(identity: &Identity, dir: &Path) -> std::io::Result<()> {
-    if matches!(identity, Identity::Inherit) {
+pub fn take_back(app: &AppUser, dir: &Path) -> std::io::Result<()> {
+    if app.ids.is_none() {
         return Ok(());
     }
     chown_tree(dir, 0, 0)
@@ -481,7 +556,7 @@ impl Runner {
     /// Hands a started (and checked) process to a supervisor task.
     pub fn supervise(
         &self,
-        app: &str,
+        app: &AppUser,
         command: &str,
         dir: &Path,
         vars: &BTreeMap<String, String>,
@@ -498,7 +573,7 @@ impl Runner {
         let port = running.port;
         let (runner, app, command, dir, vars) = (
             self.clone(),
-            app.to_owned(),
+            app.clone(),
             command.to_owned(),
             dir.to_path_buf(),
             vars.clone(),
@@ -521,9 +596,9 @@ impl Runner {
                     backoff = BACKOFF_START;
                 }
                 let name = running.name.clone();
-                tracing::warn!(app, process = name, %exit, "process exited; restarting in {:?}", backoff);
+                tracing::warn!(app = app.name, process = name, %exit, "process exited; restarting in {:?}", backoff);
                 runner
-                    .append_log(
+                    .note(
                         &app,
                         &name,
                         &format!("exited ({exit}); restarting in {backoff:?}"),
@@ -552,7 +627,7 @@ impl Runner {
                             break;
                         }
                         Err(err) => {
-                            tracing::error!(app, process = name, error = %err, "cannot restart; trying again in {:?}", backoff);
+                            tracing::error!(app = app.name, process = name, error = %err, "cannot restart; trying again in {:?}", backoff);
                             if let Ok(mut s) = task_status.lock() {
                                 s.state = "restart failed";
                                 s.last_exit = Some(err.to_string());

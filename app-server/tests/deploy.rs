@@ -3,63 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] functions
 
-use std::path::Path;
-
 use common::testing::{RunningRole, TestConfig, curl};
 use common::{Environment, Role};
 
-const AUTH: &str = "Authorization: Bearer dev";
-
-/// The fixture app as a tar.gz, with `VERSION` and optionally another Procfile.
-fn tarball(version: &str, procfile: Option<&str>) -> Vec<u8> {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello");
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut builder = tar::Builder::new(gz);
-    let mut add = |name: &str, data: &[u8]| {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, name, data).unwrap();
-    };
-    add("app.py", &std::fs::read(fixture.join("app.py")).unwrap());
-    let default_procfile = std::fs::read_to_string(fixture.join("Procfile")).unwrap();
-    add("Procfile", procfile.unwrap_or(&default_procfile).as_bytes());
-    add("VERSION", version.as_bytes());
-    builder.into_inner().unwrap().finish().unwrap()
-}
-
-fn upload(api: &str, app: &str, archive: &[u8], dir: &Path) -> (u16, serde_json::Value) {
-    let file = dir.join(format!("upload-{}.tar.gz", archive.len()));
-    std::fs::write(&file, archive).unwrap();
-    let (status, body) = curl(&[
-        "-X",
-        "POST",
-        "-H",
-        AUTH,
-        "-H",
-        "Accept: application/json",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &format!("{api}/apps/{app}/builds"),
-    ]);
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
-    )
-}
-
-fn via_router(router: &str, app: &str) -> (u16, serde_json::Value) {
-    let (status, body) = curl(&[
-        "-H",
-        &format!("Host: {app}.localhost"),
-        &format!("{router}/"),
-    ]);
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
-    )
-}
+mod support;
+use support::{AUTH, tarball, upload, via_router};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upload_release_route_redeploy_refuse_and_restore() {

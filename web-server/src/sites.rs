@@ -119,12 +119,7 @@ impl Sites {
             let is_default = site.hosts.is_empty();
             for host in &site.hosts {
                 let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
-                let valid = !host.is_empty()
-                    && host.trim_start_matches("*.").split('.').all(|label| {
-                        !label.is_empty()
-                            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                    });
-                if !valid {
+                if !common::config::valid_host_name(host.trim_start_matches("*.")) {
                     problems.push((
                         format!("{key}.hosts"),
                         format!("{host:?} is not a host name"),

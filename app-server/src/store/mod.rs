@@ -32,6 +32,29 @@ pub struct App {
     pub name: String,
     /// Unix seconds.
     pub created_at: i64,
+    /// The app's number, never reused: `per-app` users are 61184 + this.
+    pub number: u32,
+    /// Host names routed to the app besides `{name}.{app.domain}`.
+    pub domains: Vec<String>,
+    /// A path a new web process must answer with 2xx or 3xx before it gets traffic; without
+    /// one, accepting connections is enough.
+    pub health_path: Option<String>,
+}
+
+/// What may change about an app after it is created (`None`: leave as is).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    pub domains: Option<Vec<String>>,
+    /// `Some(None)` (JSON `null`) removes the health path.
+    #[serde(default, deserialize_with = "some_or_null")]
+    pub health_path: Option<Option<String>>,
+}
+
+fn some_or_null<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +66,10 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS apps (
     name TEXT PRIMARY KEY NOT NULL,
     created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS builds (
     hash TEXT PRIMARY KEY NOT NULL,
@@ -105,50 +132,82 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::query(SCHEMA).execute(&pool).await?;
+        migrate(&pool).await?;
         Ok(Self { pool })
     }
 
-    pub async fn create_app(&self, name: &str) -> Result<App, StoreError> {
+    pub async fn create_app(&self, name: &str, settings: &AppSettings) -> Result<App, StoreError> {
         let created_at = now();
+        let mut tx = self.pool.begin().await?;
+        let number: i64 = sqlx::query(
+            "INSERT INTO counters (name, value) VALUES ('app_number', 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .get("value");
+        let domains = settings.domains.clone().unwrap_or_default();
+        let health_path = settings.health_path.clone().flatten();
         let inserted = sqlx::query(
-            "INSERT INTO apps (name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+            "INSERT INTO apps (name, created_at, number, domains, health_path) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT(name) DO NOTHING",
         )
         .bind(name)
         .bind(created_at)
-        .execute(&self.pool)
+        .bind(number)
+        .bind(serde_json::to_string(&domains).unwrap_or_else(|_| "[]".into()))
+        .bind(&health_path)
+        .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
             return Err(StoreError::Exists(name.to_owned()));
         }
+        tx.commit().await?;
         Ok(App {
             name: name.to_owned(),
             created_at,
+            number: u32::try_from(number).unwrap_or(u32::MAX),
+            domains,
+            health_path,
         })
+    }
+
+    /// Changes an app's domains and health path.
+    pub async fn update_app(&self, name: &str, settings: &AppSettings) -> Result<App, StoreError> {
+        let mut app = self.get_app(name).await?;
+        if let Some(domains) = &settings.domains {
+            app.domains = domains.clone();
+        }
+        if let Some(health_path) = &settings.health_path {
+            app.health_path = health_path.clone();
+        }
+        sqlx::query("UPDATE apps SET domains = ?, health_path = ? WHERE name = ?")
+            .bind(serde_json::to_string(&app.domains).unwrap_or_else(|_| "[]".into()))
+            .bind(&app.health_path)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(app)
     }
 
     pub async fn list_apps(&self) -> Result<Vec<App>, StoreError> {
-        let rows = sqlx::query("SELECT name, created_at FROM apps ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| App {
-                name: row.get("name"),
-                created_at: row.get("created_at"),
-            })
-            .collect())
+        let rows = sqlx::query(
+            "SELECT name, created_at, number, domains, health_path FROM apps ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(app_from_row).collect())
     }
 
     pub async fn get_app(&self, name: &str) -> Result<App, StoreError> {
-        let row = sqlx::query("SELECT name, created_at FROM apps WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
-        Ok(App {
-            name: row.get("name"),
-            created_at: row.get("created_at"),
-        })
+        let row = sqlx::query(
+            "SELECT name, created_at, number, domains, health_path FROM apps WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        Ok(app_from_row(row))
     }
 
     pub async fn delete_app(&self, name: &str) -> Result<(), StoreError> {
@@ -344,6 +403,42 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Schema changes since the first release of the store, by `PRAGMA user_version`.
+async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    let version: i64 = sqlx::query("PRAGMA user_version")
+        .fetch_one(pool)
+        .await?
+        .get(0);
+    if version < 1 {
+        let mut tx = pool.begin().await?;
+        for statement in [
+            "ALTER TABLE apps ADD COLUMN number INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE apps ADD COLUMN domains TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE apps ADD COLUMN health_path TEXT",
+            // Apps created before numbers existed get theirs in creation order.
+            "UPDATE apps SET number = rowid",
+            "INSERT INTO counters (name, value) SELECT 'app_number', COALESCE(MAX(number), 0) FROM apps
+             WHERE true ON CONFLICT(name) DO NOTHING",
+            "PRAGMA user_version = 1",
+        ] {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+fn app_from_row(row: sqlx::sqlite::SqliteRow) -> App {
+    let domains: String = row.get("domains");
+    App {
+        name: row.get("name"),
+        created_at: row.get("created_at"),
+        number: u32::try_from(row.get::<i64, _>("number")).unwrap_or(u32::MAX),
+        domains: serde_json::from_str(&domains).unwrap_or_default(),
+        health_path: row.get("health_path"),
     }
 }
 

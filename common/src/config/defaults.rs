@@ -84,7 +84,12 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
         ("app.max_archive_entries", ValueKind::from(50_000u64)),
         ("app.health_timeout_secs", ValueKind::from(30u64)),
         ("app.stop_grace_secs", ValueKind::from(10u64)),
-        ("app.run_as", ValueKind::from("nobody")),
+        ("app.run_as", ValueKind::from("per-app")),
+        ("app.max_open_files", ValueKind::from(4096u64)),
+        ("app.max_processes", ValueKind::from(512u64)),
+        ("app.max_memory_mb", ValueKind::from(2048u64)),
+        ("app.log_max_bytes", ValueKind::from(10_485_760u64)),
+        ("app.log_files", ValueKind::from(3u64)),
     ]
 }
 

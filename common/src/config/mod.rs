@@ -128,8 +128,17 @@ pub struct AppConfig {
     pub health_timeout_secs: u64,
     /// Seconds between SIGTERM and SIGKILL when stopping an app's processes.
     pub stop_grace_secs: u64,
-    /// When app-server runs as root, apps run as this user (never as root).
+    /// When app-server runs as root, apps run as this user (never as root); `per-app` gives
+    /// each app its own user ID, unnamed, from 61184 + the app's number.
     pub run_as: String,
+    /// Resource limits of every app process (`RLIMIT_NOFILE`, `RLIMIT_NPROC`, `RLIMIT_AS`;
+    /// 0 = no limit).
+    pub max_open_files: u64,
+    pub max_processes: u64,
+    pub max_memory_mb: u64,
+    /// An app's log is rotated at this size; this many rotated files are kept beside it.
+    pub log_max_bytes: u64,
+    pub log_files: u32,
 }
 
 /// A listen address as written in configuration (`IP:PORT`; port 0 picks a free port).
@@ -288,3 +297,14 @@ fn redact_userinfo_password(url: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// A DNS host name: dot-separated labels of letters, digits and '-', each 1-63 long, 253 in all.
+/// Shared by every key and API field that takes one.
+pub fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}

@@ -140,16 +140,11 @@ impl Config {
             if self.app.run_as.trim().is_empty() || self.app.run_as == "root" {
                 problems.push(problem(
                     "app.run_as",
-                    "apps never run as root: name an unprivileged user".into(),
+                    "apps never run as root: \"per-app\" or an unprivileged user's name".into(),
                 ));
             }
             let domain = self.app.domain.trim_start_matches('.');
-            if domain.is_empty()
-                || !domain.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                })
-            {
+            if !super::valid_host_name(domain) {
                 problems.push(problem(
                     "app.domain",
                     format!("{:?} is not a domain name", self.app.domain),
@@ -172,14 +167,7 @@ impl Config {
                 ));
             }
             for domain in &self.mail.domains {
-                let valid = !domain.is_empty()
-                    && domain.len() <= 253
-                    && domain.split('.').all(|label| {
-                        !label.is_empty()
-                            && label.len() <= 63
-                            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                    });
-                if !valid {
+                if !super::valid_host_name(domain) {
                     problems.push(problem(
                         "mail.domains",
                         format!("{domain:?} is not a domain name"),
