@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
+use sha2::Digest;
 
 use crate::apps::{Apps, DeployError};
 use crate::store::{AppSettings, Store, StoreError, valid_app_name};
@@ -50,7 +51,12 @@ pub fn router(api: Api) -> Router {
         )
         .route("/apps/{name}/restart", axum::routing::post(restart))
         .route("/apps/{name}/builds", axum::routing::post(create_build))
-        .route("/apps/{name}/releases", get(list_releases))
+        .route(
+            "/apps/{name}/releases",
+            get(list_releases).post(release_build),
+        )
+        .route("/apps/{name}/promote", axum::routing::post(promote))
+        .route("/builds/{hash}", axum::routing::put(receive_build))
         .route("/apps/{name}/config", get(get_config).put(put_config))
         .route("/apps/{name}/rollback", axum::routing::post(rollback))
         .route("/apps/{name}/formation", axum::routing::put(put_formation))
@@ -363,7 +369,10 @@ async fn list_releases(State(api): State<Api>, Path(name): Path<String>) -> Resp
 
 fn deploy_error(err: DeployError) -> Response {
     let status = match &err {
-        DeployError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
+        DeployError::Store(StoreError::NotFound(_)) | DeployError::NoBuild(_) => {
+            StatusCode::NOT_FOUND
+        }
+        DeployError::Promote(_) => StatusCode::BAD_GATEWAY,
         DeployError::Store(_) | DeployError::Internal(_) | DeployError::Run(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -424,6 +433,130 @@ async fn put_config(
             "release": release.map(|r| r.version),
         }))
         .into_response(),
+        Err(err) => deploy_error(err),
+    }
+}
+
+/// `PUT /builds/{hash}`: a built tree from another app-server (promotion), a `tar.gz` whose
+/// SHA-256 is in `x-quartet-build-sha256`. Stored as build `hash`, not built again.
+async fn receive_build(
+    State(api): State<Api>,
+    Path(hash): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let Ok(archive) = axum::body::to_bytes(body, api.max_upload_bytes).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the build is larger than {} bytes (app.max_upload_bytes)",
+                api.max_upload_bytes
+            ),
+        );
+    };
+    let claimed = headers
+        .get(crate::apps::BUILD_DIGEST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let actual = format!("{:x}", sha2::Sha256::digest(&archive));
+    if claimed != actual {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "the body's SHA-256 is {actual}, not what {} says ({claimed:?})",
+                crate::apps::BUILD_DIGEST_HEADER
+            ),
+        );
+    }
+    let apps = Arc::clone(&api.apps);
+    let stored = hash.clone();
+    match detached(async move { apps.import_build(&stored, archive).await }).await {
+        Ok(true) => (StatusCode::CREATED, Json(json!({ "build": hash }))).into_response(),
+        Ok(false) => Json(json!({ "build": hash, "already_here": true })).into_response(),
+        Err(err) => deploy_error(err),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReleaseOf {
+    build: String,
+}
+
+/// `POST /apps/{name}/releases {"build":"<hash>"}`: a new release of a build already here
+/// (uploaded earlier or promoted from another server) with this server's config.
+async fn release_build(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(of) = serde_json::from_slice::<ReleaseOf>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"build\": \"<hash>\"}");
+    };
+    let apps = Arc::clone(&api.apps);
+    match detached(async move { apps.release_build(&name, &of.build).await }).await {
+        Ok(release) => (
+            StatusCode::CREATED,
+            Json(
+                json!({ "status": "released", "version": release.version, "build": release.build }),
+            ),
+        )
+            .into_response(),
+        Err(err) => deploy_error(err),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteTo {
+    /// The other app-server's control API, e.g. `https://prod.example.org:7070`.
+    to: String,
+    /// Its API token.
+    token: String,
+    /// The app's name there (default: the same name).
+    app: Option<String>,
+}
+
+/// `POST /apps/{name}/promote {"to":"https://host:7070","token":"…"}`: the current release's
+/// exact build (same hash) goes to the other app-server and is released there with its config.
+async fn promote(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let target = match serde_json::from_slice::<PromoteTo>(&body) {
+        Ok(target) => target,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "expected {{\"to\":\"https://host:7070\",\"token\":\"…\",\"app\":\"name there (optional)\"}}: {err}"
+                ),
+            );
+        }
+    };
+    if !(target.to.starts_with("http://") || target.to.starts_with("https://")) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "\"to\" is the other app-server's API URL, http:// or https://",
+        );
+    }
+    let target_app = target.app.unwrap_or_else(|| name.clone());
+    if !valid_app_name(&target_app) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "not an app name");
+    }
+    let apps = Arc::clone(&api.apps);
+    let to = target.to.clone();
+    let outcome = detached(async move {
+        apps.promote(&name, &target.to, &target.token, &target_app)
+            .await
+    })
+    .await;
+    match outcome {
+        Ok(promoted) => (
+            StatusCode::CREATED,
+            Json(json!({ "status": "promoted", "to": to, "promoted": promoted })),
+        )
+            .into_response(),
         Err(err) => deploy_error(err),
     }
 }

@@ -41,6 +41,35 @@ const ONE_OFF_LIMIT: Duration = Duration::from_secs(600);
 /// Time given to requests already routed to the old release before it is stopped.
 const DRAIN: Duration = Duration::from_millis(500);
 
+/// Carries the SHA-256 of a build's tree as sent, so the receiver can tell it arrived whole.
+pub const BUILD_DIGEST_HEADER: &str = "x-quartet-build-sha256";
+
+/// What a promotion made on the other app-server.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Promoted {
+    pub build: String,
+    /// The release promoted here, and the one it became there.
+    pub from_version: i64,
+    pub version: Option<i64>,
+    /// Size of the built tree sent, compressed.
+    pub bytes: usize,
+}
+
+/// The Procfile at the top of a source or built tree.
+fn read_procfile(dir: &Path) -> Result<Procfile, DeployError> {
+    let text = std::fs::read_to_string(dir.join("Procfile"))
+        .map_err(|_| DeployError::Procfile("the source has no Procfile at its top level".into()))?;
+    Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))
+}
+
+/// Builds are named by the SHA-256 of their source, in lowercase hex.
+pub fn valid_build_hash(hash: &str) -> bool {
+    hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error(transparent)]
@@ -57,6 +86,10 @@ pub enum DeployError {
     Health(String),
     #[error("{0}")]
     Run(#[from] crate::runner::RunError),
+    #[error("no build {0} on this server")]
+    NoBuild(String),
+    #[error("promotion failed: {0}")]
+    Promote(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -72,6 +105,9 @@ pub struct Apps {
     pub routes: ArcSwap<HashMap<String, Arc<Upstreams>>>,
     /// Custom domains → app name.
     pub domains: ArcSwap<HashMap<String, String>>,
+    /// Trusted, besides the public roots, when promoting to another app-server over HTTPS
+    /// (the development CA, in development).
+    pub extra_ca: Option<PathBuf>,
     processes: tokio::sync::Mutex<HashMap<String, Vec<Supervised>>>,
     /// One deploy at a time per app.
     deploying: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -128,6 +164,7 @@ impl Apps {
             health_timeout,
             routes: ArcSwap::from_pointee(HashMap::new()),
             domains: ArcSwap::from_pointee(HashMap::new()),
+            extra_ca: None,
             processes: tokio::sync::Mutex::new(HashMap::new()),
             deploying: tokio::sync::Mutex::new(HashMap::new()),
             schedulers: std::sync::Mutex::new(HashMap::new()),
@@ -264,30 +301,9 @@ impl Apps {
             );
             return Ok(build_dir);
         }
-        std::fs::create_dir_all(&self.builds_dir)
-            .map_err(|e| DeployError::Internal(e.to_string()))?;
-        // Unique per attempt: two deploys of the same content never share a scratch tree.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let scratch = self
-            .builds_dir
-            .join(format!(".{hash}-{}-{nanos}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&scratch);
-        std::fs::create_dir(&scratch).map_err(|e| DeployError::Internal(e.to_string()))?;
-        let limits = self.limits;
-        let target = scratch.clone();
-        let unpacked = tokio::task::spawn_blocking(move || unpack(&archive[..], &target, limits))
-            .await
-            .map_err(|e| DeployError::Internal(e.to_string()))?;
+        let scratch = self.unpack_to_scratch(hash, archive, self.limits).await?;
         let result = async {
-            unpacked.map_err(|e| DeployError::Archive(e.to_string()))?;
-            let text = std::fs::read_to_string(scratch.join("Procfile")).map_err(|_| {
-                DeployError::Procfile("the source has no Procfile at its top level".into())
-            })?;
-            let procfile =
-                Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))?;
+            let procfile = read_procfile(&scratch)?;
             let kinds: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
             say(progress, format!("-----> Procfile: {}", kinds.join(", ")));
             let user = self.user_of(app).await?;
@@ -310,9 +326,6 @@ impl Apps {
                     return Err(DeployError::Build(output));
                 }
             }
-            // Builds are immutable: back to root, then on disk for good before anything uses it.
-            take_back(&user, &scratch).map_err(|e| DeployError::Internal(e.to_string()))?;
-            sync_tree(&scratch).map_err(|e| DeployError::Internal(e.to_string()))?;
             Ok(())
         }
         .await;
@@ -320,14 +333,200 @@ impl Apps {
             let _ = std::fs::remove_dir_all(&scratch);
             return Err(err);
         }
-        if std::fs::rename(&scratch, &build_dir).is_err() {
+        self.install_build(&scratch, hash)
+    }
+
+    /// Unpacks `archive` into a fresh scratch folder beside the builds.
+    async fn unpack_to_scratch(
+        &self,
+        hash: &str,
+        archive: Bytes,
+        limits: UnpackLimits,
+    ) -> Result<PathBuf, DeployError> {
+        std::fs::create_dir_all(&self.builds_dir)
+            .map_err(|e| DeployError::Internal(e.to_string()))?;
+        // Unique per attempt: two deploys of the same content never share a scratch tree.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let scratch = self
+            .builds_dir
+            .join(format!(".{hash}-{}-{nanos}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir(&scratch).map_err(|e| DeployError::Internal(e.to_string()))?;
+        let target = scratch.clone();
+        let unpacked = tokio::task::spawn_blocking(move || unpack(&archive[..], &target, limits))
+            .await
+            .map_err(|e| DeployError::Internal(e.to_string()));
+        match unpacked {
+            Ok(Ok(_)) => Ok(scratch),
+            Ok(Err(err)) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                Err(DeployError::Archive(err.to_string()))
+            }
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                Err(err)
+            }
+        }
+    }
+
+    /// Makes a finished scratch tree the build `hash`: back to root (builds are immutable),
+    /// on disk for good, then renamed into place before anything uses it.
+    fn install_build(&self, scratch: &Path, hash: &str) -> Result<PathBuf, DeployError> {
+        let build_dir = self.builds_dir.join(hash);
+        let finished = take_back(&self.runner.identity, scratch)
+            .and_then(|()| sync_tree(scratch))
+            .map_err(|e| DeployError::Internal(e.to_string()));
+        if let Err(err) = finished {
+            let _ = std::fs::remove_dir_all(scratch);
+            return Err(err);
+        }
+        if std::fs::rename(scratch, &build_dir).is_err() {
             // The same content was built meanwhile; keep that one.
-            let _ = std::fs::remove_dir_all(&scratch);
+            let _ = std::fs::remove_dir_all(scratch);
         }
         std::fs::File::open(&self.builds_dir)
             .and_then(|dir| dir.sync_all())
             .map_err(|e| DeployError::Internal(e.to_string()))?;
         Ok(build_dir)
+    }
+
+    /// Whether the build `hash` is here.
+    fn has_build(&self, hash: &str) -> bool {
+        valid_build_hash(hash) && self.builds_dir.join(hash).join("Procfile").is_file()
+    }
+
+    /// A built tree as `tar.gz` (links kept as links), to send to another app-server.
+    pub async fn export_build(&self, hash: &str) -> Result<Vec<u8>, DeployError> {
+        if !self.has_build(hash) {
+            return Err(DeployError::NoBuild(hash.to_owned()));
+        }
+        let dir = self.builds_dir.join(hash);
+        tokio::task::spawn_blocking(move || {
+            let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut tar = tar::Builder::new(gz);
+            tar.follow_symlinks(false);
+            tar.append_dir_all(".", &dir)?;
+            tar.into_inner()?.finish()
+        })
+        .await
+        .map_err(|e| DeployError::Internal(e.to_string()))?
+        .map_err(|e| DeployError::Internal(format!("packing the build: {e}")))
+    }
+
+    /// Receives the built tree of build `hash` from another app-server (promotion): unpacked
+    /// with the same limits as an upload, but not built again. Returns whether it was new.
+    pub async fn import_build(&self, hash: &str, archive: Bytes) -> Result<bool, DeployError> {
+        if !valid_build_hash(hash) {
+            return Err(DeployError::Archive(
+                "a build is named by 64 lowercase hex digits".into(),
+            ));
+        }
+        if self.has_build(hash) {
+            return Ok(false);
+        }
+        let limits = UnpackLimits {
+            symlinks_may_point_outside: true,
+            ..self.limits
+        };
+        let scratch = self.unpack_to_scratch(hash, archive, limits).await?;
+        if let Err(err) = read_procfile(&scratch) {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(err);
+        }
+        self.install_build(&scratch, hash)?;
+        self.store.record_build(hash).await?;
+        Ok(true)
+    }
+
+    /// Sends the current release's build of `app` to the app-server at `to` (its control API)
+    /// and releases it there, as `target_app`, with that server's own config: staging →
+    /// production without building again. Answers the release made there.
+    pub async fn promote(
+        &self,
+        app: &str,
+        to: &str,
+        token: &str,
+        target_app: &str,
+    ) -> Result<Promoted, DeployError> {
+        let current =
+            self.store.current_release(app).await?.ok_or_else(|| {
+                DeployError::Promote(format!("{app} has no release to promote yet"))
+            })?;
+        let archive = self.export_build(&current.build).await?;
+        let digest = format!("{:x}", Sha256::digest(&archive));
+        let mut client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(ONE_OFF_LIMIT);
+        if let Some(pem) = self
+            .extra_ca
+            .as_ref()
+            .and_then(|path| std::fs::read(path).ok())
+            && let Ok(ca) = reqwest::Certificate::from_pem(&pem)
+        {
+            client = client.add_root_certificate(ca);
+        }
+        let client = client
+            .build()
+            .map_err(|e| DeployError::Promote(e.to_string()))?;
+        let base = to.trim_end_matches('/');
+        let unreachable = |e: reqwest::Error| DeployError::Promote(format!("{base}: {e}"));
+        let size = archive.len();
+        let response = client
+            .put(format!("{base}/builds/{}", current.build))
+            .bearer_auth(token)
+            .header("Content-Type", "application/gzip")
+            .header(BUILD_DIGEST_HEADER, &digest)
+            .body(archive)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let reason = response.text().await.unwrap_or_default();
+            return Err(DeployError::Promote(format!(
+                "{base} refused the build ({status}): {}",
+                reason.trim()
+            )));
+        }
+        let response = client
+            .post(format!("{base}/apps/{target_app}/releases"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "build": current.build }))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(DeployError::Promote(format!(
+                "{base} did not release {target_app} ({status}): {}",
+                answer["error"].as_str().unwrap_or("no reason given")
+            )));
+        }
+        tracing::info!(app, to = base, target_app, build = %current.build, "promoted");
+        Ok(Promoted {
+            build: current.build,
+            from_version: current.version,
+            version: answer["version"].as_i64(),
+            bytes: size,
+        })
+    }
+
+    /// Releases build `hash` (already here) with the app's config on this server, as a
+    /// promotion does once the build has arrived.
+    pub async fn release_build(&self, app: &str, hash: &str) -> Result<Release, DeployError> {
+        self.store.get_app(app).await?;
+        if !self.has_build(hash) {
+            return Err(DeployError::NoBuild(hash.to_owned()));
+        }
+        let lock = self.lock(app).await;
+        let _one_at_a_time = lock.lock().await;
+        let config = self.store.config(app).await?;
+        let build_dir = self.builds_dir.join(hash);
+        self.release(app, hash, &config, &build_dir, &None).await
     }
 
     /// Runs the release command, starts the `web` process, waits for it, switches routing,

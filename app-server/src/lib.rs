@@ -66,16 +66,21 @@ pub async fn run(
             memory_bytes: app.max_memory_mb.saturating_mul(1024 * 1024),
         },
     };
-    let apps = std::sync::Arc::new(apps::Apps::new(
+    let mut apps = apps::Apps::new(
         store.clone(),
         runner,
         &config.data_dir,
         source::unpack::UnpackLimits {
             max_entries: app.max_archive_entries,
             max_bytes: app.max_unpacked_bytes,
+            symlinks_may_point_outside: false,
         },
         std::time::Duration::from_secs(app.health_timeout_secs),
-    ));
+    );
+    // Promotion trusts this machine's development CA too (app-servers on one laptop).
+    let dev_ca = common::tls::DevCertificates::in_dir(&config.data_dir.join("tls")).ca_cert;
+    apps.extra_ca = dev_ca.is_file().then_some(dev_ca);
+    let apps = Arc::new(apps);
     apps.restore().await;
     let token: std::sync::Arc<str> = app.api_token.expose().into();
     let max_upload_bytes = usize::try_from(app.max_upload_bytes).unwrap_or(usize::MAX);

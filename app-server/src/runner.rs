@@ -478,8 +478,8 @@ pub fn give_to(app: &AppUser, dir: &Path) -> std::io::Result<()> {
 
 /// Gives a built tree back to root (readable by all, writable by no app), so a build stays
 /// immutable whichever app runs it.
-pub fn take_back(app: &AppUser, dir: &Path) -> std::io::Result<()> {
-    if app.ids.is_none() {
+pub fn take_back(identity: &Identity, dir: &Path) -> std::io::Result<()> {
+    if matches!(identity, Identity::Inherit) {
         return Ok(());
     }
     chown_tree(dir, 0, 0)

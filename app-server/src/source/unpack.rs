@@ -17,6 +17,10 @@ pub struct UnpackLimits {
     pub max_entries: usize,
     /// Decompressed bytes read from the archive (headers included).
     pub max_bytes: u64,
+    /// Symlinks may point outside the tree (a built tree from another app-server, such as a
+    /// virtualenv's `python` → `/usr/bin/python3`). Nothing is ever written through a link
+    /// whatever this says; an uploaded source keeps every link inside.
+    pub symlinks_may_point_outside: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +216,7 @@ pub fn unpack(
                     .map_err(UnpackError::Format)?
                     .ok_or_else(|| refuse("symlink without a target"))?
                     .into_owned();
-                if !link_stays_inside(parent_rel, &link) {
+                if !limits.symlinks_may_point_outside && !link_stays_inside(parent_rel, &link) {
                     return Err(refuse("symlink leaves the source tree"));
                 }
                 if let Some(parent) = target.parent() {
@@ -265,6 +269,7 @@ mod tests {
     const LIMITS: UnpackLimits = UnpackLimits {
         max_entries: 100,
         max_bytes: 10 * 1024 * 1024,
+        symlinks_may_point_outside: false,
     };
 
     /// Builds a tar.gz from raw headers, so that malicious shapes can be written.
