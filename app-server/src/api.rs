@@ -250,6 +250,8 @@ async fn get_app(State(api): State<Api>, Path(name): Path<String>) -> Response {
     Json(json!({
         "name": app.name,
         "created_at": app.created_at,
+        "domains": app.domains,
+        "health_path": app.health_path,
         "release": release.as_ref().map(|r| r.version),
         "build": release.as_ref().map(|r| r.build.clone()),
         "formation": formation,

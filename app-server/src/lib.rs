@@ -7,10 +7,12 @@
 //! - [`runner`]: how one process is run (user, limits, environment, process group, output).
 //! - [`logs`]: each app's rotated log and its live followers.
 //! - [`router`]: app traffic on `app.http_listen` by Host.
+//! - [`local`]: `quartet app local`, the same pipeline run in-process on a developer's machine.
 //! - [`source`]: safe unpacking of uploads and the Procfile; [`store`]: SQLite state.
 
 pub mod api;
 pub mod apps;
+pub mod local;
 pub mod logs;
 pub mod router;
 pub mod runner;
@@ -106,6 +108,7 @@ pub async fn run(
                 std::time::Duration::from_secs(60),
             ),
             suffix,
+            fallback_app: None,
         });
     server.serve_http(listeners.take("http")?, traffic, false)?;
     server.run_until_shutdown().await;

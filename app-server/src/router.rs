@@ -20,6 +20,8 @@ pub struct Router {
     pub proxy: Proxy,
     /// `.localhost` for domain `localhost`.
     pub suffix: String,
+    /// Gets the traffic no Host names (`quartet app local`, which runs one app).
+    pub fallback_app: Option<String>,
 }
 
 pub async fn route(State(router): State<Router>, request: Request) -> Response {
@@ -45,6 +47,7 @@ pub async fn route(State(router): State<Router>, request: Request) -> Response {
         .get(&host)
         .map(String::as_str)
         .or_else(|| host.strip_suffix(&router.suffix))
+        .or(router.fallback_app.as_deref())
     else {
         return (
             StatusCode::NOT_FOUND,

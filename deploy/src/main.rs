@@ -1,5 +1,7 @@
-//! `quartet`: every role in one process (`quartet up`) and operations (`quartet check`).
+//! `quartet`: every role in one process (`quartet up`), operations (`quartet check`) and the
+//! app-server command line (`quartet app …`).
 
+mod app;
 mod up;
 
 use std::path::PathBuf;
@@ -24,6 +26,8 @@ enum Command {
     Up(Common),
     /// Validate every chosen role's configuration and print it with secrets redacted.
     Check(Common),
+    /// Deploy and manage apps on an app-server, or run one locally (`quartet app local`).
+    App(app::AppArgs),
 }
 
 #[derive(Debug, Args)]
@@ -41,7 +45,18 @@ struct Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Up(args) | Command::Check(args)) = &cli.command;
+    let args = match cli.command {
+        Command::App(args) => {
+            return match app::main(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("quartet app: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Up(ref args) | Command::Check(ref args) => args,
+    };
     let mut roles = args.roles.clone();
     roles.sort();
     roles.dedup();
@@ -64,5 +79,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Up(_) => up::run(options, loaded, roles),
+        Command::App(_) => unreachable!("handled above"),
     }
 }
