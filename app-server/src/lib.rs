@@ -14,6 +14,7 @@ pub mod api;
 pub mod apps;
 pub mod local;
 pub mod logs;
+pub mod ports;
 pub mod router;
 pub mod runner;
 pub mod source;
@@ -50,6 +51,8 @@ pub async fn run(
     let app = &config.app;
     let store = store::Store::open(&config.data_dir).await?;
     let identity = runner::Identity::resolve(&app.run_as)?;
+    // Checked by `Config::validate`; the fallback is the documented default.
+    let (ports_low, ports_high) = app.port_range().unwrap_or((20000, 29999));
     let logs_dir = config.data_dir.join("app").join("logs");
     let logs = logs::AppLogs::new(logs_dir.clone(), app.log_max_bytes, app.log_files).map_err(
         |source| store::StoreError::Directory {
@@ -67,6 +70,7 @@ pub async fn run(
             processes: app.max_processes,
             memory_bytes: app.max_memory_mb.saturating_mul(1024 * 1024),
         },
+        ports: Arc::new(ports::PortPool::new(ports_low, ports_high)),
     };
     let mut apps = apps::Apps::new(
         store.clone(),

@@ -143,6 +143,7 @@ async fn run_in(
             processes: 512,
             memory_bytes: 0,
         },
+        ports: Arc::new(crate::ports::PortPool::new(20000, 29999)),
     };
     let apps = Arc::new(Apps::new(
         store.clone(),

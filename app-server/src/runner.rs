@@ -121,6 +121,7 @@ pub struct Runner {
     pub logs: Arc<AppLogs>,
     pub stop_grace: Duration,
     pub limits: Limits,
+    pub ports: Arc<crate::ports::PortPool>,
 }
 
 /// One running process of a release.
@@ -300,13 +301,21 @@ impl Runner {
         vars: &BTreeMap<String, String>,
         port: Option<u16>,
     ) -> Result<Running, RunError> {
-        let port = match port {
-            Some(port) => port,
-            None => free_port().map_err(RunError::Port)?,
+        let (port, fresh) = match port {
+            Some(port) => (port, false),
+            None => (self.ports.take().map_err(RunError::Port)?, true),
         };
         let mut env = self.base_env(dir, vars);
         env.insert("PORT".into(), port.to_string());
-        let mut child = self.spawn(app, name, command, dir, env)?;
+        let mut child = match self.spawn(app, name, command, dir, env) {
+            Ok(child) => child,
+            Err(err) => {
+                if fresh {
+                    self.ports.give_back(port);
+                }
+                return Err(err);
+            }
+        };
         self.capture_output(app, name, &mut child, None);
         tracing::info!(app = app.name, process = name, port, "started");
         let pgid = child.id().map(|pid| pid as i32);
@@ -335,7 +344,30 @@ impl Runner {
                     process.name
                 ));
             }
+            let ours = || {
+                process.pgid.is_none_or(|pgid| {
+                    crate::ports::listened_on_by_group(process.port, pgid) != Some(false)
+                })
+            };
             if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", process.port)).await {
+                // Something answers; make sure it is this process and not another program
+                // that took the port first.
+                if !ours() {
+                    let why = format!(
+                        "did not listen on port {}: another program holds it",
+                        process.port
+                    );
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(format!(
+                            "{} {why} within {}s",
+                            process.name,
+                            limit.as_secs()
+                        ));
+                    }
+                    last_answer = Some(why);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
                 let Some(path) = health_path else {
                     return Ok(());
                 };
@@ -370,6 +402,7 @@ impl Runner {
             let _ = killpg(group, Signal::SIGKILL);
         }
         let _ = process.child.wait().await;
+        self.ports.give_back(process.port);
         tracing::info!(process = process.name, "stopped");
     }
 
@@ -460,12 +493,6 @@ async fn probe(mut stream: tokio::net::TcpStream, path: &str) -> std::io::Result
             "the answer is not HTTP",
         )),
     }
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// Gives `dir` and everything in it to the app's user, so that `build:` can write there.
@@ -612,7 +639,10 @@ impl Runner {
                 loop {
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        () = task_stop.cancelled() => return,
+                        () = task_stop.cancelled() => {
+                            runner.ports.give_back(port);
+                            return;
+                        }
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     // Same port: the route to it stays valid.

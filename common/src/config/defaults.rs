@@ -85,6 +85,7 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
         ("app.health_timeout_secs", ValueKind::from(30u64)),
         ("app.stop_grace_secs", ValueKind::from(10u64)),
         ("app.run_as", ValueKind::from("per-app")),
+        ("app.ports", ValueKind::from("20000-29999")),
         ("app.max_open_files", ValueKind::from(4096u64)),
         ("app.max_processes", ValueKind::from(512u64)),
         ("app.max_memory_mb", ValueKind::from(2048u64)),

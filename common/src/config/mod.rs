@@ -131,6 +131,8 @@ pub struct AppConfig {
     /// When app-server runs as root, apps run as this user (never as root); `per-app` gives
     /// each app its own user ID, unnamed, from 61184 + the app's number.
     pub run_as: String,
+    /// `LOW-HIGH`: the ports app processes are given on 127.0.0.1 (`PORT`).
+    pub ports: String,
     /// Resource limits of every app process (`RLIMIT_NOFILE`, `RLIMIT_NPROC`, `RLIMIT_AS`;
     /// 0 = no limit).
     pub max_open_files: u64,
@@ -307,4 +309,13 @@ pub fn valid_host_name(name: &str) -> bool {
             (1..=63).contains(&label.len())
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
+}
+
+impl AppConfig {
+    /// `app.ports` as a range, if it is one (`LOW-HIGH`, 1024 ≤ LOW ≤ HIGH).
+    pub fn port_range(&self) -> Option<(u16, u16)> {
+        let (low, high) = self.ports.split_once('-')?;
+        let (low, high) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+        (1024 <= low && low <= high).then_some((low, high))
+    }
 }

@@ -143,6 +143,15 @@ impl Config {
                     "apps never run as root: \"per-app\" or an unprivileged user's name".into(),
                 ));
             }
+            if self.app.port_range().is_none() {
+                problems.push(problem(
+                    "app.ports",
+                    format!(
+                        "{:?} is not a port range like \"20000-29999\" (at or above 1024)",
+                        self.app.ports
+                    ),
+                ));
+            }
             let domain = self.app.domain.trim_start_matches('.');
             if !super::valid_host_name(domain) {
                 problems.push(problem(
