@@ -86,6 +86,8 @@ pub enum DeployError {
     Health(String),
     #[error("{0}")]
     Run(#[from] crate::runner::RunError),
+    #[error("{0}")]
+    Refused(String),
     #[error("no build {0} on this server")]
     NoBuild(String),
     #[error("promotion failed: {0}")]
@@ -207,8 +209,16 @@ impl Apps {
     ) -> Result<Release, DeployError> {
         let release = self.store.create_release(app, build, config).await?;
         say(progress, format!("-----> Releasing v{}", release.version));
-        self.activate(app, &release, build_dir, true, progress)
-            .await?;
+        if let Err(err) = self
+            .activate(app, &release, build_dir, true, progress)
+            .await
+        {
+            // Kept in the history, marked, so its number is never reused for something else.
+            let why = err.to_string();
+            let why: String = why.chars().take(4096).collect();
+            let _ = self.store.mark_failed(app, release.version, &why).await;
+            return Err(err);
+        }
         Ok(Release {
             current: true,
             ..release
@@ -280,6 +290,11 @@ impl Apps {
         let lock = self.lock(app).await;
         let _one_at_a_time = lock.lock().await;
         let target = self.store.release(app, version).await?;
+        if target.failure.is_some() {
+            return Err(DeployError::Refused(format!(
+                "v{version} never served (it failed to release); roll back to one that did"
+            )));
+        }
         let build_dir = self.builds_dir.join(&target.build);
         self.release(app, &target.build, &target.config, &build_dir, &None)
             .await

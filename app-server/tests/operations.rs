@@ -96,6 +96,62 @@ async fn users_limits_domains_health_paths_restarts_and_crash_loops() {
         let (status, body) = upload(&api, "two", &tarball("v2", None), &dir);
         assert_eq!(status, 201, "{body}");
 
+        // A failing `build:` or `release:` leaves v2 serving, and the answer carries the output;
+        // a passing `release:` runs once before the release goes live.
+        let procfile = "build: echo compiling; exit 5\nweb: python3 app.py\n";
+        let (status, body) = upload(&api, "two", &tarball("v3", Some(procfile)), &dir);
+        assert_eq!(status, 422, "{body}");
+        let reason = body["error"].as_str().unwrap();
+        assert!(
+            reason.starts_with("build failed") && reason.contains("compiling"),
+            "{reason}"
+        );
+        let procfile = "release: echo migrating for $QUARTET_ENV; exit 4\nweb: python3 app.py\n";
+        let (status, body) = upload(&api, "two", &tarball("v3", Some(procfile)), &dir);
+        assert_eq!(status, 422, "{body}");
+        let reason = body["error"].as_str().unwrap();
+        assert!(
+            reason.starts_with("release command failed")
+                && reason.contains("migrating for development"),
+            "{reason}"
+        );
+        assert_eq!(via_router(&router, "two").1["version"], "v2");
+        let procfile = "release: echo migrated v2b\nweb: python3 app.py\n";
+        let (status, body) = upload(&api, "two", &tarball("v2", Some(procfile)), &dir);
+        assert_eq!(status, 201, "{body}");
+        let current = body["version"].as_i64().unwrap();
+        let (_, log) = call(&api, "GET", "/apps/two/logs?tail=50", None);
+        let log = log.as_str().unwrap();
+        let migrated = log.find("release: migrated v2b").expect("release ran");
+        let serving = log
+            .rfind(&format!("app-server: v{current} serves traffic"))
+            .expect("serves");
+        assert!(
+            migrated < serving,
+            "release: runs before the switch:\n{log}"
+        );
+        // Releases that never served stay in the history, marked, and cannot be rolled back to.
+        let (_, releases) = call(&api, "GET", "/apps/two/releases", None);
+        let failed: Vec<i64> = releases
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["failure"].is_string())
+            .map(|r| r["version"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            failed.len(),
+            2,
+            "health check and release command: {releases}"
+        );
+        let (status, body) = call(
+            &api,
+            "POST",
+            "/apps/two/rollback",
+            Some(&format!(r#"{{"version":{}}}"#, failed[0])),
+        );
+        assert_eq!(status, 422, "{body}");
+
         // Follow the log live while the app restarts: the restart's lines arrive as events.
         let follow_url = format!("{api}/apps/two/logs?tail=1&follow=true");
         let mut follower = std::process::Command::new("curl")
@@ -107,7 +163,8 @@ async fn users_limits_domains_health_paths_restarts_and_crash_loops() {
         let port_before = via_router(&router, "two").1["port"].clone();
         let (status, body) = call(&api, "POST", "/apps/two/restart", None);
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["release"], 3);
+        assert_eq!(body["release"], current);
+        assert_eq!(body["status"], "restarted");
         let (status, after) = via_router(&router, "two");
         assert_eq!(status, 200);
         assert_ne!(after["port"], port_before, "new processes serve");
@@ -120,9 +177,15 @@ async fn users_limits_domains_health_paths_restarts_and_crash_loops() {
             .unwrap();
         let _ = follower.wait();
         assert!(events.contains("data: "), "{events}");
-        assert!(events.contains("web.1: starting v3 on port"), "{events}");
+        assert!(
+            events.contains(&format!("web.1: starting v{current} on port")),
+            "{events}"
+        );
         assert!(events.contains("listening on port"), "app output: {events}");
-        assert!(events.contains("app-server: v3 serves traffic"), "{events}");
+        assert!(
+            events.contains(&format!("app-server: v{current} serves traffic")),
+            "{events}"
+        );
         assert!(events.contains("web.1: stopped (replaced)"), "{events}");
 
         // A crash loop: restarted again and again, further apart, and shown as such.

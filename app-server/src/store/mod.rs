@@ -108,6 +108,8 @@ pub struct Release {
     pub config: BTreeMap<String, String>,
     pub created_at: i64,
     pub current: bool,
+    /// Why the release never served (failed `release:` or health check), if it did not.
+    pub failure: Option<String>,
 }
 
 impl Store {
@@ -267,7 +269,19 @@ impl Store {
             config: config.clone(),
             created_at,
             current: false,
+            failure: None,
         })
+    }
+
+    /// Records why release `version` never served.
+    pub async fn mark_failed(&self, app: &str, version: i64, why: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE releases SET failure = ? WHERE app = ? AND version = ?")
+            .bind(why)
+            .bind(app)
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Makes `version` the app's current release (durably, before the deploy is acknowledged).
@@ -287,7 +301,7 @@ impl Store {
 
     pub async fn releases(&self, app: &str) -> Result<Vec<Release>, StoreError> {
         self.get_app(app).await?;
-        let rows = sqlx::query("SELECT app, version, build, config, created_at, current FROM releases WHERE app = ? ORDER BY version DESC")
+        let rows = sqlx::query("SELECT app, version, build, config, created_at, current, failure FROM releases WHERE app = ? ORDER BY version DESC")
             .bind(app)
             .fetch_all(&self.pool)
             .await?;
@@ -297,7 +311,7 @@ impl Store {
     /// Every app's current release, for bringing apps back on start.
     pub async fn current_releases(&self) -> Result<Vec<Release>, StoreError> {
         let rows = sqlx::query(
-            "SELECT app, version, build, config, created_at, current FROM releases WHERE current = 1",
+            "SELECT app, version, build, config, created_at, current, failure FROM releases WHERE current = 1",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -305,7 +319,7 @@ impl Store {
     }
 
     pub async fn release(&self, app: &str, version: i64) -> Result<Release, StoreError> {
-        let row = sqlx::query("SELECT app, version, build, config, created_at, current FROM releases WHERE app = ? AND version = ?")
+        let row = sqlx::query("SELECT app, version, build, config, created_at, current, failure FROM releases WHERE app = ? AND version = ?")
             .bind(app)
             .bind(version)
             .fetch_optional(&self.pool)
@@ -315,7 +329,7 @@ impl Store {
     }
 
     pub async fn current_release(&self, app: &str) -> Result<Option<Release>, StoreError> {
-        let row = sqlx::query("SELECT app, version, build, config, created_at, current FROM releases WHERE app = ? AND current = 1")
+        let row = sqlx::query("SELECT app, version, build, config, created_at, current, failure FROM releases WHERE app = ? AND current = 1")
             .bind(app)
             .fetch_optional(&self.pool)
             .await?;
@@ -428,6 +442,16 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         }
         tx.commit().await?;
     }
+    if version < 2 {
+        let mut tx = pool.begin().await?;
+        for statement in [
+            "ALTER TABLE releases ADD COLUMN failure TEXT",
+            "PRAGMA user_version = 2",
+        ] {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
     Ok(())
 }
 
@@ -451,6 +475,7 @@ fn release_from_row(row: sqlx::sqlite::SqliteRow) -> Release {
         config: serde_json::from_str(&config).unwrap_or_default(),
         created_at: row.get("created_at"),
         current: row.get::<i64, _>("current") != 0,
+        failure: row.get("failure"),
     }
 }
 

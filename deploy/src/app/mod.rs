@@ -268,10 +268,10 @@ async fn run(args: AppArgs) -> anyhow::Result<()> {
                     &release["build"].as_str().unwrap_or("")
                         [..12.min(release["build"].as_str().map_or(0, str::len))],
                     release["config"].as_object().map_or(0, |c| c.len()),
-                    if release["current"] == true {
-                        "  (current)"
-                    } else {
-                        ""
+                    match (release["current"] == true, release["failure"].as_str()) {
+                        (true, _) => "  (current)".to_owned(),
+                        (false, Some(why)) => format!("  (failed: {why})"),
+                        (false, None) => String::new(),
                     },
                 );
             }
