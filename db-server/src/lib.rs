@@ -5,6 +5,8 @@
 //! and answers every client with a PostgreSQL `ErrorResponse` (SQLSTATE 0A000) so that psql
 //! and drivers report a clear error instead of hanging.
 
+pub mod engine;
+
 use std::sync::Arc;
 
 use axum::http::StatusCode;

@@ -1,0 +1,336 @@
+//! The SQLite engine behind both front ends (PostgreSQL wire protocol and HTTP API): databases
+//! as files under `data_dir/db/`, sessions with PostgreSQL's transaction semantics, roles and
+//! grants, errors as SQLSTATEs.
+
+pub mod auth;
+pub mod database;
+pub mod error;
+pub mod session;
+pub mod split;
+pub mod value;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use auth::{Catalog, Privilege};
+pub use database::{Database, DatabaseOptions, Durability};
+pub use error::{SqlError, sqlstate};
+pub use session::{Session, SessionLimits, StatementResult, TxStatus};
+
+/// Database names become file names: 1-63 of `[a-z0-9_]`, starting with a letter or `_`.
+pub fn valid_database_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name != "system"
+}
+
+/// Role names: the same rule as databases.
+pub fn valid_role_name(name: &str) -> bool {
+    valid_database_name(name)
+}
+
+/// Every database of this server, opened on first use.
+#[derive(Debug)]
+pub struct Engine {
+    dir: PathBuf,
+    options: DatabaseOptions,
+    pub catalog: Catalog,
+    open: tokio::sync::Mutex<HashMap<String, Arc<Database>>>,
+}
+
+impl Engine {
+    /// Opens `dir` (created if needed) and its catalog.
+    pub async fn open(dir: &Path, options: DatabaseOptions) -> Result<Self, SqlError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            SqlError::new(
+                sqlstate::INTERNAL_ERROR,
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+        let catalog = Catalog::open(&dir.join("system.db")).await?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            options,
+            catalog,
+            open: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.db"))
+    }
+
+    /// The database `name`, opening it if needed (3D000 if there is none).
+    pub async fn database(&self, name: &str) -> Result<Arc<Database>, SqlError> {
+        let mut open = self.open.lock().await;
+        if let Some(db) = open.get(name) {
+            return Ok(Arc::clone(db));
+        }
+        if !valid_database_name(name) || !self.catalog.has_database(name).await? {
+            return Err(SqlError::new(
+                sqlstate::INVALID_CATALOG_NAME,
+                format!("database \"{name}\" does not exist"),
+            ));
+        }
+        let db = Arc::new(Database::open(name, &self.path_of(name), &self.options, true).await?);
+        open.insert(name.to_owned(), Arc::clone(&db));
+        Ok(db)
+    }
+
+    /// Creates an empty database (42P04 if it exists).
+    pub async fn create_database(&self, name: &str) -> Result<(), SqlError> {
+        if !valid_database_name(name) {
+            return Err(SqlError::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("{name:?} is not a database name: 1-63 of a-z, 0-9 and _"),
+            ));
+        }
+        self.catalog.add_database(name).await?;
+        // Create the file now, so that a database that exists can always be opened.
+        let created = Database::open(name, &self.path_of(name), &self.options, true).await;
+        match created {
+            Ok(db) => {
+                self.open.lock().await.insert(name.to_owned(), Arc::new(db));
+                Ok(())
+            }
+            Err(err) => {
+                let _ = self.catalog.remove_database(name).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Drops a database and deletes its files (3D000 if there is none).
+    pub async fn drop_database(&self, name: &str) -> Result<(), SqlError> {
+        if !self.catalog.remove_database(name).await? {
+            return Err(SqlError::new(
+                sqlstate::INVALID_CATALOG_NAME,
+                format!("database \"{name}\" does not exist"),
+            ));
+        }
+        if let Some(db) = self.open.lock().await.remove(name) {
+            db.close().await;
+        }
+        let path = self.path_of(name);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        Ok(())
+    }
+
+    pub async fn databases(&self) -> Result<Vec<String>, SqlError> {
+        self.catalog.databases().await
+    }
+
+    /// On first start: the administrator role and, in development, the `quartet` database.
+    pub async fn bootstrap(
+        &self,
+        admin: &str,
+        password: &str,
+        first_database: Option<&str>,
+    ) -> Result<(), SqlError> {
+        if !self.catalog.has_roles().await? {
+            self.catalog.put_role(admin, password, true, false).await?;
+            tracing::info!(role = admin, "created the administrator role");
+        }
+        if let Some(name) = first_database
+            && !self.catalog.has_database(name).await?
+        {
+            self.create_database(name).await?;
+            tracing::info!(database = name, "created the first database");
+        }
+        Ok(())
+    }
+
+    /// Closes every open database (the role stops).
+    pub async fn close(&self) {
+        let open: Vec<Arc<Database>> = self.open.lock().await.drain().map(|(_, db)| db).collect();
+        for db in open {
+            db.close().await;
+        }
+        self.catalog.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::value::Value;
+    use std::time::Duration;
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            statement_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_millis(300),
+            max_rows: 0,
+        }
+    }
+
+    async fn engine(dir: &Path) -> Engine {
+        let engine = Engine::open(
+            dir,
+            DatabaseOptions {
+                durability: Durability::Full,
+                readers: 2,
+            },
+        )
+        .await
+        .expect("engine");
+        engine
+            .bootstrap("quartet", "quartet", Some("quartet"))
+            .await
+            .expect("bootstrap");
+        engine
+    }
+
+    #[tokio::test]
+    async fn transactions_follow_postgresql() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine(dir.path()).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut a = Session::new(Arc::clone(&db), limits());
+        let mut b = Session::new(Arc::clone(&db), limits());
+        a.execute(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+            &[],
+        )
+        .await
+        .expect("create");
+        let inserted = a
+            .execute(
+                "INSERT INTO t (name) VALUES (?1)",
+                &[Value::Text("x".into())],
+            )
+            .await
+            .expect("insert");
+        assert_eq!(inserted.tag, "INSERT 0 1");
+        assert_eq!(inserted.last_insert_id, Some(1));
+
+        // Isolation: b does not see a's uncommitted row; a COMMIT makes it visible.
+        a.execute("BEGIN", &[]).await.expect("begin");
+        assert_eq!(a.status(), TxStatus::InTransaction);
+        a.execute("INSERT INTO t (name) VALUES ('y')", &[])
+            .await
+            .expect("insert");
+        let seen = b
+            .execute("SELECT count(*) AS n FROM t", &[])
+            .await
+            .expect("select");
+        assert_eq!(seen.rows, vec![vec![Value::Integer(1)]]);
+        // b cannot write while a holds the writer: a clear lock error, not a hang.
+        let blocked = b.execute("INSERT INTO t (name) VALUES ('z')", &[]).await;
+        assert_eq!(
+            blocked.expect_err("locked").code,
+            sqlstate::LOCK_NOT_AVAILABLE
+        );
+        // An error fails a's transaction until ROLLBACK.
+        let dup = a.execute("INSERT INTO t (name) VALUES ('x')", &[]).await;
+        assert_eq!(dup.expect_err("unique").code, sqlstate::UNIQUE_VIOLATION);
+        assert_eq!(a.status(), TxStatus::Failed);
+        let ignored = a.execute("SELECT 1", &[]).await;
+        assert_eq!(
+            ignored.expect_err("failed").code,
+            sqlstate::IN_FAILED_SQL_TRANSACTION
+        );
+        let ended = a
+            .execute("COMMIT", &[])
+            .await
+            .expect("commit of a failed tx");
+        assert_eq!(ended.tag, "ROLLBACK");
+        assert_eq!(a.status(), TxStatus::Idle);
+        let after = b
+            .execute("SELECT name FROM t ORDER BY id", &[])
+            .await
+            .expect("select");
+        assert_eq!(after.rows, vec![vec![Value::Text("x".into())]]);
+        assert_eq!(after.tag, "SELECT 1");
+
+        // Errors carry PostgreSQL's SQLSTATEs.
+        let missing = b
+            .execute("SELECT * FROM nope", &[])
+            .await
+            .expect_err("missing");
+        assert_eq!(missing.code, sqlstate::UNDEFINED_TABLE);
+        let syntax = b.execute("SELEC 1", &[]).await.expect_err("syntax");
+        assert_eq!(syntax.code, sqlstate::SYNTAX_ERROR);
+        // An empty result still has its columns.
+        let empty = b
+            .execute("SELECT id, name FROM t WHERE id < 0", &[])
+            .await
+            .expect("empty");
+        assert_eq!(empty.columns.len(), 2);
+        assert!(empty.returns_rows && empty.rows.is_empty());
+        assert_eq!(empty.tag, "SELECT 0");
+        // A WITH … INSERT sent to a reader is run on the writer.
+        let with = b
+            .execute(
+                "WITH v(n) AS (SELECT 'w') INSERT INTO t (name) SELECT n FROM v",
+                &[],
+            )
+            .await
+            .expect("with insert");
+        assert_eq!(with.rows_affected, 1);
+    }
+
+    #[tokio::test]
+    async fn a_statement_past_its_timeout_or_cancelled_is_interrupted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine(dir.path()).await;
+        let db = engine.database("quartet").await.expect("db");
+        let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+        let mut session = Session::new(
+            Arc::clone(&db),
+            SessionLimits {
+                statement_timeout: Duration::from_millis(200),
+                ..limits()
+            },
+        );
+        let started = std::time::Instant::now();
+        let err = session.execute(slow, &[]).await.expect_err("timeout");
+        assert_eq!(err.code, sqlstate::QUERY_CANCELED);
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        let mut session = Session::new(Arc::clone(&db), limits());
+        let cancel = session.cancel_handle();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cancel.cancel();
+        });
+        let err = session.execute(slow, &[]).await.expect_err("cancelled");
+        assert_eq!(err.code, sqlstate::QUERY_CANCELED);
+        canceller.await.expect("canceller");
+        // The connection is usable again.
+        let ok = session.execute("SELECT 2", &[]).await.expect("select");
+        assert_eq!(ok.rows, vec![vec![Value::Integer(2)]]);
+    }
+
+    #[tokio::test]
+    async fn databases_are_created_and_dropped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine(dir.path()).await;
+        engine.create_database("shop").await.expect("create");
+        assert_eq!(
+            engine.create_database("shop").await.expect_err("dup").code,
+            sqlstate::DUPLICATE_DATABASE
+        );
+        assert_eq!(engine.databases().await.expect("list"), ["quartet", "shop"]);
+        assert!(dir.path().join("shop.db").is_file());
+        engine.drop_database("shop").await.expect("drop");
+        assert!(!dir.path().join("shop.db").exists());
+        assert_eq!(
+            engine.database("shop").await.expect_err("gone").code,
+            sqlstate::INVALID_CATALOG_NAME
+        );
+        assert_eq!(
+            engine.create_database("../x").await.expect_err("bad").code,
+            sqlstate::INVALID_PARAMETER_VALUE
+        );
+    }
+}

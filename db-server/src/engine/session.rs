@@ -1,0 +1,473 @@
+//! A client's session on one database: runs statements one at a time, keeps the transaction
+//! state PostgreSQL clients see (idle, in a transaction, failed), and pins the writer
+//! connection from BEGIN to COMMIT/ROLLBACK.
+//!
+//! Outside a transaction a statement that only reads goes to a reader connection (if it turns
+//! out to write after all, SQLite refuses it there and it runs on the writer); everything else
+//! runs on the writer in autocommit. `BEGIN` takes the writer with `BEGIN IMMEDIATE`, so a
+//! transaction never fails later for want of the write lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sqlx::sqlite::SqliteQueryResult;
+use sqlx::{Either, SqlSafeStr as _};
+
+use super::database::{Conn, Database};
+use super::error::{SqlError, sqlstate};
+use super::value::{Column, Value, bind, columns_of, refine_types, values_of};
+
+/// What ReadyForQuery reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    Idle,
+    InTransaction,
+    Failed,
+}
+
+/// The outcome of one statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatementResult {
+    /// Result columns (empty for a statement that returns no rows, such as INSERT).
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Value>>,
+    /// PostgreSQL's command tag: `SELECT 3`, `INSERT 0 1`, `CREATE TABLE`, `BEGIN`…
+    pub tag: String,
+    pub rows_affected: u64,
+    pub last_insert_id: Option<i64>,
+    /// Whether the statement returns rows (a SELECT with none still does).
+    pub returns_rows: bool,
+    /// A notice for the client (e.g. "there is no transaction in progress").
+    pub warning: Option<String>,
+}
+
+impl StatementResult {
+    fn tag_only(tag: &str) -> Self {
+        Self {
+            columns: Vec::new(),
+            rows: Vec::new(),
+            tag: tag.to_owned(),
+            rows_affected: 0,
+            last_insert_id: None,
+            returns_rows: false,
+            warning: None,
+        }
+    }
+}
+
+/// Limits a session runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// A statement running longer is interrupted (57014); zero = no limit.
+    pub statement_timeout: Duration,
+    /// The longest a statement waits for another transaction's write lock (55P03).
+    pub lock_timeout: Duration,
+    /// Rows one statement may return before it is stopped (54000); zero = no limit.
+    pub max_rows: usize,
+}
+
+enum TxState {
+    Idle,
+    Active(tokio::sync::OwnedMutexGuard<Conn>),
+    Failed(tokio::sync::OwnedMutexGuard<Conn>),
+}
+
+/// The statement's kind, from its first words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Begin,
+    Commit,
+    Rollback,
+    /// `ROLLBACK TO [SAVEPOINT] x`: undoes to a savepoint and clears a failed state.
+    RollbackTo,
+    Read,
+    Write,
+}
+
+fn kind_of(sql: &str) -> Kind {
+    let mut words = sql
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_uppercase);
+    let first = words.next().unwrap_or_default();
+    match first.as_str() {
+        "BEGIN" | "START" => Kind::Begin,
+        "COMMIT" | "END" => Kind::Commit,
+        "ROLLBACK" | "ABORT" => match words.next().as_deref() {
+            Some("TO") => Kind::RollbackTo,
+            _ => Kind::Rollback,
+        },
+        "SELECT" | "VALUES" | "EXPLAIN" => Kind::Read,
+        // A WITH may end in INSERT/UPDATE/DELETE; the reader refuses it then, and it is run
+        // again on the writer.
+        "WITH" => Kind::Read,
+        _ => Kind::Write,
+    }
+}
+
+/// PostgreSQL's command tag for a statement that ran.
+fn tag_for(sql: &str, rows_returned: usize, affected: u64) -> String {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(3)
+        .map(|w| w.trim_end_matches(['(', ';']).to_ascii_uppercase())
+        .collect();
+    let first = words.first().map(String::as_str).unwrap_or("");
+    match first {
+        "SELECT" | "VALUES" | "WITH" | "PRAGMA" | "EXPLAIN"
+            if rows_returned > 0 || affected == 0 =>
+        {
+            format!("SELECT {rows_returned}")
+        }
+        "INSERT" | "REPLACE" => format!("INSERT 0 {affected}"),
+        "UPDATE" => format!("UPDATE {affected}"),
+        "DELETE" => format!("DELETE {affected}"),
+        "CREATE" | "DROP" | "ALTER" => {
+            // CREATE [UNIQUE|TEMP|VIRTUAL] TABLE/INDEX/VIEW/TRIGGER
+            let object = words[1..]
+                .iter()
+                .find(|w| {
+                    matches!(
+                        w.as_str(),
+                        "TABLE" | "INDEX" | "VIEW" | "TRIGGER" | "SCHEMA" | "DATABASE"
+                    )
+                })
+                .cloned()
+                .unwrap_or_default();
+            format!("{first} {object}").trim_end().to_owned()
+        }
+        _ => first.to_owned(),
+    }
+}
+
+/// A session on one database.
+pub struct Session {
+    db: Arc<Database>,
+    state: TxState,
+    limits: SessionLimits,
+    /// The interrupt of the connection running a statement now (for CancelRequest).
+    running: Arc<std::sync::Mutex<Option<Arc<super::database::Interrupt>>>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("database", &self.db.name)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// Cancels whatever statement a session is running (from another task).
+#[derive(Debug, Clone)]
+pub struct CancelHandle(Arc<std::sync::Mutex<Option<Arc<super::database::Interrupt>>>>);
+
+impl CancelHandle {
+    pub fn cancel(&self) {
+        if let Ok(running) = self.0.lock()
+            && let Some(interrupt) = running.as_ref()
+        {
+            interrupt.cancel();
+        }
+    }
+}
+
+impl Session {
+    pub fn new(db: Arc<Database>, limits: SessionLimits) -> Self {
+        Self {
+            db,
+            state: TxState::Idle,
+            limits,
+            running: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle(Arc::clone(&self.running))
+    }
+
+    pub fn status(&self) -> TxStatus {
+        match self.state {
+            TxState::Idle => TxStatus::Idle,
+            TxState::Active(_) => TxStatus::InTransaction,
+            TxState::Failed(_) => TxStatus::Failed,
+        }
+    }
+
+    /// Runs one statement (`$N` already rewritten to `?N`) with `params`.
+    pub async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<StatementResult, SqlError> {
+        let kind = kind_of(sql);
+        match (kind, std::mem::replace(&mut self.state, TxState::Idle)) {
+            (Kind::Begin, TxState::Idle) => {
+                let mut writer = self.db.writer(self.limits.lock_timeout).await?;
+                run_on(
+                    &mut writer,
+                    "BEGIN IMMEDIATE",
+                    &[],
+                    self.limits,
+                    &self.running,
+                )
+                .await?;
+                self.state = TxState::Active(writer);
+                Ok(StatementResult::tag_only("BEGIN"))
+            }
+            (Kind::Begin, state @ (TxState::Active(_) | TxState::Failed(_))) => {
+                self.state = state;
+                let mut result = StatementResult::tag_only("BEGIN");
+                result.warning = Some("there is already a transaction in progress".into());
+                Ok(result)
+            }
+            (Kind::Commit, TxState::Active(mut writer)) => {
+                let outcome = run_on(&mut writer, "COMMIT", &[], self.limits, &self.running).await;
+                if outcome.is_err() {
+                    // A COMMIT that failed (disk full…) must not leave the transaction open.
+                    let _ = run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await;
+                }
+                outcome.map(|_| StatementResult::tag_only("COMMIT"))
+            }
+            (Kind::Commit | Kind::Rollback, TxState::Failed(mut writer))
+            | (Kind::Rollback, TxState::Active(mut writer)) => {
+                run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await?;
+                Ok(StatementResult::tag_only("ROLLBACK"))
+            }
+            (Kind::Commit | Kind::Rollback, TxState::Idle) => {
+                let tag = if kind == Kind::Commit {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                let mut result = StatementResult::tag_only(tag);
+                result.warning = Some("there is no transaction in progress".into());
+                Ok(result)
+            }
+            (Kind::RollbackTo, TxState::Active(mut writer) | TxState::Failed(mut writer)) => {
+                let outcome = run_on(&mut writer, sql, params, self.limits, &self.running).await;
+                self.state = match outcome {
+                    Ok(_) => TxState::Active(writer),
+                    Err(_) => TxState::Failed(writer),
+                };
+                outcome
+            }
+            (_, TxState::Failed(writer)) => {
+                self.state = TxState::Failed(writer);
+                Err(SqlError::new(
+                    sqlstate::IN_FAILED_SQL_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ))
+            }
+            (_, TxState::Active(mut writer)) => {
+                let outcome = run_on(&mut writer, sql, params, self.limits, &self.running).await;
+                // As in PostgreSQL, any error aborts the transaction until ROLLBACK.
+                self.state = match outcome {
+                    Ok(_) => TxState::Active(writer),
+                    Err(_) => TxState::Failed(writer),
+                };
+                outcome
+            }
+            (Kind::Read, TxState::Idle) => {
+                let mut reader = self.db.reader().await;
+                let outcome = match reader.conn() {
+                    Some(conn) => run_on(conn, sql, params, self.limits, &self.running).await,
+                    None => Err(SqlError::new(
+                        sqlstate::INTERNAL_ERROR,
+                        "no reader connection",
+                    )),
+                };
+                drop(reader);
+                match outcome {
+                    Err(err) if err.code == sqlstate::READ_ONLY_SQL_TRANSACTION => {
+                        self.autocommit_write(sql, params).await
+                    }
+                    other => other,
+                }
+            }
+            (_, TxState::Idle) => self.autocommit_write(sql, params).await,
+        }
+    }
+
+    async fn autocommit_write(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<StatementResult, SqlError> {
+        let mut writer = self.db.writer(self.limits.lock_timeout).await?;
+        run_on(&mut writer, sql, params, self.limits, &self.running).await
+    }
+
+    /// The result columns and parameter count of `sql`, without running it (Describe).
+    pub async fn describe(&mut self, sql: &str) -> Result<(Vec<Column>, usize), SqlError> {
+        use sqlx::{Executor as _, Statement as _};
+        let describe = async |conn: &mut Conn| {
+            let statement = (&mut conn.connection)
+                .prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
+                .await
+                .map_err(|e| SqlError::from_sqlx(&e))?;
+            let parameters = match statement.parameters() {
+                Some(Either::Right(count)) => count,
+                Some(Either::Left(types)) => types.len(),
+                None => 0,
+            };
+            Ok::<_, SqlError>((columns_of(statement.columns()), parameters))
+        };
+        match &mut self.state {
+            TxState::Active(writer) | TxState::Failed(writer) => describe(writer).await,
+            TxState::Idle => {
+                let mut reader = self.db.reader().await;
+                match reader.conn() {
+                    Some(conn) => describe(conn).await,
+                    None => Err(SqlError::new(
+                        sqlstate::INTERNAL_ERROR,
+                        "no reader connection",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Ends an open transaction (the client went away): rolled back, the writer freed.
+    pub async fn close(&mut self) {
+        if let TxState::Active(mut writer) | TxState::Failed(mut writer) =
+            std::mem::replace(&mut self.state, TxState::Idle)
+        {
+            let _ = run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await;
+        }
+    }
+}
+
+/// Runs one statement on `conn` under the session's limits.
+async fn run_on(
+    conn: &mut Conn,
+    sql: &str,
+    params: &[Value],
+    limits: SessionLimits,
+    running: &std::sync::Mutex<Option<Arc<super::database::Interrupt>>>,
+) -> Result<StatementResult, SqlError> {
+    conn.interrupt.arm(limits.statement_timeout);
+    if let Ok(mut slot) = running.lock() {
+        *slot = Some(Arc::clone(&conn.interrupt));
+    }
+    let outcome = run_statement(&mut conn.connection, sql, params, limits.max_rows).await;
+    conn.interrupt.disarm();
+    if let Ok(mut slot) = running.lock() {
+        *slot = None;
+    }
+    outcome
+}
+
+async fn run_statement(
+    connection: &mut sqlx::sqlite::SqliteConnection,
+    sql: &str,
+    params: &[Value],
+    max_rows: usize,
+) -> Result<StatementResult, SqlError> {
+    use sqlx::Executor as _;
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+    for value in params {
+        query = bind(query, value);
+    }
+    let mut columns: Option<Vec<Column>> = None;
+    let mut rows = Vec::new();
+    let mut done: Option<SqliteQueryResult> = None;
+    {
+        let mut stream = (&mut *connection).fetch_many(query);
+        while let Some(item) = stream
+            .try_next()
+            .await
+            .map_err(|e| SqlError::from_sqlx(&e))?
+        {
+            match item {
+                Either::Left(result) => done = Some(result),
+                Either::Right(row) => {
+                    if columns.is_none() {
+                        columns = Some(columns_of(sqlx::Row::columns(&row)));
+                    }
+                    rows.push(values_of(&row));
+                    if max_rows > 0 && rows.len() > max_rows {
+                        return Err(SqlError::new(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            format!("the statement returns more than {max_rows} rows"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let (affected, last_insert) = done
+        .map(|d| (d.rows_affected(), d.last_insert_rowid()))
+        .unwrap_or((0, 0));
+    // A query that returned no row still has columns, which clients show: ask SQLite.
+    let returns_rows;
+    let mut columns = match columns {
+        Some(columns) => {
+            returns_rows = true;
+            columns
+        }
+        None => {
+            let described = (&mut *connection)
+                .prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
+                .await
+                .map(|statement| columns_of(sqlx::Statement::columns(&statement)))
+                .unwrap_or_default();
+            returns_rows = !described.is_empty();
+            described
+        }
+    };
+    if let Some(first) = rows.first() {
+        refine_types(&mut columns, first);
+    }
+    let tag = if returns_rows {
+        let verb = tag_for(sql, rows.len(), affected);
+        if verb.starts_with("SELECT") || verb == "PRAGMA" {
+            format!("SELECT {}", rows.len())
+        } else {
+            verb
+        }
+    } else {
+        tag_for(sql, 0, affected)
+    };
+    let is_insert = tag.starts_with("INSERT");
+    Ok(StatementResult {
+        columns,
+        rows,
+        tag,
+        rows_affected: affected,
+        last_insert_id: (is_insert && affected > 0).then_some(last_insert),
+        returns_rows,
+        warning: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_kinds_and_tags() {
+        assert_eq!(kind_of("  begin isolation level serializable"), Kind::Begin);
+        assert_eq!(kind_of("START TRANSACTION"), Kind::Begin);
+        assert_eq!(kind_of("rollback to savepoint a"), Kind::RollbackTo);
+        assert_eq!(kind_of("ROLLBACK"), Kind::Rollback);
+        assert_eq!(kind_of("end"), Kind::Commit);
+        assert_eq!(kind_of("select 1"), Kind::Read);
+        assert_eq!(kind_of("(select 1)"), Kind::Read);
+        assert_eq!(kind_of("insert into t values (1)"), Kind::Write);
+        assert_eq!(tag_for("insert into t values (1)", 0, 1), "INSERT 0 1");
+        assert_eq!(tag_for("UPDATE t SET a = 1", 0, 3), "UPDATE 3");
+        assert_eq!(
+            tag_for("create unique index i on t(a)", 0, 0),
+            "CREATE INDEX"
+        );
+        assert_eq!(tag_for("CREATE TABLE t (a)", 0, 0), "CREATE TABLE");
+        assert_eq!(tag_for("select * from t", 2, 0), "SELECT 2");
+        assert_eq!(tag_for("pragma foo", 0, 0), "SELECT 0");
+    }
+}

@@ -1,0 +1,210 @@
+//! Splitting a query string into statements, as a simple-query message may hold several
+//! (`BEGIN; UPDATE …; COMMIT;`), and rewriting PostgreSQL's `$1` parameters into SQLite's `?1`.
+//!
+//! Both walk the text once, skipping what SQLite does not read as code: '…' strings, "…" and
+//! `…` and […] identifiers, `--` and `/* */` comments. A `CREATE TRIGGER … BEGIN … END` body
+//! keeps its inner semicolons.
+
+/// What a position in the text is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lexeme {
+    Code,
+    Quoted(u8),
+    LineComment,
+    BlockComment,
+}
+
+/// Calls `each` with the index of every byte that is code. Shared by the splitter and the
+/// parameter rewriter so both agree on what is a string or a comment.
+fn walk_code(sql: &[u8], mut each: impl FnMut(usize)) {
+    let mut state = Lexeme::Code;
+    let mut i = 0;
+    while i < sql.len() {
+        let byte = sql[i];
+        match state {
+            Lexeme::Code => match byte {
+                b'\'' | b'"' | b'`' => state = Lexeme::Quoted(byte),
+                b'[' => state = Lexeme::Quoted(b']'),
+                b'-' if sql.get(i + 1) == Some(&b'-') => state = Lexeme::LineComment,
+                b'/' if sql.get(i + 1) == Some(&b'*') => {
+                    state = Lexeme::BlockComment;
+                    i += 1;
+                }
+                _ => each(i),
+            },
+            Lexeme::Quoted(end) => {
+                if byte == end {
+                    // A doubled quote is an escaped quote, not the end.
+                    if end != b']' && sql.get(i + 1) == Some(&end) {
+                        i += 1;
+                    } else {
+                        state = Lexeme::Code;
+                    }
+                }
+            }
+            Lexeme::LineComment => {
+                if byte == b'\n' {
+                    state = Lexeme::Code;
+                }
+            }
+            Lexeme::BlockComment => {
+                if byte == b'*' && sql.get(i + 1) == Some(&b'/') {
+                    state = Lexeme::Code;
+                    i += 1;
+                }
+            }
+        }
+        i += 1;
+    }
+}
+
+/// The statements of `sql`, trimmed, without their `;`, empty ones left out.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let mut statements = Vec::new();
+    let mut start = 0;
+    let mut word_start: Option<usize> = None;
+    let mut body = TriggerBody::default();
+    walk_code(bytes, |i| {
+        let byte = bytes[i];
+        if byte.is_ascii_alphanumeric() || byte == b'_' {
+            word_start.get_or_insert(i);
+            return;
+        }
+        if let Some(from) = word_start.take() {
+            body.word(&sql[from..i]);
+        }
+        if byte == b';' && !body.inside() {
+            let statement = sql[start..i].trim();
+            if !statement.is_empty() {
+                statements.push(statement);
+            }
+            start = i + 1;
+            body = TriggerBody::default();
+        }
+    });
+    let rest = sql[start..].trim();
+    if !rest.is_empty() && !only_comments(rest) {
+        statements.push(rest);
+    }
+    statements
+}
+
+/// Follows the words of one statement to know when it is inside a `CREATE TRIGGER … BEGIN …
+/// END` body, where `;` does not end the statement (`CASE … END` inside does not close it).
+#[derive(Debug, Default)]
+struct TriggerBody {
+    words: usize,
+    creating: bool,
+    trigger: bool,
+    depth: usize,
+    cases: usize,
+}
+
+impl TriggerBody {
+    fn word(&mut self, word: &str) {
+        self.words += 1;
+        let word = word.to_ascii_uppercase();
+        if self.words == 1 {
+            self.creating = word == "CREATE";
+        } else if self.creating && self.words <= 4 && word == "TRIGGER" {
+            self.trigger = true;
+        } else if self.trigger {
+            match word.as_str() {
+                "BEGIN" => self.depth += 1,
+                "CASE" if self.depth > 0 => self.cases += 1,
+                "END" if self.cases > 0 => self.cases -= 1,
+                "END" if self.depth > 0 => self.depth -= 1,
+                _ => {}
+            }
+        }
+    }
+
+    fn inside(&self) -> bool {
+        self.depth > 0
+    }
+}
+
+/// Whether `text` holds nothing but comments and whitespace.
+fn only_comments(text: &str) -> bool {
+    let mut code = false;
+    walk_code(text.as_bytes(), |i| {
+        if !text.as_bytes()[i].is_ascii_whitespace() {
+            code = true;
+        }
+    });
+    !code && !text.contains(['\'', '"', '`', '['])
+}
+
+/// Rewrites `$N` parameters to `?N` (SQLite binds `?N` to the N-th value whatever the order
+/// they appear in, as PostgreSQL does for `$N`). Returns the text and the highest N.
+pub fn rewrite_parameters(sql: &str) -> (String, usize) {
+    let bytes = sql.as_bytes();
+    let mut out = sql.as_bytes().to_vec();
+    let mut highest = 0;
+    walk_code(bytes, |i| {
+        if bytes[i] != b'$' {
+            return;
+        }
+        let digits = bytes[i + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        // `$1` but not `a$1` (an identifier may contain `$`).
+        let joined = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if digits > 0 && !joined {
+            out[i] = b'?';
+            if let Ok(n) = sql[i + 1..i + 1 + digits].parse::<usize>() {
+                highest = highest.max(n);
+            }
+        }
+    });
+    // Only ASCII bytes were replaced by ASCII bytes.
+    (
+        String::from_utf8(out).unwrap_or_else(|_| sql.to_owned()),
+        highest,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_on_semicolons_outside_strings_and_comments() {
+        assert_eq!(
+            split_statements("BEGIN; UPDATE t SET a = 'x;y' ; -- c;\nCOMMIT;"),
+            ["BEGIN", "UPDATE t SET a = 'x;y'", "-- c;\nCOMMIT"]
+        );
+        assert_eq!(
+            split_statements("select 'it''s; fine' /* ; */ ; select \"a;b\" from [x;y]"),
+            ["select 'it''s; fine' /* ; */", "select \"a;b\" from [x;y]"]
+        );
+        assert_eq!(split_statements(" ; ;; "), Vec::<&str>::new());
+        assert_eq!(split_statements("select 1; -- trailing"), ["select 1"]);
+    }
+
+    #[test]
+    fn trigger_bodies_keep_their_semicolons() {
+        let sql = "CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE u SET n = n + 1; \
+                   INSERT INTO log VALUES (CASE WHEN 1 THEN 2 END); END; SELECT 1";
+        let statements = split_statements(sql);
+        assert_eq!(statements.len(), 2, "{statements:?}");
+        assert!(statements[0].ends_with("END"));
+        assert_eq!(statements[1], "SELECT 1");
+        // BEGIN as a statement is not a trigger body.
+        assert_eq!(split_statements("BEGIN; SELECT 1; END;").len(), 3);
+    }
+
+    #[test]
+    fn dollar_parameters_become_numbered_question_marks() {
+        assert_eq!(
+            rewrite_parameters("select $2, '$1', a$1 from t where id = $1 -- $3"),
+            (
+                "select ?2, '$1', a$1 from t where id = ?1 -- $3".to_owned(),
+                2
+            )
+        );
+        assert_eq!(rewrite_parameters("select 1"), ("select 1".to_owned(), 0));
+    }
+}
