@@ -26,6 +26,8 @@ pub struct Api {
     pub max_upload_bytes: usize,
     /// Ends live log streams when the role stops.
     pub shutdown: common::Shutdown,
+    /// `app.domain`, lowercase, without a leading dot.
+    pub app_domain: Arc<str>,
 }
 
 /// Runs a deploy-like operation in its own task, so it finishes even if the client goes away
@@ -101,7 +103,9 @@ fn error(status: StatusCode, message: &str) -> Response {
 
 fn store_error(err: StoreError) -> Response {
     match err {
-        StoreError::Exists(_) => error(StatusCode::CONFLICT, &err.to_string()),
+        StoreError::Exists(_) | StoreError::DomainTaken { .. } => {
+            error(StatusCode::CONFLICT, &err.to_string())
+        }
         StoreError::NotFound(_) => error(StatusCode::NOT_FOUND, &err.to_string()),
         other => {
             tracing::error!(error = %other, "store failure");
@@ -199,6 +203,17 @@ fn check_settings(api: &Api, app: &str, settings: &mut AppSettings) -> Result<()
                     &format!("{domain:?} is not a host name"),
                 )));
             }
+            // `{name}.{app.domain}` belongs to the app called `name`, whether it exists yet
+            // or not: no app may take another's address.
+            if **domain == *api.app_domain || domain.ends_with(&format!(".{}", api.app_domain)) {
+                return Err(Box::new(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!(
+                        "{domain} is under app.domain ({}), where app names are routed",
+                        api.app_domain
+                    ),
+                )));
+            }
             if let Some(owner) = taken.get(domain.as_str()).filter(|owner| *owner != app) {
                 return Err(Box::new(error(
                     StatusCode::CONFLICT,
@@ -227,7 +242,13 @@ fn check_settings(api: &Api, app: &str, settings: &mut AppSettings) -> Result<()
 async fn restart(State(api): State<Api>, Path(name): Path<String>) -> Response {
     let apps = Arc::clone(&api.apps);
     match detached(async move { apps.restart(&name).await }).await {
-        Ok(version) => Json(json!({ "status": "restarted", "release": version })).into_response(),
+        Ok(Some(version)) => {
+            Json(json!({ "status": "restarted", "release": version })).into_response()
+        }
+        Ok(None) => error(
+            StatusCode::CONFLICT,
+            "the app has no release to restart yet",
+        ),
         Err(err) => deploy_error(err),
     }
 }
@@ -287,13 +308,12 @@ async fn put_formation(
 }
 
 async fn delete_app(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    match api.store.delete_app(&name).await {
-        Ok(()) => {
-            let apps = Arc::clone(&api.apps);
-            let _ = tokio::spawn(async move { apps.remove(&name).await }).await;
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(err) => store_error(err),
+    // After any deploy of the app in progress (which it waits for), in its own task.
+    let apps = Arc::clone(&api.apps);
+    match tokio::spawn(async move { apps.delete(&name).await }).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(err)) => store_error(err),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
 }
 
@@ -536,10 +556,18 @@ async fn promote(
             );
         }
     };
-    if !(target.to.starts_with("http://") || target.to.starts_with("https://")) {
+    // The token travels to `to`: in the clear only to this machine.
+    let loopback_http = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|prefix| {
+            target.to.strip_prefix(prefix).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with(':') || rest.starts_with('/')
+            })
+        });
+    if !(target.to.starts_with("https://") || loopback_http) {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "\"to\" is the other app-server's API URL, http:// or https://",
+            "\"to\" is the other app-server's API URL: https://, or http:// on this machine only",
         );
     }
     let target_app = target.app.unwrap_or_else(|| name.clone());

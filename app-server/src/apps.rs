@@ -12,15 +12,22 @@ use bytes::Bytes;
 use common::proxy::Upstreams;
 use sha2::{Digest, Sha256};
 
-use crate::runner::{
-    AppUser, ProcessStatus, Progress, Runner, Supervised, give_to, say, take_back,
-};
+use crate::runner::{AppUser, ProcessStatus, Progress, Runner, Supervised, give_to, say};
 use crate::source::procfile::Procfile;
+use crate::source::seal::{SealLimits, seal_tree};
 use crate::source::unpack::{UnpackLimits, unpack};
 use crate::store::{Release, Store, StoreError};
 
 /// fsyncs every file and folder under `dir` (a deploy is acknowledged only once durable).
 fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Links are never followed, and nothing is opened in a way that could block (a FIFO).
+    let open = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+            .open(path)
+    };
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
         let meta = std::fs::symlink_metadata(&path)?;
@@ -28,9 +35,9 @@ fn sync_tree(dir: &Path) -> std::io::Result<()> {
             for entry in std::fs::read_dir(&path)? {
                 stack.push(entry?.path());
             }
-            std::fs::File::open(&path)?.sync_all()?;
+            open(&path)?.sync_all()?;
         } else if meta.is_file() {
-            std::fs::File::open(&path)?.sync_all()?;
+            open(&path)?.sync_all()?;
         }
     }
     Ok(())
@@ -55,10 +62,31 @@ pub struct Promoted {
     pub bytes: usize,
 }
 
-/// The Procfile at the top of a source or built tree.
+/// The Procfile at the top of a source or built tree: a regular file of at most 64 KiB, never
+/// read through a link (root reads it; the tree may come from anyone).
 fn read_procfile(dir: &Path) -> Result<Procfile, DeployError> {
-    let text = std::fs::read_to_string(dir.join("Procfile"))
-        .map_err(|_| DeployError::Procfile("the source has no Procfile at its top level".into()))?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    const MAX: u64 = 64 * 1024;
+    let missing = || DeployError::Procfile("the source has no Procfile at its top level".into());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(dir.join("Procfile"))
+        .map_err(|_| missing())?;
+    let meta = file.metadata().map_err(|_| missing())?;
+    if !meta.is_file() {
+        return Err(missing());
+    }
+    if meta.len() > MAX {
+        return Err(DeployError::Procfile(format!(
+            "the Procfile is larger than {MAX} bytes"
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX)
+        .read_to_string(&mut text)
+        .map_err(|e| DeployError::Procfile(format!("the Procfile is not UTF-8 text: {e}")))?;
     Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))
 }
 
@@ -266,7 +294,7 @@ impl Apps {
         let Some(current) = self.store.current_release(app).await? else {
             return Ok((config, None));
         };
-        let build_dir = self.builds_dir.join(&current.build);
+        let build_dir = self.build_dir_of(&current.build);
         match self
             .release(app, &current.build, &config, &build_dir, &None)
             .await
@@ -295,7 +323,7 @@ impl Apps {
                 "v{version} never served (it failed to release); roll back to one that did"
             )));
         }
-        let build_dir = self.builds_dir.join(&target.build);
+        let build_dir = self.build_dir_of(&target.build);
         self.release(app, &target.build, &target.config, &build_dir, &None)
             .await
     }
@@ -319,6 +347,7 @@ impl Apps {
         let scratch = self.unpack_to_scratch(hash, archive, self.limits).await?;
         let result = async {
             let procfile = read_procfile(&scratch)?;
+            let mut tree = scratch.clone();
             let kinds: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
             say(progress, format!("-----> Procfile: {}", kinds.join(", ")));
             let user = self.user_of(app).await?;
@@ -340,15 +369,49 @@ impl Apps {
                 if !ok {
                     return Err(DeployError::Build(output));
                 }
+                if user.ids.is_some() {
+                    // The app wrote this tree: root copies it into one no app can change.
+                    say(progress, "-----> Sealing the build");
+                    tree = scratch.with_extension("sealed");
+                    let (from, to, limits) = (scratch.clone(), tree.clone(), self.seal_limits());
+                    tokio::task::spawn_blocking(move || seal_tree(&from, &to, limits))
+                        .await
+                        .map_err(|e| DeployError::Internal(e.to_string()))?
+                        .map_err(|e| DeployError::Build(e.to_string()))?;
+                    let _ = std::fs::remove_dir_all(&scratch);
+                }
             }
-            Ok(())
+            Ok(tree)
         }
         .await;
-        if let Err(err) = result {
-            let _ = std::fs::remove_dir_all(&scratch);
-            return Err(err);
+        match result {
+            Ok(tree) => self.install_build(&tree, &build_dir),
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                let _ = std::fs::remove_dir_all(scratch.with_extension("sealed"));
+                Err(err)
+            }
         }
-        self.install_build(&scratch, hash)
+    }
+
+    /// What a sealed build may hold: as much as an upload may unpack to, several times over
+    /// (a build step installs dependencies).
+    fn seal_limits(&self) -> SealLimits {
+        SealLimits {
+            max_bytes: self.limits.max_bytes.saturating_mul(4),
+            max_entries: self.limits.max_entries.saturating_mul(4),
+        }
+    }
+
+    /// Where build `hash` lives: built here from an upload, else received by promotion
+    /// (kept apart, so a promoted tree is never taken for the build of an upload).
+    pub fn build_dir_of(&self, hash: &str) -> PathBuf {
+        let local = self.builds_dir.join(hash);
+        if local.join("Procfile").is_file() {
+            local
+        } else {
+            self.builds_dir.join("promoted").join(hash)
+        }
     }
 
     /// Unpacks `archive` into a fresh scratch folder beside the builds.
@@ -389,28 +452,30 @@ impl Apps {
 
     /// Makes a finished scratch tree the build `hash`: back to root (builds are immutable),
     /// on disk for good, then renamed into place before anything uses it.
-    fn install_build(&self, scratch: &Path, hash: &str) -> Result<PathBuf, DeployError> {
-        let build_dir = self.builds_dir.join(hash);
-        let finished = take_back(&self.runner.identity, scratch)
-            .and_then(|()| sync_tree(scratch))
-            .map_err(|e| DeployError::Internal(e.to_string()));
-        if let Err(err) = finished {
-            let _ = std::fs::remove_dir_all(scratch);
-            return Err(err);
+    fn install_build(&self, tree: &Path, build_dir: &Path) -> Result<PathBuf, DeployError> {
+        let internal = |e: std::io::Error| DeployError::Internal(e.to_string());
+        if let Err(err) = sync_tree(tree) {
+            let _ = std::fs::remove_dir_all(tree);
+            return Err(internal(err));
         }
-        if std::fs::rename(scratch, &build_dir).is_err() {
-            // The same content was built meanwhile; keep that one.
-            let _ = std::fs::remove_dir_all(scratch);
+        let parent = build_dir.parent().unwrap_or(&self.builds_dir);
+        std::fs::create_dir_all(parent).map_err(internal)?;
+        if let Err(err) = std::fs::rename(tree, build_dir) {
+            let _ = std::fs::remove_dir_all(tree);
+            // The same content was built meanwhile: keep that one. Anything else is a failure.
+            if !build_dir.join("Procfile").is_file() {
+                return Err(internal(err));
+            }
         }
-        std::fs::File::open(&self.builds_dir)
+        std::fs::File::open(parent)
             .and_then(|dir| dir.sync_all())
-            .map_err(|e| DeployError::Internal(e.to_string()))?;
-        Ok(build_dir)
+            .map_err(internal)?;
+        Ok(build_dir.to_path_buf())
     }
 
     /// Whether the build `hash` is here.
     fn has_build(&self, hash: &str) -> bool {
-        valid_build_hash(hash) && self.builds_dir.join(hash).join("Procfile").is_file()
+        valid_build_hash(hash) && self.build_dir_of(hash).join("Procfile").is_file()
     }
 
     /// A built tree as `tar.gz` (links kept as links), to send to another app-server.
@@ -418,7 +483,7 @@ impl Apps {
         if !self.has_build(hash) {
             return Err(DeployError::NoBuild(hash.to_owned()));
         }
-        let dir = self.builds_dir.join(hash);
+        let dir = self.build_dir_of(hash);
         tokio::task::spawn_blocking(move || {
             let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             let mut tar = tar::Builder::new(gz);
@@ -451,7 +516,8 @@ impl Apps {
             let _ = std::fs::remove_dir_all(&scratch);
             return Err(err);
         }
-        self.install_build(&scratch, hash)?;
+        let promoted = self.builds_dir.join("promoted").join(hash);
+        self.install_build(&scratch, &promoted)?;
         self.store.record_build(hash).await?;
         Ok(true)
     }
@@ -540,7 +606,7 @@ impl Apps {
         let lock = self.lock(app).await;
         let _one_at_a_time = lock.lock().await;
         let config = self.store.config(app).await?;
-        let build_dir = self.builds_dir.join(hash);
+        let build_dir = self.build_dir_of(hash);
         self.release(app, hash, &config, &build_dir, &None).await
     }
 
@@ -554,9 +620,7 @@ impl Apps {
         run_release_command: bool,
         progress: &Progress,
     ) -> Result<(), DeployError> {
-        let text = std::fs::read_to_string(build_dir.join("Procfile"))
-            .map_err(|e| DeployError::Procfile(e.to_string()))?;
-        let procfile = Procfile::parse(&text).map_err(|e| DeployError::Procfile(e.to_string()))?;
+        let procfile = read_procfile(build_dir)?;
         let vars = &release.config;
         let row = self.store.get_app(app).await?;
         let user = self.runner.identity.of_app(&row.name, row.number)?;
@@ -631,7 +695,13 @@ impl Apps {
             }
             return Err(failure);
         }
-        self.store.set_current(app, release.version).await?;
+        if let Err(err) = self.store.set_current(app, release.version).await {
+            // The app was deleted meanwhile, or the store failed: nothing new may keep running.
+            for (_, _, process) in started {
+                self.runner.stop(process).await;
+            }
+            return Err(err.into());
+        }
         let mut supervised = Vec::new();
         let mut web_ports = Vec::new();
         for (kind, command, process) in started {
@@ -686,7 +756,7 @@ impl Apps {
         let _one_at_a_time = lock.lock().await;
         self.store.set_formation(app, counts).await?;
         if let Some(current) = self.store.current_release(app).await? {
-            let build_dir = self.builds_dir.join(&current.build);
+            let build_dir = self.build_dir_of(&current.build);
             // Same release, new formation: its release command already ran.
             self.activate(app, &current, &build_dir, false, &None)
                 .await?;
@@ -702,7 +772,7 @@ impl Apps {
             self.store.get_app(app).await?;
             return Ok(None);
         };
-        let build_dir = self.builds_dir.join(&current.build);
+        let build_dir = self.build_dir_of(&current.build);
         self.activate(app, &current, &build_dir, false, &None)
             .await?;
         Ok(Some(current.version))
@@ -850,7 +920,7 @@ impl Apps {
             }
         };
         for release in releases {
-            let build_dir = self.builds_dir.join(&release.build);
+            let build_dir = self.build_dir_of(&release.build);
             // Already released once: bring it back without running `release:` again.
             if let Err(err) = self
                 .activate(&release.app, &release, &build_dir, false, &None)
@@ -878,11 +948,12 @@ impl Apps {
         }
     }
 
-    /// Stops an app's processes and forgets its route (app deleted). Waits for a deploy in
-    /// progress, so it cannot bring the deleted app back.
-    pub async fn remove(&self, app: &str) {
+    /// Deletes an app: waits for a deploy in progress (so it cannot bring the app back),
+    /// forgets it, its route and its logs, and stops its processes.
+    pub async fn delete(&self, app: &str) -> Result<(), StoreError> {
         let lock = self.lock(app).await;
         let _one_at_a_time = lock.lock().await;
+        self.store.delete_app(app).await?;
         self.routes.rcu(|current| {
             let mut routes = HashMap::clone(current);
             routes.remove(app);
@@ -899,5 +970,6 @@ impl Apps {
         if let Err(err) = self.refresh_domains().await {
             tracing::error!(error = %err, "cannot read the apps' domains");
         }
+        Ok(())
     }
 }

@@ -100,6 +100,11 @@ pub async fn run(
             token,
             max_upload_bytes,
             shutdown: shutdown.clone(),
+            app_domain: app
+                .domain
+                .trim_start_matches('.')
+                .to_ascii_lowercase()
+                .into(),
         }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     server.serve_http(listeners.take("api")?, api, api_tls)?;

@@ -223,18 +223,7 @@ fn app_name(dir: &std::path::Path) -> String {
         .ok()
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
-    let name: String = base
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let name = name.trim_matches('-');
-    let name = &name[..name.len().min(63)];
-    if crate::store::valid_app_name(name) {
-        name.to_owned()
-    } else {
-        "app".to_owned()
-    }
+    crate::store::app_name_from(&base).unwrap_or_else(|| "app".to_owned())
 }
 
 #[cfg(test)]

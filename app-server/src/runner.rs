@@ -70,10 +70,13 @@ impl Identity {
             return Ok(Identity::PerApp);
         }
         match User::from_name(run_as) {
-            Ok(Some(user)) if !user.uid.is_root() => Ok(Identity::Shared {
-                uid: user.uid.as_raw(),
-                gid: user.gid.as_raw(),
-            }),
+            // Neither root's user nor root's group.
+            Ok(Some(user)) if !user.uid.is_root() && user.gid.as_raw() != 0 => {
+                Ok(Identity::Shared {
+                    uid: user.uid.as_raw(),
+                    gid: user.gid.as_raw(),
+                })
+            }
             _ => Err(RunError::NoSuchUser(run_as.to_owned())),
         }
     }
@@ -138,6 +141,32 @@ impl Running {
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
+
+    /// SIGKILL to everything left in the process group (its leader has exited or must go).
+    fn kill_group(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// A process dropped without being stopped (a failed deploy's `?`) takes its whole group
+/// with it, not only its leader.
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+/// Kills a process group when dropped.
+struct GroupKill(Option<Pid>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
 }
 
 impl Runner {
@@ -154,8 +183,12 @@ impl Runner {
         } else {
             command.to_owned()
         };
-        // prlimit sets the limits, then execs setpriv (dropping root), then the shell.
-        let mut cmd = Command::new("prlimit");
+        // The child becomes the app's user before it executes anything (the spawn sets the
+        // group, drops supplementary groups and sets the user between fork and exec), so no
+        // program ever runs as root with the app's environment (LD_PRELOAD, PATH…). Then, as
+        // the app: prlimit lowers the limits, setpriv sets no-new-privileges, sh runs the
+        // command. Absolute paths: the app's PATH is not consulted for them.
+        let mut cmd = Command::new("/usr/bin/prlimit");
         let limits = self.limits;
         if limits.open_files > 0 {
             cmd.arg(format!("--nofile={0}:{0}", limits.open_files));
@@ -168,16 +201,16 @@ impl Runner {
         if limits.memory_bytes > 0 {
             cmd.arg(format!("--as={0}:{0}", limits.memory_bytes));
         }
-        cmd.arg("--");
+        cmd.arg("--")
+            .arg("/usr/bin/setpriv")
+            .arg("--no-new-privs")
+            .arg("--")
+            .arg("/bin/sh")
+            .arg("-c")
+            .arg(command);
         if let Some((uid, gid)) = app.ids {
-            cmd.arg("setpriv")
-                .arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={gid}"))
-                .arg("--clear-groups")
-                .arg("--no-new-privs")
-                .arg("--");
+            cmd.gid(gid).uid(uid);
         }
-        cmd.arg("sh").arg("-c").arg(command);
         cmd.env_clear();
         cmd
     }
@@ -233,6 +266,9 @@ impl Runner {
     ) -> Result<(bool, String), RunError> {
         let mut child = self.spawn(app, name, command, dir, self.base_env(dir, vars))?;
         let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
+        // Whatever happens to this future (a schedule stopped with its release), nothing of
+        // the command's process group outlives it.
+        let _group = GroupKill(pgid);
         let tail = std::sync::Arc::new(std::sync::Mutex::new(Tail {
             progress: progress.clone(),
             ..Tail::default()
@@ -244,8 +280,14 @@ impl Runner {
             let _ = killpg(group, Signal::SIGKILL);
         }
         let _ = child.wait().await;
-        for reader in readers {
-            let _ = reader.await;
+        // A daemon that left the group may hold the pipes open: stop waiting for them.
+        for mut reader in readers {
+            if tokio::time::timeout(Duration::from_secs(2), &mut reader)
+                .await
+                .is_err()
+            {
+                reader.abort();
+            }
         }
         let output = tail.lock().map(|t| t.text()).unwrap_or_default();
         match waited {
@@ -399,8 +441,8 @@ impl Runner {
             let group = Pid::from_raw(pgid);
             let _ = killpg(group, Signal::SIGTERM);
             let _ = tokio::time::timeout(self.stop_grace, process.child.wait()).await;
-            let _ = killpg(group, Signal::SIGKILL);
         }
+        process.kill_group();
         let _ = process.child.wait().await;
         self.ports.give_back(process.port);
         tracing::info!(process = process.name, "stopped");
@@ -501,15 +543,6 @@ pub fn give_to(app: &AppUser, dir: &Path) -> std::io::Result<()> {
         return Ok(());
     };
     chown_tree(dir, uid, gid)
-}
-
-/// Gives a built tree back to root (readable by all, writable by no app), so a build stays
-/// immutable whichever app runs it.
-pub fn take_back(identity: &Identity, dir: &Path) -> std::io::Result<()> {
-    if matches!(identity, Identity::Inherit) {
-        return Ok(());
-    }
-    chown_tree(dir, 0, 0)
 }
 
 /// Changes the owner of everything under `dir`, deepest first and without following links:
@@ -618,6 +651,9 @@ impl Runner {
                         return;
                     }
                 };
+                // The leader is gone; what it left in its group (children holding the port)
+                // goes too, or the restart could not bind.
+                running.kill_group();
                 let exit = exit.map_or_else(|e| e.to_string(), |s| s.to_string());
                 if started.elapsed() >= STABLE_AFTER {
                     backoff = BACKOFF_START;

@@ -57,6 +57,16 @@ async fn users_limits_domains_health_paths_restarts_and_crash_loops() {
         assert_eq!(status, 400);
         let (status, _) = call(&api, "PATCH", "/apps/two", Some(r#"{"health_path":"up"}"#));
         assert_eq!(status, 422);
+        // Names under app.domain belong to the apps of those names.
+        let (status, body) = call(
+            &api,
+            "PATCH",
+            "/apps/two",
+            Some(r#"{"domains":["one.localhost"]}"#),
+        );
+        assert_eq!(status, 422, "{body}");
+        let (status, body) = call(&api, "POST", "/apps/two/restart", None);
+        assert_eq!(status, 409, "nothing to restart yet: {body}");
 
         for app in ["one", "two"] {
             let (status, body) = upload(&api, app, &tarball("v1", None), &dir);
@@ -116,10 +126,20 @@ async fn users_limits_domains_health_paths_restarts_and_crash_loops() {
             "{reason}"
         );
         assert_eq!(via_router(&router, "two").1["version"], "v2");
-        let procfile = "release: echo migrated v2b\nweb: python3 app.py\n";
+        // A build step runs as the app's user; what it leaves is sealed: root's, read-only.
+        let procfile = "build: chmod -R a+w . && echo made > built.txt\nrelease: echo migrated v2b\nweb: python3 app.py\n";
         let (status, body) = upload(&api, "two", &tarball("v2", Some(procfile)), &dir);
         assert_eq!(status, 201, "{body}");
         let current = body["version"].as_i64().unwrap();
+        let build = dir.join("data/app/builds").join(body["build"].as_str().unwrap());
+        for file in ["built.txt", "app.py", "Procfile"] {
+            let meta = std::fs::metadata(build.join(file)).unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+            assert_eq!(mode & 0o022, 0, "{file} is writable by others: {mode:o}");
+            if nix::unistd::geteuid().is_root() {
+                assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0, "{file}");
+            }
+        }
         let (_, log) = call(&api, "GET", "/apps/two/logs?tail=50", None);
         let log = log.as_str().unwrap();
         let migrated = log.find("release: migrated v2b").expect("release ran");

@@ -80,6 +80,39 @@ async fn a_build_is_promoted_with_the_same_hash_and_the_targets_config() {
         assert_eq!(status, 201, "{body}");
         assert_eq!(body["promoted"]["version"], 2);
 
+        // A received build is never read through a link, whatever it holds.
+        let linked = {
+            let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut builder = tar::Builder::new(gz);
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            header.set_mode(0o777);
+            builder
+                .append_link(&mut header, "Procfile", "/dev/zero")
+                .unwrap();
+            builder.into_inner().unwrap().finish().unwrap()
+        };
+        let digest = {
+            use sha2::Digest as _;
+            format!("{:x}", sha2::Sha256::digest(&linked))
+        };
+        let file = dir.join("linked.tar.gz");
+        std::fs::write(&file, &linked).unwrap();
+        let (status, body) = common::testing::curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            support::AUTH,
+            "-H",
+            &format!("x-quartet-build-sha256: {digest}"),
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{to_api}/builds/{}", "b".repeat(64)),
+        ]);
+        assert_eq!(status, 422, "{body}");
+        assert!(body.contains("no Procfile"), "{body}");
+
         // A build whose body does not match its digest is refused.
         let (status, body) = call(
             &to_api,

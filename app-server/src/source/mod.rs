@@ -2,4 +2,5 @@
 
 pub mod pack;
 pub mod procfile;
+pub mod seal;
 pub mod unpack;

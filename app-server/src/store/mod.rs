@@ -18,6 +18,8 @@ pub enum StoreError {
     Exists(String),
     #[error("no app named {0:?}")]
     NotFound(String),
+    #[error("{domain} already routes to the app {owner}")]
+    DomainTaken { domain: String, owner: String },
     #[error("cannot create {path}: {source}")]
     Directory {
         path: String,
@@ -150,6 +152,7 @@ impl Store {
         .get("value");
         let domains = settings.domains.clone().unwrap_or_default();
         let health_path = settings.health_path.clone().flatten();
+        domains_free(&mut tx, name, &domains).await?;
         let inserted = sqlx::query(
             "INSERT INTO apps (name, created_at, number, domains, health_path) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT(name) DO NOTHING",
@@ -183,12 +186,16 @@ impl Store {
         if let Some(health_path) = &settings.health_path {
             app.health_path = health_path.clone();
         }
+        // Checked and written in one transaction: two apps cannot claim a domain at once.
+        let mut tx = self.pool.begin().await?;
+        domains_free(&mut tx, name, &app.domains).await?;
         sqlx::query("UPDATE apps SET domains = ?, health_path = ? WHERE name = ?")
             .bind(serde_json::to_string(&app.domains).unwrap_or_else(|_| "[]".into()))
             .bind(&app.health_path)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(app)
     }
 
@@ -420,6 +427,31 @@ impl Store {
     }
 }
 
+/// Fails if another app than `app` routes one of `domains`.
+async fn domains_free(
+    tx: &mut sqlx::SqliteConnection,
+    app: &str,
+    domains: &[String],
+) -> Result<(), StoreError> {
+    for domain in domains {
+        let owner = sqlx::query(
+            "SELECT apps.name AS owner FROM apps, json_each(apps.domains)
+             WHERE json_each.value = ? AND apps.name != ?",
+        )
+        .bind(domain)
+        .bind(app)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(owner) = owner {
+            return Err(StoreError::DomainTaken {
+                domain: domain.clone(),
+                owner: owner.get("owner"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Schema changes since the first release of the store, by `PRAGMA user_version`.
 async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     let version: i64 = sqlx::query("PRAGMA user_version")
@@ -494,4 +526,16 @@ pub fn valid_app_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-')
+}
+
+/// An app name made from a folder's name (`My Cool_App` → `my-cool-app`), if one can be.
+pub fn app_name_from(text: &str) -> Option<String> {
+    let name: String = text
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-');
+    let name = name[..name.len().min(63)].trim_end_matches('-');
+    valid_app_name(name).then(|| name.to_owned())
 }

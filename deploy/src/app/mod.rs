@@ -57,17 +57,14 @@ impl Which {
             Some(folder) => folder.to_path_buf(),
             None => std::env::current_dir()?,
         };
-        let name = std::fs::canonicalize(&folder)
+        let folder_name = std::fs::canonicalize(&folder)
             .ok()
-            .and_then(|d| {
-                d.file_name()
-                    .map(|n| n.to_string_lossy().to_ascii_lowercase())
-            })
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_default();
-        if name.is_empty() {
-            bail!("which app? pass --app NAME (or set QUARTET_APP)");
+        match app_server::store::app_name_from(&folder_name) {
+            Some(name) => Ok(name),
+            None => bail!("which app? pass --app NAME (or set QUARTET_APP)"),
         }
-        Ok(name)
     }
 }
 
@@ -497,17 +494,25 @@ async fn for_each_line(
     response: reqwest::Response,
     mut each: impl FnMut(&str),
 ) -> anyhow::Result<()> {
+    // Lines end with LF, CR or CR LF (as server-sent events define them).
     let mut stream = response.bytes_stream();
     let mut pending = Vec::new();
     while let Some(chunk) = stream.next().await {
         pending.extend_from_slice(&chunk?);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+        while let Some(end) = pending.iter().position(|b| *b == b'\n' || *b == b'\r') {
+            if pending[end] == b'\r' && end + 1 == pending.len() {
+                break; // a CR at the end of a chunk may be the first half of CR LF
+            }
+            let crlf = pending[end] == b'\r' && pending.get(end + 1) == Some(&b'\n');
             let line: Vec<u8> = pending.drain(..=end).collect();
-            each(String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']));
+            if crlf {
+                pending.remove(0);
+            }
+            each(String::from_utf8_lossy(&line[..line.len() - 1]).as_ref());
         }
     }
     if !pending.is_empty() {
-        each(String::from_utf8_lossy(&pending).trim_end());
+        each(String::from_utf8_lossy(&pending).trim_end_matches(['\r', '\n']));
     }
     Ok(())
 }
