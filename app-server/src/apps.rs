@@ -754,12 +754,23 @@ impl Apps {
     ) -> Result<(), DeployError> {
         let lock = self.lock(app).await;
         let _one_at_a_time = lock.lock().await;
+        let previous = self.store.formation(app).await?;
         self.store.set_formation(app, counts).await?;
         if let Some(current) = self.store.current_release(app).await? {
             let build_dir = self.build_dir_of(&current.build);
             // Same release, new formation: its release command already ran.
-            self.activate(app, &current, &build_dir, false, &None)
-                .await?;
+            if let Err(err) = self.activate(app, &current, &build_dir, false, &None).await {
+                // What runs is still the old formation; so is what is recorded.
+                let restore: BTreeMap<String, u32> = counts
+                    .keys()
+                    .map(|kind| {
+                        let default = u32::from(kind == "web");
+                        (kind.clone(), previous.get(kind).copied().unwrap_or(default))
+                    })
+                    .collect();
+                let _ = self.store.set_formation(app, &restore).await;
+                return Err(err);
+            }
         }
         Ok(())
     }

@@ -128,6 +128,38 @@ fn link_stays_inside(link_dir: &Path, target: &Path) -> bool {
     true
 }
 
+/// Whether following `target` from `link_dir` (relative to `dest`) passes through a link on
+/// the way: `s -> .` then `t -> s/..` reads as inside but climbs out of the tree.
+fn resolves_through_link(dest: &Path, link_dir: &Path, target: &Path) -> bool {
+    let mut path: Vec<std::ffi::OsString> = link_dir
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let parts: Vec<Component> = target.components().collect();
+    for (index, component) in parts.iter().enumerate() {
+        match component {
+            Component::Normal(part) => {
+                path.push(part.to_os_string());
+                let last = index + 1 == parts.len();
+                let full: PathBuf = path.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
+                if !last
+                    && fs::symlink_metadata(&full).is_ok_and(|meta| meta.file_type().is_symlink())
+                {
+                    return true;
+                }
+            }
+            Component::ParentDir => {
+                if path.pop().is_none() {
+                    return true;
+                }
+            }
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return true,
+        }
+    }
+    false
+}
+
 /// Unpacks `archive` (gzip-compressed tar) into `dest`, which must exist and be empty.
 pub fn unpack(
     archive: impl Read,
@@ -142,6 +174,9 @@ pub fn unpack(
     let mut tar = tar::Archive::new(counted);
     let mut entries_seen = 0;
     let mut bytes = 0u64;
+    // Every symlink made, checked again once all exist (a later entry may make an earlier
+    // link's path run through a link).
+    let mut links: Vec<(PathBuf, PathBuf, String)> = Vec::new();
     let entries = tar.entries().map_err(UnpackError::Format)?;
     for entry in entries {
         let mut entry = entry.map_err(|err| {
@@ -223,6 +258,7 @@ pub fn unpack(
                     fs::create_dir_all(parent).map_err(write_err)?;
                 }
                 std::os::unix::fs::symlink(&link, &target).map_err(write_err)?;
+                links.push((parent_rel.to_path_buf(), link.clone(), shown.clone()));
             }
             tar::EntryType::Link => {
                 let link = entry
@@ -254,6 +290,16 @@ pub fn unpack(
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
             tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
             _ => return Err(refuse("unsupported entry type")),
+        }
+    }
+    if !limits.symlinks_may_point_outside {
+        for (link_dir, link, shown) in &links {
+            if resolves_through_link(dest, link_dir, link) {
+                return Err(UnpackError::Refused {
+                    path: shown.clone(),
+                    reason: "symlink's target runs through another link",
+                });
+            }
         }
     }
     Ok(Unpacked {
@@ -398,6 +444,28 @@ mod tests {
         ]);
         let (_outer, result) = unpack_into(&bytes);
         assert!(result.is_err());
+        // Links whose targets read as inside but run through another link, in either order.
+        for entries in [
+            [("s", Some(".")), ("t", Some("s/.."))],
+            [("t", Some("s/..")), ("s", Some("."))],
+        ] {
+            let list: Vec<_> = entries
+                .iter()
+                .map(|(name, link)| (*name, Symlink, &b""[..], *link))
+                .collect();
+            let (_outer, result) = unpack_into(&archive(&list));
+            assert!(result.is_err(), "{entries:?}: {result:?}");
+        }
+        // A link to a link inside the tree, and `..` within the tree, are fine.
+        let bytes = archive(&[
+            ("lib/", Directory, b"", None),
+            ("lib/real.txt", Regular, b"x", None),
+            ("lib/alias", Symlink, b"", Some("real.txt")),
+            ("bin/", Directory, b"", None),
+            ("bin/tool", Symlink, b"", Some("../lib/alias")),
+        ]);
+        let (_outer, result) = unpack_into(&bytes);
+        assert!(result.is_ok(), "{result:?}");
     }
 
     #[test]
