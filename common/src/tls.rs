@@ -440,6 +440,14 @@ pub struct TlsAcceptor {
     inner: tokio_rustls::TlsAcceptor,
 }
 
+impl TlsAcceptor {
+    /// The underlying tokio-rustls acceptor, for protocol crates that run the handshake
+    /// themselves (pgwire answers PostgreSQL's SSLRequest).
+    pub fn rustls(&self) -> tokio_rustls::TlsAcceptor {
+        self.inner.clone()
+    }
+}
+
 impl fmt::Debug for TlsAcceptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("TlsAcceptor")

@@ -1,71 +1,83 @@
-//! db-server: a network SQL database speaking the PostgreSQL wire protocol and an HTTP JSON
-//! API over embedded SQLite (issue #4).
+//! db-server: a network SQL database speaking the PostgreSQL wire protocol over embedded
+//! SQLite (issue #4).
 //!
-//! Today: the HTTP listener serves `/healthz` and `/metrics`; the PostgreSQL listener is bound
-//! and answers every client with a PostgreSQL `ErrorResponse` (SQLSTATE 0A000) so that psql
-//! and drivers report a clear error instead of hanging.
+//! - [`engine`]: databases (SQLite files, one writer, read-only readers), sessions with
+//!   PostgreSQL's transaction semantics, roles and grants, SQLSTATEs.
+//! - [`pg`]: the PostgreSQL wire protocol on `db.pg_listen` (pgwire).
+//!
+//! The HTTP listener serves `/healthz` and `/metrics`; the HTTP SQL API, backups and the
+//! PostgreSQL upstream mode are still to come.
 
 pub mod engine;
+pub mod pg;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
+use common::listeners::AcceptLimits;
 use common::server::{RoleServer, StartError};
-use common::{Config, Listeners, Role, Shutdown};
+use common::{Config, Environment, Listeners, Role, Shutdown};
+
+/// Why the db role could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Listener(#[from] common::listeners::ListenerError),
+    #[error(transparent)]
+    Tls(#[from] common::tls::TlsError),
+    #[error("database engine: {0}")]
+    Engine(#[from] engine::SqlError),
+}
 
 /// Runs the db role on its bound `pg` and `http` listeners until `shutdown`.
 pub async fn run(
     config: Arc<Config>,
     mut listeners: Listeners,
     shutdown: Shutdown,
-) -> Result<(), StartError> {
-    let http_tls = config.db.http_tls;
-    let mut server = RoleServer::new(Role::Db, config, shutdown);
+) -> Result<(), DbError> {
+    let db = &config.db;
+    let options = engine::DatabaseOptions {
+        durability: if db.synchronous == "normal" {
+            engine::Durability::Normal
+        } else {
+            engine::Durability::Full
+        },
+        readers: db.readers,
+    };
+    let engine = Arc::new(engine::Engine::open(&config.data_dir.join("db"), options).await?);
+    // Development starts with the database `quartet`; elsewhere the administrator makes them.
+    let first_database = (config.environment == Environment::Development).then_some("quartet");
+    engine
+        .bootstrap(&db.admin_user, db.admin_password.expose(), first_database)
+        .await?;
+    let http_tls = db.http_tls;
+    let mut server = RoleServer::new(Role::Db, Arc::clone(&config), shutdown);
     let router = server
         .health_routes()
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     server.serve_http(listeners.take("http")?, router, http_tls)?;
-    server.refuse_connections(
+    let tls = server.tls()?.acceptor(&[])?.rustls();
+    let service = Arc::new(pg::PgService::new(
+        Arc::clone(&engine),
+        engine::SessionLimits {
+            statement_timeout: Duration::from_secs(db.statement_timeout_secs),
+            lock_timeout: Duration::from_secs(db.lock_timeout_secs),
+            max_rows: 0,
+        },
+        Some(tls),
+        config.environment.is_strict(),
+    ));
+    server.serve_connections(
         listeners.take("pg")?,
-        false,
-        pg_error_response(
-            "0A000",
-            "the Quartet PostgreSQL protocol is not available yet",
-        ),
-    )?;
+        AcceptLimits {
+            max_connections: db.max_connections,
+        },
+        move |stream, _peer| Arc::clone(&service).serve(stream),
+    );
     server.run_until_shutdown().await;
+    engine.close().await;
     Ok(())
-}
-
-/// A PostgreSQL `ErrorResponse` message (FATAL), valid as a reply to a startup or SSL request.
-fn pg_error_response(sqlstate: &str, message: &str) -> Vec<u8> {
-    let mut fields = Vec::new();
-    for (code, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', sqlstate),
-        (b'M', message),
-    ] {
-        fields.push(code);
-        fields.extend_from_slice(value.as_bytes());
-        fields.push(0);
-    }
-    fields.push(0);
-    let mut out = vec![b'E'];
-    let length = u32::try_from(fields.len() + 4).unwrap_or(u32::MAX);
-    out.extend_from_slice(&length.to_be_bytes());
-    out.extend_from_slice(&fields);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn error_response_length_counts_itself_and_the_fields() {
-        let message = super::pg_error_response("0A000", "x");
-        assert_eq!(message[0], b'E');
-        let length = u32::from_be_bytes([message[1], message[2], message[3], message[4]]);
-        assert_eq!(length as usize, message.len() - 1);
-        assert_eq!(*message.last().unwrap(), 0);
-    }
 }

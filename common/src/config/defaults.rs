@@ -50,6 +50,11 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
             "db.admin_password",
             ValueKind::from(DEFAULT_DB_ADMIN_PASSWORD),
         ),
+        ("db.synchronous", ValueKind::from("full")),
+        ("db.max_connections", ValueKind::from(100u64)),
+        ("db.readers", ValueKind::from(4u64)),
+        ("db.statement_timeout_secs", ValueKind::from(30u64)),
+        ("db.lock_timeout_secs", ValueKind::from(5u64)),
         ("mail.smtp_listen", pick("127.0.0.1:2525", "0.0.0.0:25")),
         (
             "mail.submission_listen",

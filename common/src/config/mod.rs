@@ -85,6 +85,17 @@ pub struct DbConfig {
     /// The first administrator role, created on first start.
     pub admin_user: String,
     pub admin_password: Secret,
+    /// `full`: a COMMIT is on disk before it is acknowledged; `normal`: fsync at checkpoints
+    /// only (faster; the last commits can be lost on power failure).
+    pub synchronous: String,
+    /// PostgreSQL connections served at once.
+    pub max_connections: usize,
+    /// Read-only SQLite connections per database.
+    pub readers: usize,
+    /// A statement running longer is cancelled (57014); 0 = no limit.
+    pub statement_timeout_secs: u64,
+    /// The longest a write waits for another transaction's write lock (55P03).
+    pub lock_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

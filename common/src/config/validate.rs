@@ -23,7 +23,7 @@ impl Config {
     /// Problems (refuse to start) and warnings (start, but say so) for running `roles`.
     pub fn validate(&self, roles: &[Role], origins: &Origins) -> (Vec<Problem>, Vec<Problem>) {
         let mut problems = Vec::new();
-        let warnings = Vec::new();
+        let mut warnings = Vec::new();
         let env = self.environment;
         let problem = |key: &str, reason: String| Problem::new(key, origins.of(key), reason);
 
@@ -166,6 +166,26 @@ impl Config {
                     "app.api_token",
                     format!("the documented default token is refused in {env}: set your own"),
                 ));
+            }
+        }
+        if roles.contains(&Role::Db) {
+            match self.db.synchronous.as_str() {
+                "full" => {}
+                "normal" if env.is_strict() => warnings.push(problem(
+                    "db.synchronous",
+                    "\"normal\" can lose the last acknowledged commits on power failure".into(),
+                )),
+                "normal" => {}
+                other => problems.push(problem(
+                    "db.synchronous",
+                    format!("{other:?} is neither \"full\" nor \"normal\""),
+                )),
+            }
+            if self.db.readers == 0 || self.db.readers > 64 {
+                problems.push(problem("db.readers", "between 1 and 64".into()));
+            }
+            if self.db.max_connections == 0 {
+                problems.push(problem("db.max_connections", "must be at least 1".into()));
             }
         }
         if roles.contains(&Role::Mail) {

@@ -2,9 +2,11 @@
 //! as files under `data_dir/db/`, sessions with PostgreSQL's transaction semantics, roles and
 //! grants, errors as SQLSTATEs.
 
+pub mod admin;
 pub mod auth;
 pub mod database;
 pub mod error;
+pub mod infer;
 pub mod session;
 pub mod split;
 pub mod value;

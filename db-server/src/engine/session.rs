@@ -316,7 +316,26 @@ impl Session {
                 Some(Either::Left(types)) => types.len(),
                 None => 0,
             };
-            Ok::<_, SqlError>((columns_of(statement.columns()), parameters))
+            let mut columns = columns_of(statement.columns());
+            // Expressions have no declared type: read it off the select list.
+            let undeclared: Vec<bool> = statement
+                .columns()
+                .iter()
+                .map(|c| sqlx::TypeInfo::name(sqlx::Column::type_info(c)) == "NULL")
+                .collect();
+            if undeclared.contains(&true)
+                && let Some(expressions) = super::infer::select_list(sql)
+                && expressions.len() == columns.len()
+            {
+                for ((column, expression), undeclared) in
+                    columns.iter_mut().zip(&expressions).zip(&undeclared)
+                {
+                    if *undeclared && let Some(ty) = super::infer::expression_type(expression) {
+                        column.ty = ty;
+                    }
+                }
+            }
+            Ok::<_, SqlError>((columns, parameters))
         };
         match &mut self.state {
             TxState::Active(writer) | TxState::Failed(writer) => describe(writer).await,

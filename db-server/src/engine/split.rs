@@ -58,6 +58,14 @@ fn walk_code(sql: &[u8], mut each: impl FnMut(usize)) {
     }
 }
 
+/// For each byte of `sql`, whether it is code (not inside a string, a quoted identifier or a
+/// comment).
+pub fn code_mask(sql: &str) -> Vec<bool> {
+    let mut mask = vec![false; sql.len()];
+    walk_code(sql.as_bytes(), |i| mask[i] = true);
+    mask
+}
+
 /// The statements of `sql`, trimmed, without their `;`, empty ones left out.
 pub fn split_statements(sql: &str) -> Vec<&str> {
     let bytes = sql.as_bytes();

@@ -1,0 +1,494 @@
+//! The PostgreSQL wire protocol on `db.pg_listen`, through the `pgwire` crate: SSLRequest with
+//! rustls, SCRAM-SHA-256 against the catalog's verifiers, the simple protocol (several
+//! statements per message) and the extended protocol (named statements and portals, Describe,
+//! text and binary parameters and results), ReadyForQuery with the session's true transaction
+//! status, and CancelRequest interrupting the running statement.
+//!
+//! Each connection gets its own handlers (pgwire asks for them once per connection), holding
+//! the session on its database, opened after authentication.
+
+mod compat;
+mod encode;
+mod startup;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::cancel::CancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::{ClientInfo, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::SecretKey;
+
+use crate::engine::session::CancelHandle;
+use crate::engine::split::{rewrite_parameters, split_statements};
+use crate::engine::value::{Column, ColumnType};
+use crate::engine::{Engine, Privilege, Session, SessionLimits, SqlError, sqlstate};
+
+pub use compat::{SERVER_VERSION, version_text};
+
+/// What every connection shares.
+pub struct PgService {
+    pub engine: Arc<Engine>,
+    pub limits: SessionLimits,
+    /// Offered on SSLRequest.
+    pub tls: Option<pgwire::tokio::TlsAcceptor>,
+    /// Refuse password logins without TLS (staging and production, off loopback).
+    pub require_tls: bool,
+    cancels: std::sync::Mutex<HashMap<i32, (SecretKey, CancelHandle)>>,
+    /// One generator for every connection, so that backend pids are unique.
+    pub(crate) pids: Arc<pgwire::api::RandomPidSecretKeyGenerator>,
+}
+
+impl std::fmt::Debug for PgService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgService")
+            .field("tls", &self.tls.is_some())
+            .field("require_tls", &self.require_tls)
+            .finish()
+    }
+}
+
+impl PgService {
+    pub fn new(
+        engine: Arc<Engine>,
+        limits: SessionLimits,
+        tls: Option<pgwire::tokio::TlsAcceptor>,
+        require_tls: bool,
+    ) -> Self {
+        Self {
+            engine,
+            limits,
+            tls,
+            require_tls,
+            cancels: std::sync::Mutex::new(HashMap::new()),
+            pids: Arc::new(pgwire::api::RandomPidSecretKeyGenerator::default()),
+        }
+    }
+
+    /// Serves one client connection to its end.
+    pub async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream) {
+        let handlers = Arc::new(ConnectionHandlers {
+            query: Arc::new(QueryHandler {
+                service: Arc::clone(&self),
+                state: Arc::new(tokio::sync::Mutex::new(None)),
+                registered: Arc::new(std::sync::Mutex::new(None)),
+            }),
+            service: Arc::clone(&self),
+        });
+        if let Err(err) = pgwire::tokio::process_socket(stream, self.tls.clone(), handlers).await {
+            tracing::debug!(error = %err, "PostgreSQL connection ended with an error");
+        }
+    }
+}
+
+struct ConnectionHandlers {
+    service: Arc<PgService>,
+    query: Arc<QueryHandler>,
+}
+
+impl PgWireServerHandlers for ConnectionHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.query)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.query)
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::new(startup::Startup::new(Arc::clone(&self.service)))
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(Canceller {
+            service: Arc::clone(&self.service),
+        })
+    }
+}
+
+/// CancelRequest: the pid and secret key given at startup name the session to interrupt.
+struct Canceller {
+    service: Arc<PgService>,
+}
+
+#[async_trait]
+impl CancelHandler for Canceller {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let handle = self.service.cancels.lock().ok().and_then(|cancels| {
+            cancels
+                .get(&request.pid)
+                .filter(|(secret, _)| key_bytes(secret) == key_bytes(&request.secret_key))
+                .map(|(_, handle)| handle.clone())
+        });
+        match handle {
+            Some(handle) => {
+                tracing::info!(pid = request.pid, "cancel request");
+                handle.cancel();
+            }
+            // No such session, or the wrong secret: ignored, as PostgreSQL does.
+            None => tracing::debug!(pid = request.pid, "cancel request for no known session"),
+        }
+    }
+}
+
+/// A secret key's bytes: the same key may arrive parsed as an `i32` or as bytes.
+fn key_bytes(key: &SecretKey) -> Vec<u8> {
+    match key {
+        SecretKey::I32(n) => n.to_be_bytes().to_vec(),
+        SecretKey::Bytes(bytes) => bytes.to_vec(),
+    }
+}
+
+/// A connection's open session.
+struct Open {
+    session: Session,
+    database: String,
+    user: String,
+    privilege: Privilege,
+    superuser: bool,
+    settings: BTreeMap<String, String>,
+    pid: i32,
+}
+
+/// A prepared statement of the extended protocol.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    /// As the client wrote it (for SET/SHOW/RESET).
+    original: String,
+    /// With `$N` as `?N` and session functions replaced: what SQLite runs.
+    sql: String,
+    columns: Vec<Column>,
+    parameters: usize,
+}
+
+struct QueryHandler {
+    service: Arc<PgService>,
+    state: Arc<tokio::sync::Mutex<Option<Open>>>,
+    /// The pid this connection is registered under for CancelRequest.
+    registered: Arc<std::sync::Mutex<Option<i32>>>,
+}
+
+impl Drop for QueryHandler {
+    fn drop(&mut self) {
+        let pid = self.registered.lock().ok().and_then(|mut p| p.take());
+        if let Some(pid) = pid
+            && let Ok(mut cancels) = self.service.cancels.lock()
+        {
+            cancels.remove(&pid);
+        }
+        // An open transaction is rolled back when the session's writer guard is dropped:
+        // SQLite rolls back a connection's transaction only when told, so do it here.
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            if let Some(open) = state.lock().await.as_mut() {
+                open.session.close().await;
+            }
+        });
+    }
+}
+
+/// An engine error as the client sees it.
+fn error_info(err: &SqlError) -> ErrorInfo {
+    ErrorInfo::new("ERROR".to_owned(), err.code.to_owned(), err.message.clone())
+}
+
+fn user_error(err: &SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(err)))
+}
+
+fn fatal(code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_owned(),
+        code.to_owned(),
+        message.into(),
+    )))
+}
+
+/// The connection's session, opened on first use from the startup's user and database.
+async fn open_session<'a, C: ClientInfo>(
+    service: &PgService,
+    registered: &std::sync::Mutex<Option<i32>>,
+    state: &'a mut Option<Open>,
+    client: &C,
+) -> PgWireResult<&'a mut Open> {
+    if state.is_none() {
+        let user = client
+            .metadata()
+            .get(pgwire::api::METADATA_USER)
+            .cloned()
+            .unwrap_or_default();
+        let database = client
+            .metadata()
+            .get(pgwire::api::METADATA_DATABASE)
+            .cloned()
+            .unwrap_or_else(|| user.clone());
+        let engine = &service.engine;
+        let db = engine
+            .database(&database)
+            .await
+            .map_err(|e| fatal(e.code, e.message))?;
+        let privilege = engine
+            .catalog
+            .privilege(&user, &database)
+            .await
+            .map_err(|e| fatal(e.code, e.message))?
+            .ok_or_else(|| {
+                fatal(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("permission denied for database \"{database}\""),
+                )
+            })?;
+        let session = Session::new(db, service.limits);
+        let (pid, secret) = client.pid_and_secret_key();
+        tracing::debug!(pid, database, user, "session opened");
+        if let Ok(mut cancels) = service.cancels.lock() {
+            cancels.insert(pid, (secret, session.cancel_handle()));
+        }
+        if let Ok(mut registered) = registered.lock() {
+            *registered = Some(pid);
+        }
+        let superuser = engine
+            .catalog
+            .is_superuser(&user)
+            .await
+            .map_err(|e| fatal(e.code, e.message))?;
+        let mut settings = compat::default_settings();
+        if superuser {
+            settings.insert("is_superuser".into(), "on".into());
+        }
+        *state = Some(Open {
+            session,
+            database,
+            user,
+            privilege,
+            superuser,
+            settings,
+            pid,
+        });
+    }
+    state
+        .as_mut()
+        .ok_or_else(|| fatal(sqlstate::INTERNAL_ERROR, "no session"))
+}
+
+/// Runs one statement of a client (compatibility layer first, then the engine), enforcing the
+/// session's privilege.
+async fn run_statement(
+    engine: &Engine,
+    open: &mut Open,
+    original: &str,
+    sql: &str,
+    params: &[crate::engine::value::Value],
+) -> Result<crate::engine::StatementResult, SqlError> {
+    let caller = crate::engine::admin::Caller {
+        role: &open.user,
+        superuser: open.superuser,
+    };
+    if let Some(answer) = crate::engine::admin::answer(engine, caller, original).await {
+        return answer;
+    }
+    if let Some(answer) = compat::answer(original, &mut open.settings) {
+        return answer;
+    }
+    if open.privilege == Privilege::Read && !is_read_only(sql) {
+        return Err(SqlError::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied: role \"{}\" may only read database \"{}\"",
+                open.user, open.database
+            ),
+        ));
+    }
+    open.session.execute(sql, params).await
+}
+
+/// What a read-only grant may run: queries and transaction control.
+fn is_read_only(sql: &str) -> bool {
+    let first = sql
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .find(|w| !w.is_empty())
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    matches!(
+        first.as_str(),
+        "SELECT"
+            | "VALUES"
+            | "EXPLAIN"
+            | "BEGIN"
+            | "START"
+            | "COMMIT"
+            | "END"
+            | "ROLLBACK"
+            | "ABORT"
+    ) || (first == "WITH"
+        && !["INSERT", "UPDATE", "DELETE", "REPLACE"]
+            .iter()
+            .any(|w| sql.to_ascii_uppercase().contains(w)))
+}
+
+/// The SQL SQLite runs for a client's statement.
+fn engine_sql(statement: &str, open: &Open) -> String {
+    let replaced = compat::rewrite_functions(statement, &open.database, &open.user, open.pid);
+    rewrite_parameters(&replaced).0
+}
+
+#[async_trait]
+impl SimpleQueryHandler for QueryHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut state = self.state.lock().await;
+        let open = open_session(&self.service, &self.registered, &mut state, client).await?;
+        let statements = split_statements(query);
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let sql = engine_sql(statement, open);
+            match run_statement(&self.service.engine, open, statement, &sql, &[]).await {
+                Ok(result) => responses.push(encode::response(result, &Format::UnifiedText)?),
+                Err(err) => {
+                    // The rest of the message is not run, as in PostgreSQL.
+                    responses.push(Response::Error(Box::new(error_info(&err))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// Parses (prepares) statements for the extended protocol: their result columns and number of
+/// parameters come from SQLite, on the session's connection.
+pub(crate) struct Parser {
+    state: Arc<tokio::sync::Mutex<Option<Open>>>,
+    service: Arc<PgService>,
+    registered: Arc<std::sync::Mutex<Option<i32>>>,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let statements = split_statements(sql);
+        let statement = match statements.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            _ => {
+                return Err(user_error(&SqlError::new(
+                    sqlstate::SYNTAX_ERROR,
+                    "cannot insert multiple commands into a prepared statement",
+                )));
+            }
+        };
+        let mut state = self.state.lock().await;
+        let open = open_session(&self.service, &self.registered, &mut state, client).await?;
+        let (rewritten, highest) = rewrite_parameters(&compat::rewrite_functions(
+            statement,
+            &open.database,
+            &open.user,
+            open.pid,
+        ));
+        // Only the shape of a SET/SHOW's answer is wanted here; it runs at Execute.
+        let mut scratch = open.settings.clone();
+        let admin = crate::engine::admin::is_admin(statement);
+        let (columns, parameters) = match compat::answer(statement, &mut scratch) {
+            _ if admin => (Vec::new(), 0),
+            Some(Ok(result)) => (result.columns, 0),
+            Some(Err(err)) => return Err(user_error(&err)),
+            None => open
+                .session
+                .describe(&rewritten)
+                .await
+                .map_err(|err| user_error(&err))?,
+        };
+        Ok(Some(Prepared {
+            original: statement.to_owned(),
+            sql: rewritten,
+            columns,
+            parameters: parameters.max(highest),
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        // SQLite does not type parameters; text is what every client can send.
+        Ok(vec![Type::TEXT; stmt.parameters])
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        encode::fields(&stmt.columns, column_format.unwrap_or(&Format::UnifiedText))
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for QueryHandler {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        Arc::new(Parser {
+            state: Arc::clone(&self.state),
+            service: Arc::clone(&self.service),
+            registered: Arc::clone(&self.registered),
+        })
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut state = self.state.lock().await;
+        let open = open_session(&self.service, &self.registered, &mut state, client).await?;
+        let prepared = &portal.statement.statement;
+        let params = encode::parameters(portal).map_err(|err| user_error(&err))?;
+        match run_statement(
+            &self.service.engine,
+            open,
+            &prepared.original,
+            &prepared.sql,
+            &params,
+        )
+        .await
+        {
+            Ok(mut result) => {
+                // Describe announced the prepared columns; rows keep that shape.
+                if result.returns_rows && result.columns.len() == prepared.columns.len() {
+                    for (column, announced) in result.columns.iter_mut().zip(&prepared.columns) {
+                        if announced.ty != ColumnType::Text {
+                            column.ty = announced.ty;
+                        }
+                    }
+                }
+                encode::response(result, &portal.result_column_format)
+            }
+            Err(err) => Err(user_error(&err)),
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Real PostgreSQL clients against a running db-server: psql (over TLS, with SCRAM) and
+//! tokio-postgres (simple and extended protocol, binary results, cancel).
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::testing::{RunningRole, TestConfig};
+use common::{Environment, Role};
+
+/// `psql` with `args` as `user`/`password` on `database`, TLS verified against the test's CA.
+fn psql(
+    addr: SocketAddr,
+    ca: &Path,
+    user: &str,
+    password: &str,
+    database: &str,
+    args: &[&str],
+) -> (bool, String, String) {
+    let conninfo = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user={user} dbname={database} sslmode=verify-full sslrootcert={}",
+        addr.port(),
+        ca.display()
+    );
+    let output = std::process::Command::new("psql")
+        .arg(&conninfo)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn connect(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    database: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(addr.port())
+        .user(user)
+        .password(password)
+        .dbname(database)
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn sqlstate(err: &tokio_postgres::Error) -> String {
+    err.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {err}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn psql_over_tls_with_scram_runs_statements_and_reports_sqlstates() {
+    let test = TestConfig::new(Environment::Development);
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let addr = role.addr("pg");
+    let ca = test.data_dir().join("tls/ca.pem");
+    tokio::task::spawn_blocking(move || {
+        let (ok, out, err) = psql(
+            addr,
+            &ca,
+            "quartet",
+            "quartet",
+            "quartet",
+            &[
+                "-c",
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE, score REAL, ok BOOLEAN)",
+                "-c",
+                "INSERT INTO t (name, score, ok) VALUES ('a', 1.5, true), ('b', NULL, false)",
+                "-c",
+                "BEGIN; UPDATE t SET score = 2 WHERE name = 'b'; COMMIT;",
+                "-At",
+                "-c",
+                "SELECT name, score, ok FROM t ORDER BY id",
+                "-c",
+                "SELECT version()",
+                "-c",
+                "SHOW server_version",
+                "-c",
+                "SELECT current_database(), current_user",
+            ],
+        );
+        assert!(ok, "{out}{err}");
+        assert!(
+            out.contains("a|1.5|t\nb|2.0|f\n") || out.contains("a|1.5|t\nb|2|f\n"),
+            "{out}"
+        );
+        assert!(out.contains("PostgreSQL 15.6 (Quartet"), "{out}");
+        assert!(out.contains("\n15.6\n"), "{out}");
+        assert!(out.contains("quartet|quartet"), "{out}");
+
+        // Failures carry PostgreSQL's SQLSTATEs.
+        for (sql, code) in [
+            ("SELECT * FROM missing", "42P01"),
+            ("SELEC 1", "42601"),
+            ("INSERT INTO t (name) VALUES ('a')", "23505"),
+            ("SHOW no_such_setting", "42704"),
+        ] {
+            let (ok, _, err) = psql(addr, &ca, "quartet", "quartet", "quartet", &["-c", sql]);
+            assert!(!ok && err.contains(code), "{sql}: {err}");
+        }
+        // Wrong password, unknown database.
+        let (ok, _, err) = psql(
+            addr,
+            &ca,
+            "quartet",
+            "wrong",
+            "quartet",
+            &["-c", "SELECT 1"],
+        );
+        // (psql prints no SQLSTATE for a failed connection; the drivers test checks them.)
+        assert!(!ok && err.contains("authentication failed"), "{err}");
+        let (ok, _, err) = psql(addr, &ca, "nobody", "x", "quartet", &["-c", "SELECT 1"]);
+        assert!(!ok && err.contains("authentication failed"), "{err}");
+        let (ok, _, err) = psql(addr, &ca, "quartet", "quartet", "nope", &["-c", "SELECT 1"]);
+        assert!(
+            !ok && err.contains("database \"nope\" does not exist"),
+            "{err}"
+        );
+
+        // Databases, roles and grants.
+        let (ok, out, err) = psql(
+            addr,
+            &ca,
+            "quartet",
+            "quartet",
+            "quartet",
+            &[
+                "-c",
+                "CREATE DATABASE shop",
+                "-c",
+                "CREATE ROLE reader PASSWORD 'r-secret'",
+                "-c",
+                "CREATE ROLE stranger PASSWORD 's-secret'",
+                "-c",
+                "GRANT READ ON DATABASE shop TO reader",
+            ],
+        );
+        assert!(ok, "{out}{err}");
+        let (ok, _, err) = psql(
+            addr,
+            &ca,
+            "stranger",
+            "s-secret",
+            "shop",
+            &["-c", "SELECT 1"],
+        );
+        assert!(
+            !ok && err.contains("permission denied for database"),
+            "no grant: {err}"
+        );
+        let (ok, out, err) = psql(
+            addr,
+            &ca,
+            "reader",
+            "r-secret",
+            "shop",
+            &["-At", "-c", "SELECT 40 + 2"],
+        );
+        assert!(ok && out.trim() == "42", "{out}{err}");
+        let (ok, _, err) = psql(
+            addr,
+            &ca,
+            "reader",
+            "r-secret",
+            "shop",
+            &["-c", "CREATE TABLE x (a)"],
+        );
+        assert!(!ok && err.contains("42501"), "read-only grant: {err}");
+        let (ok, _, err) = psql(
+            addr,
+            &ca,
+            "reader",
+            "r-secret",
+            "shop",
+            &["-c", "CREATE DATABASE other"],
+        );
+        assert!(!ok && err.contains("42501"), "not a superuser: {err}");
+    })
+    .await
+    .unwrap();
+    role.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drivers_see_transactions_isolation_failed_state_and_cancel() {
+    let test = TestConfig::new(Environment::Development);
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let addr = role.addr("pg");
+    let a = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    let b = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    let err = connect(addr, "quartet", "wrong", "quartet")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(sqlstate(&err), "28P01");
+    let nowhere = connect(addr, "quartet", "quartet", "nowhere")
+        .await
+        .unwrap();
+    let err = nowhere.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "3D000");
+
+    a.batch_execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, balance INTEGER NOT NULL)")
+        .await
+        .unwrap();
+    // Extended protocol: a prepared statement with parameters, binary results.
+    let insert = a
+        .prepare("INSERT INTO accounts (owner, balance) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    for (owner, balance) in [("ann", "100"), ("bob", "50")] {
+        assert_eq!(a.execute(&insert, &[&owner, &balance]).await.unwrap(), 1);
+    }
+    let rows = a
+        .query(
+            "SELECT id, owner, balance FROM accounts WHERE balance >= $1 ORDER BY id",
+            &[&"60"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>("id"), 1);
+    assert_eq!(rows[0].get::<_, String>("owner"), "ann");
+    assert_eq!(rows[0].get::<_, i64>("balance"), 100);
+
+    // Isolation: b does not see a's uncommitted change; ROLLBACK undoes it.
+    a.batch_execute("BEGIN; UPDATE accounts SET balance = 0 WHERE owner = 'ann'")
+        .await
+        .unwrap();
+    let seen = b
+        .simple_query("SELECT balance FROM accounts WHERE owner = 'ann'")
+        .await
+        .unwrap();
+    let value = seen.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("100"));
+    // An error fails the transaction until ROLLBACK.
+    let err = a.batch_execute("SELECT * FROM nowhere").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "42P01");
+    let err = a.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "25P02");
+    a.batch_execute("ROLLBACK").await.unwrap();
+    let row = a
+        .query_one("SELECT balance FROM accounts WHERE owner = 'ann'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 100);
+    // A second writer waits for the first one's transaction, then gets a clear error.
+    a.batch_execute("BEGIN; UPDATE accounts SET balance = 1")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = b
+        .batch_execute("UPDATE accounts SET balance = 2")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "55P03");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    a.batch_execute("COMMIT").await.unwrap();
+
+    // CancelRequest interrupts the running statement.
+    let cancel = a.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = Instant::now();
+    let err = a
+        .simple_query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "57014");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    canceller.await.unwrap().unwrap();
+    // The session is usable afterwards.
+    let row = a
+        .query_one("SELECT count(*) AS n FROM accounts", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>("n"), 2);
+    drop((a, b));
+    role.stop().await.unwrap();
+}
