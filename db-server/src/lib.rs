@@ -9,6 +9,7 @@
 //! PostgreSQL upstream mode are still to come.
 
 pub mod engine;
+pub mod http;
 pub mod pg;
 
 use std::sync::Arc;
@@ -55,18 +56,30 @@ pub async fn run(
         .await?;
     let http_tls = db.http_tls;
     let mut server = RoleServer::new(Role::Db, Arc::clone(&config), shutdown);
+    let session_limits = engine::SessionLimits {
+        statement_timeout: Duration::from_secs(db.statement_timeout_secs),
+        lock_timeout: Duration::from_secs(db.lock_timeout_secs),
+        max_rows: 0,
+    };
+    let api = http::Api::new(
+        Arc::clone(&engine),
+        session_limits,
+        http::HttpLimits {
+            max_rows: db.http_max_rows,
+            max_response_bytes: db.http_max_response_bytes,
+            max_body_bytes: db.http_max_body_bytes,
+            max_restore_bytes: db.max_restore_bytes,
+        },
+    );
     let router = server
         .health_routes()
+        .merge(http::router(api))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     server.serve_http(listeners.take("http")?, router, http_tls)?;
     let tls = server.tls()?.acceptor(&[])?.rustls();
     let service = Arc::new(pg::PgService::new(
         Arc::clone(&engine),
-        engine::SessionLimits {
-            statement_timeout: Duration::from_secs(db.statement_timeout_secs),
-            lock_timeout: Duration::from_secs(db.lock_timeout_secs),
-            max_rows: 0,
-        },
+        session_limits,
         Some(tls),
         config.environment.is_strict(),
     ));

@@ -96,6 +96,12 @@ pub struct DbConfig {
     pub statement_timeout_secs: u64,
     /// The longest a write waits for another transaction's write lock (55P03).
     pub lock_timeout_secs: u64,
+    /// Limits of the HTTP SQL API: rows per statement, bytes per answer, bytes per request.
+    pub http_max_rows: usize,
+    pub http_max_response_bytes: usize,
+    pub http_max_body_bytes: usize,
+    /// Largest snapshot `POST /db/{name}/restore` accepts.
+    pub max_restore_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

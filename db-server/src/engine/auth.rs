@@ -385,9 +385,43 @@ impl Catalog {
         Ok(row.is_some())
     }
 
+    /// A new bearer token for `role` (only its digest is stored).
+    pub async fn create_token(&self, role: &str) -> Result<String, SqlError> {
+        let mut raw = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| SqlError::new(sqlstate::INTERNAL_ERROR, "no randomness for a token"))?;
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        sqlx::query("INSERT INTO tokens (digest, role) VALUES (?, ?)")
+            .bind(token_digest(&token))
+            .bind(role)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(token)
+    }
+
+    /// The role a bearer token is bound to.
+    pub async fn token_role(&self, token: &str) -> Result<Option<String>, SqlError> {
+        let row = sqlx::query("SELECT role FROM tokens WHERE digest = ?")
+            .bind(token_digest(token))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(row.map(|row| row.get("role")))
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn token_digest(token: &str) -> String {
+    digest::digest(&digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

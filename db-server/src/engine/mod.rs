@@ -14,6 +14,7 @@ pub mod value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use auth::{Catalog, Privilege};
 pub use database::{Database, DatabaseOptions, Durability};
@@ -109,20 +110,99 @@ impl Engine {
         }
     }
 
-    /// Drops a database and deletes its files (3D000 if there is none).
+    /// Closes database `name` if no session uses it (55006 otherwise), so that its files can
+    /// be replaced or removed.
+    async fn close_unused(&self, name: &str) -> Result<(), SqlError> {
+        let mut open = self.open.lock().await;
+        if let Some(db) = open.get(name) {
+            let sessions = Arc::strong_count(db) - 1;
+            if sessions > 0 {
+                return Err(SqlError::new(
+                    sqlstate::OBJECT_IN_USE,
+                    format!("database \"{name}\" is being accessed by {sessions} other session(s)"),
+                ));
+            }
+        }
+        if let Some(db) = open.remove(name) {
+            db.close().await;
+        }
+        Ok(())
+    }
+
+    /// Drops a database and deletes its files (3D000 if there is none, 55006 while in use).
     pub async fn drop_database(&self, name: &str) -> Result<(), SqlError> {
-        if !self.catalog.remove_database(name).await? {
+        if !self.catalog.has_database(name).await? {
             return Err(SqlError::new(
                 sqlstate::INVALID_CATALOG_NAME,
                 format!("database \"{name}\" does not exist"),
             ));
         }
-        if let Some(db) = self.open.lock().await.remove(name) {
-            db.close().await;
-        }
+        self.close_unused(name).await?;
+        self.catalog.remove_database(name).await?;
         let path = self.path_of(name);
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        Ok(())
+    }
+
+    /// Writes a consistent snapshot of database `name` to `dest` (`VACUUM INTO`, which reads
+    /// one transaction's view while writers go on), fsynced.
+    pub async fn backup_to(&self, name: &str, dest: &Path) -> Result<(), SqlError> {
+        use sqlx::Executor as _;
+        let db = self.database(name).await?;
+        let dest_text = dest.display().to_string();
+        let vacuum = || sqlx::query("VACUUM INTO ?1").bind(dest_text.clone());
+        let mut reader = db.reader().await;
+        let done = match reader.conn() {
+            Some(conn) => conn.connection.execute(vacuum()).await.map(|_| ()),
+            None => Err(sqlx::Error::PoolClosed),
+        };
+        drop(reader);
+        if done.is_err() {
+            // Some SQLite builds refuse VACUUM INTO on a read-only connection.
+            let _ = std::fs::remove_file(dest);
+            let mut writer = db.writer(Duration::from_secs(60)).await?;
+            writer
+                .connection
+                .execute(vacuum())
+                .await
+                .map_err(|e| SqlError::from_sqlx(&e))?;
+        }
+        std::fs::File::open(dest)
+            .and_then(|file| file.sync_all())
+            .map_err(|e| {
+                SqlError::new(sqlstate::INTERNAL_ERROR, format!("{}: {e}", dest.display()))
+            })
+    }
+
+    /// Replaces database `name` (created if needed) with the snapshot at `source`, once the
+    /// snapshot passes `PRAGMA integrity_check`. Refused while sessions use the database.
+    pub async fn restore_from(&self, name: &str, source: &Path) -> Result<(), SqlError> {
+        if !valid_database_name(name) {
+            return Err(SqlError::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("{name:?} is not a database name"),
+            ));
+        }
+        check_snapshot(source).await?;
+        self.close_unused(name).await?;
+        let path = self.path_of(name);
+        let io = |e: std::io::Error| SqlError::new(sqlstate::INTERNAL_ERROR, e.to_string());
+        let staged = path.with_extension("restoring");
+        std::fs::copy(source, &staged).map_err(io)?;
+        std::fs::File::open(&staged)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        std::fs::rename(&staged, &path).map_err(io)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        if !self.catalog.has_database(name).await? {
+            self.catalog.add_database(name).await?;
         }
         Ok(())
     }
@@ -158,6 +238,37 @@ impl Engine {
             db.close().await;
         }
         self.catalog.close().await;
+    }
+}
+
+/// Whether `path` is a SQLite database that passes `PRAGMA integrity_check`.
+pub async fn check_snapshot(path: &Path) -> Result<(), SqlError> {
+    use sqlx::{Connection as _, Row as _};
+    use std::str::FromStr as _;
+    let bad = |why: String| {
+        SqlError::new(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!("the snapshot is not usable: {why}"),
+        )
+    };
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite:")
+        .map_err(|e| bad(e.to_string()))?
+        .filename(path)
+        .read_only(true)
+        .immutable(true);
+    let mut conn = sqlx::sqlite::SqliteConnection::connect_with(&options)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let rows = sqlx::query("PRAGMA integrity_check")
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let _ = conn.close().await;
+    let verdict: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
+    if verdict == ["ok"] {
+        Ok(())
+    } else {
+        Err(bad(verdict.join("; ")))
     }
 }
 

@@ -310,7 +310,7 @@ async fn run_statement(
 }
 
 /// What a read-only grant may run: queries and transaction control.
-fn is_read_only(sql: &str) -> bool {
+pub(crate) fn is_read_only(sql: &str) -> bool {
     let first = sql
         .split(|c: char| c.is_whitespace() || c == '(')
         .find(|w| !w.is_empty())

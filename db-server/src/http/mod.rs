@@ -1,0 +1,524 @@
+//! The HTTP SQL API on `db.http_listen`, rqlite-style, over the same engine as the PostgreSQL
+//! front end:
+//!
+//! - `POST /db/{database}/query` `{"statements":[{"sql":"…","params":[…]}],"transaction":true}`
+//!   → `{"results":[{"columns":[…],"types":[…],"rows":[[…]],"rows_affected":N,"last_insert_id":N}]}`;
+//!   a failed statement gives `{"error":{"code":"42P01","message":"…"}}` in its place (and,
+//!   with `"transaction":true`, rolls the whole request back: 400 with the failing statement).
+//! - `GET /db`, `PUT /db/{name}`, `DELETE /db/{name}`: list, create, drop.
+//! - `GET /db/{name}/backup`: a consistent snapshot; `POST /db/{name}/restore`: replace from one.
+//! - `POST /tokens`: a bearer token for the calling role.
+//!
+//! Every request authenticates with HTTP Basic (a role and its password) or a bearer token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
+
+use crate::engine::value::Value;
+use crate::engine::{Engine, Privilege, Session, SessionLimits, SqlError, sqlstate};
+
+/// Limits of the HTTP API.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_rows: usize,
+    pub max_response_bytes: usize,
+    pub max_body_bytes: usize,
+    /// A snapshot uploaded to `POST /db/{name}/restore`.
+    pub max_restore_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub engine: Arc<Engine>,
+    pub session_limits: SessionLimits,
+    pub limits: HttpLimits,
+    /// Basic credentials checked recently: PBKDF2 runs once per minute per credential, not on
+    /// every request.
+    verified: Arc<std::sync::Mutex<Verified>>,
+}
+
+/// SHA-256 of `role:password` → the role and when it was last checked.
+type Verified = HashMap<[u8; 32], (String, Instant)>;
+
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+
+impl Api {
+    pub fn new(engine: Arc<Engine>, session_limits: SessionLimits, limits: HttpLimits) -> Self {
+        Self {
+            engine,
+            session_limits,
+            limits,
+            verified: Arc::new(std::sync::Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+/// The authenticated routes.
+pub fn router(api: Api) -> axum::Router {
+    use axum::extract::DefaultBodyLimit;
+    let body_limit = api.limits.max_body_bytes;
+    let restore_limit = api.limits.max_restore_bytes;
+    axum::Router::new()
+        .route("/db", get(list_databases))
+        .route("/db/{name}", put(create_database).delete(drop_database))
+        .route(
+            "/db/{name}/query",
+            post(query).layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route("/db/{name}/backup", get(backup))
+        .route(
+            "/db/{name}/restore",
+            post(restore).layer(DefaultBodyLimit::max(restore_limit)),
+        )
+        .route("/tokens", post(create_token))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(api)
+}
+
+fn sql_status(err: &SqlError) -> StatusCode {
+    match err.code {
+        sqlstate::INVALID_CATALOG_NAME | sqlstate::UNDEFINED_TABLE | sqlstate::UNDEFINED_OBJECT => {
+            StatusCode::NOT_FOUND
+        }
+        sqlstate::INSUFFICIENT_PRIVILEGE => StatusCode::FORBIDDEN,
+        sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTHORIZATION => StatusCode::UNAUTHORIZED,
+        sqlstate::DUPLICATE_DATABASE | sqlstate::OBJECT_IN_USE | sqlstate::LOCK_NOT_AVAILABLE => {
+            StatusCode::CONFLICT
+        }
+        sqlstate::PROGRAM_LIMIT_EXCEEDED => StatusCode::PAYLOAD_TOO_LARGE,
+        sqlstate::INTERNAL_ERROR | sqlstate::DATA_CORRUPTED | sqlstate::DISK_FULL => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn error_json(err: &SqlError) -> Json_ {
+    json!({ "code": err.code, "message": err.message })
+}
+
+fn failure(err: &SqlError) -> Response {
+    let mut response = (sql_status(err), Json(json!({ "error": error_json(err) }))).into_response();
+    if sql_status(err) == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"quartet-db\", charset=\"UTF-8\""),
+        );
+    }
+    response
+}
+
+/// Who is calling: a role, from Basic credentials or a bearer token.
+async fn caller(api: &Api, headers: &HeaderMap) -> Result<String, SqlError> {
+    use base64::Engine as _;
+    let unauthorized = || {
+        SqlError::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            "HTTP Basic (a role and its password) or a bearer token is required",
+        )
+    };
+    let header = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unauthorized)?;
+    if let Some(token) = header.strip_prefix("Bearer ") {
+        return api
+            .engine
+            .catalog
+            .token_role(token.trim())
+            .await?
+            .ok_or_else(|| SqlError::new(sqlstate::INVALID_PASSWORD, "unknown bearer token"));
+    }
+    let encoded = header.strip_prefix("Basic ").ok_or_else(unauthorized)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| unauthorized())?;
+    let text = String::from_utf8(decoded).map_err(|_| unauthorized())?;
+    let (role, password) = text.split_once(':').ok_or_else(unauthorized)?;
+    let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .try_into()
+        .unwrap_or([0; 32]);
+    if let Ok(verified) = api.verified.lock()
+        && let Some((known, at)) = verified.get(&key)
+        && at.elapsed() < VERIFIED_FOR
+    {
+        return Ok(known.clone());
+    }
+    let verifier = api.engine.catalog.verifier(role).await?;
+    let password = password.to_owned();
+    let ok = match verifier {
+        Some(verifier) => tokio::task::spawn_blocking(move || verifier.matches(&password))
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
+    if !ok {
+        return Err(SqlError::new(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{role}\""),
+        ));
+    }
+    if let Ok(mut verified) = api.verified.lock() {
+        verified.retain(|_, (_, at)| at.elapsed() < VERIFIED_FOR);
+        verified.insert(key, (role.to_owned(), Instant::now()));
+    }
+    Ok(role.to_owned())
+}
+
+/// The caller's privilege on `database`, or why not.
+async fn privilege(api: &Api, role: &str, database: &str) -> Result<Privilege, SqlError> {
+    api.engine.database(database).await?;
+    api.engine
+        .catalog
+        .privilege(role, database)
+        .await?
+        .ok_or_else(|| {
+            SqlError::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("permission denied for database \"{database}\""),
+            )
+        })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    statements: Vec<StatementRequest>,
+    #[serde(default)]
+    transaction: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatementRequest {
+    sql: String,
+    #[serde(default)]
+    params: Vec<Json_>,
+}
+
+fn param(value: &Json_, index: usize) -> Result<Value, SqlError> {
+    Ok(match value {
+        Json_::Null => Value::Null,
+        Json_::Bool(b) => Value::Integer(i64::from(*b)),
+        Json_::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json_::String(s) => Value::Text(s.clone()),
+        _ => {
+            return Err(SqlError::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "parameter {}: null, a boolean, a number or a string",
+                    index + 1
+                ),
+            ));
+        }
+    })
+}
+
+fn result_json(result: &crate::engine::StatementResult) -> Json_ {
+    let rows: Vec<Json_> = result
+        .rows
+        .iter()
+        .map(|row| Json_::Array(row.iter().map(Value::to_json).collect()))
+        .collect();
+    json!({
+        "columns": result.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+        "types": result.columns.iter().map(|c| c.ty.sqlite_name()).collect::<Vec<_>>(),
+        "rows": rows,
+        "rows_affected": result.rows_affected,
+        "last_insert_id": result.last_insert_id,
+    })
+}
+
+async fn query(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let role = match caller(&api, &headers).await {
+        Ok(role) => role,
+        Err(err) => return failure(&err),
+    };
+    let level = match privilege(&api, &role, &name).await {
+        Ok(level) => level,
+        Err(err) => return failure(&err),
+    };
+    let request: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return failure(&SqlError::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "expected {{\"statements\":[{{\"sql\":\"…\",\"params\":[…]}}],\"transaction\":false}}: {err}"
+                ),
+            ));
+        }
+    };
+    if request.statements.is_empty() || request.statements.len() > 1000 {
+        return failure(&SqlError::new(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            "1 to 1000 statements per request",
+        ));
+    }
+    let db = match api.engine.database(&name).await {
+        Ok(db) => db,
+        Err(err) => return failure(&err),
+    };
+    let limits = SessionLimits {
+        max_rows: api.limits.max_rows,
+        ..api.session_limits
+    };
+    let mut session = Session::new(db, limits);
+    let outcome = run_request(&api, &mut session, &role, level, &request).await;
+    session.close().await;
+    outcome
+}
+
+async fn run_request(
+    api: &Api,
+    session: &mut Session,
+    role: &str,
+    level: Privilege,
+    request: &QueryRequest,
+) -> Response {
+    let mut results = Vec::with_capacity(request.statements.len());
+    let mut size = 0usize;
+    if request.transaction
+        && let Err(err) = session.execute("BEGIN", &[]).await
+    {
+        return failure(&err);
+    }
+    for (index, statement) in request.statements.iter().enumerate() {
+        let outcome = async {
+            let params = statement
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, v)| param(v, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            if level == Privilege::Read && !crate::pg::is_read_only(&statement.sql) {
+                return Err(SqlError::new(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("permission denied: role \"{role}\" may only read this database"),
+                ));
+            }
+            let caller = crate::engine::admin::Caller {
+                role,
+                superuser: api.engine.catalog.is_superuser(role).await?,
+            };
+            if let Some(answer) =
+                crate::engine::admin::answer(&api.engine, caller, &statement.sql).await
+            {
+                return answer;
+            }
+            let sql = crate::engine::split::rewrite_parameters(&statement.sql).0;
+            session.execute(&sql, &params).await
+        }
+        .await;
+        match outcome {
+            Ok(result) => {
+                let json = result_json(&result);
+                size += json.to_string().len();
+                if size > api.limits.max_response_bytes {
+                    let err = SqlError::new(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        format!(
+                            "the answer is larger than {} bytes",
+                            api.limits.max_response_bytes
+                        ),
+                    );
+                    return failure(&err);
+                }
+                results.push(json);
+            }
+            Err(err) if request.transaction => {
+                let _ = session.execute("ROLLBACK", &[]).await;
+                return (
+                    sql_status(&err),
+                    Json(json!({ "error": error_json(&err), "statement": index })),
+                )
+                    .into_response();
+            }
+            Err(err) => results.push(json!({ "error": error_json(&err) })),
+        }
+    }
+    if request.transaction
+        && let Err(err) = session.execute("COMMIT", &[]).await
+    {
+        return failure(&err);
+    }
+    Json(json!({ "results": results })).into_response()
+}
+
+async fn list_databases(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let role = match caller(&api, &headers).await {
+        Ok(role) => role,
+        Err(err) => return failure(&err),
+    };
+    let names = match api.engine.databases().await {
+        Ok(names) => names,
+        Err(err) => return failure(&err),
+    };
+    let mut visible = Vec::new();
+    for name in names {
+        if let Ok(Some(level)) = api.engine.catalog.privilege(&role, &name).await {
+            visible.push(json!({ "name": name, "privilege": level }));
+        }
+    }
+    Json(json!({ "databases": visible })).into_response()
+}
+
+async fn superuser(api: &Api, headers: &HeaderMap) -> Result<String, SqlError> {
+    let role = caller(api, headers).await?;
+    if api.engine.catalog.is_superuser(&role).await? {
+        Ok(role)
+    } else {
+        Err(SqlError::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!("role \"{role}\" is not a superuser"),
+        ))
+    }
+}
+
+async fn create_database(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(err) = superuser(&api, &headers).await {
+        return failure(&err);
+    }
+    match api.engine.create_database(&name).await {
+        Ok(()) => (StatusCode::CREATED, Json(json!({ "name": name }))).into_response(),
+        Err(err) => failure(&err),
+    }
+}
+
+async fn drop_database(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(err) = superuser(&api, &headers).await {
+        return failure(&err);
+    }
+    match api.engine.drop_database(&name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => failure(&err),
+    }
+}
+
+/// A scratch file beside the databases, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn scratch(api: &Api, name: &str, what: &str) -> Scratch {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Scratch(
+        api.engine
+            .path_of(name)
+            .with_extension(format!("{what}-{nanos}")),
+    )
+}
+
+async fn backup(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    let role = match caller(&api, &headers).await {
+        Ok(role) => role,
+        Err(err) => return failure(&err),
+    };
+    if let Err(err) = privilege(&api, &role, &name).await {
+        return failure(&err);
+    }
+    let file = scratch(&api, &name, "backup");
+    if let Err(err) = api.engine.backup_to(&name, &file.0).await {
+        return failure(&err);
+    }
+    match tokio::fs::read(&file.0).await {
+        Ok(bytes) => (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/vnd.sqlite3".to_owned(),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{name}.db\""),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(err) => failure(&SqlError::new(sqlstate::INTERNAL_ERROR, err.to_string())),
+    }
+}
+
+async fn restore(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let role = match caller(&api, &headers).await {
+        Ok(role) => role,
+        Err(err) => return failure(&err),
+    };
+    let allowed = match api.engine.catalog.is_superuser(&role).await {
+        Ok(true) => true,
+        _ => matches!(
+            api.engine.catalog.privilege(&role, &name).await,
+            Ok(Some(Privilege::Admin))
+        ),
+    };
+    if !allowed {
+        return failure(&SqlError::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!("restoring \"{name}\" needs admin on it"),
+        ));
+    }
+    let file = scratch(&api, &name, "upload");
+    if let Err(err) = tokio::fs::write(&file.0, &body).await {
+        return failure(&SqlError::new(sqlstate::INTERNAL_ERROR, err.to_string()));
+    }
+    match api.engine.restore_from(&name, &file.0).await {
+        Ok(()) => Json(json!({ "restored": name, "bytes": body.len() })).into_response(),
+        Err(err) => failure(&err),
+    }
+}
+
+async fn create_token(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let role = match caller(&api, &headers).await {
+        Ok(role) => role,
+        Err(err) => return failure(&err),
+    };
+    match api.engine.catalog.create_token(&role).await {
+        Ok(token) => (
+            StatusCode::CREATED,
+            Json(json!({ "token": token, "role": role })),
+        )
+            .into_response(),
+        Err(err) => failure(&err),
+    }
+}
