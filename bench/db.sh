@@ -41,7 +41,7 @@ trap cleanup EXIT
 # PostgreSQL: a fresh cluster, defaults (fsync, synchronous_commit and full_page_writes on).
 mkdir -p "$work/pg" && chown "$( [ -n "${as_postgres[*]}" ] && echo postgres || id -un )" "$work/pg"
 "${as_postgres[@]}" "$PGBIN/initdb" -D "$work/pg" -U bench --auth=trust >/dev/null
-"${as_postgres[@]}" "$PGBIN/pg_ctl" -D "$work/pg" -o "-p $PG_PORT -k $work -c listen_addresses=127.0.0.1 -c max_connections=50" -l "$work/pg.log" -w start >/dev/null
+"${as_postgres[@]}" "$PGBIN/pg_ctl" -D "$work/pg" -o "-p $PG_PORT -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=50" -l "$work/pg/server.log" -w start >/dev/null
 pg() { "$PGBIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U bench "$@"; }
 echo "loading PostgreSQL (pgbench -i -s $SCALE)" >&2
 pg -i -q -s "$SCALE" postgres >/dev/null 2>&1
