@@ -6,6 +6,7 @@
 //! and the tests all start a role the same way.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod environment;
 pub mod framing;

@@ -8,6 +8,7 @@
 //! The HTTP listener serves `/healthz` and `/metrics`; the HTTP SQL API, backups and the
 //! PostgreSQL upstream mode are still to come.
 
+pub mod cli;
 pub mod engine;
 pub mod http;
 pub mod pg;
@@ -48,7 +49,9 @@ pub async fn run(
         },
         readers: db.readers,
     };
-    let engine = Arc::new(engine::Engine::open(&config.data_dir.join("db"), options).await?);
+    let dir = config.data_dir.join("db");
+    let _lock = engine::lock_dir(&dir)?;
+    let engine = Arc::new(engine::Engine::open(&dir, options).await?);
     // Development starts with the database `quartet`; elsewhere the administrator makes them.
     let first_database = (config.environment == Environment::Development).then_some("quartet");
     engine
@@ -90,6 +93,16 @@ pub async fn run(
         },
         move |stream, _peer| Arc::clone(&service).serve(stream),
     );
+    if let Ok(Some(every)) = common::config::parse_interval(&db.backup.every) {
+        let stop = server.shutdown.token().clone();
+        tokio::spawn(engine::backup::run_schedule(
+            Arc::clone(&engine),
+            dir.clone(),
+            every,
+            db.backup.keep,
+            stop,
+        ));
+    }
     server.run_until_shutdown().await;
     engine.close().await;
     Ok(())

@@ -25,3 +25,83 @@ fn staging_serves_the_http_api_over_tls_only() {
         .with_generated_tls();
     run_binary_lifecycle(Path::new(BIN), &test, 2, "db http", Some(&ca), |_| {});
 }
+
+/// `psql -At -c SQL` against the server at `addr` as the development administrator.
+fn psql(addr: std::net::SocketAddr, sql: &str) -> String {
+    let output = std::process::Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=quartet dbname=quartet sslmode=disable",
+            addr.port()
+        ))
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", "quartet")
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn snapshot_command(test: &TestConfig, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .envs(test.child_env())
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(test.dir.path())
+        .output()
+        .expect("db-server runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn a_commit_survives_kill_9_and_snapshots_restore_by_hand() {
+    use common::testing::Binary;
+    let test = TestConfig::new(Environment::Development);
+    let mut server = Binary::spawn(Path::new(BIN), &[], &test.child_env(), test.dir.path());
+    let addrs = server.wait_for_listeners(2);
+    psql(addrs["db pg"], "CREATE TABLE t (n INTEGER)");
+    psql(
+        addrs["db pg"],
+        "BEGIN; INSERT INTO t VALUES (1), (2); COMMIT;",
+    );
+    // Acknowledged means on disk: SIGKILL right after loses nothing.
+    server.signal("KILL");
+    server.wait_exit(std::time::Duration::from_secs(5));
+
+    let mut server = Binary::spawn(Path::new(BIN), &[], &test.child_env(), test.dir.path());
+    let addrs = server.wait_for_listeners(2);
+    assert_eq!(psql(addrs["db pg"], "SELECT sum(n) FROM t"), "3\n");
+
+    // A backup while the server runs; a restore needs it stopped.
+    let snapshot = test.dir.path().join("by-hand.db");
+    let (ok, text) = snapshot_command(&test, &["backup", "quartet", snapshot.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(text.contains("integrity_check ok"), "{text}");
+    let (ok, text) = snapshot_command(&test, &["backup", "quartet", snapshot.to_str().unwrap()]);
+    assert!(!ok && text.contains("never overwrites"), "{text}");
+    psql(addrs["db pg"], "DELETE FROM t");
+    let (ok, text) = snapshot_command(&test, &["restore", "quartet", snapshot.to_str().unwrap()]);
+    assert!(!ok && text.contains("stop db-server first"), "{text}");
+    server.signal("TERM");
+    assert!(
+        server
+            .wait_exit(std::time::Duration::from_secs(15))
+            .is_some()
+    );
+    let (ok, text) = snapshot_command(&test, &["restore", "quartet", snapshot.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let mut server = Binary::spawn(Path::new(BIN), &[], &test.child_env(), test.dir.path());
+    let addrs = server.wait_for_listeners(2);
+    assert_eq!(psql(addrs["db pg"], "SELECT sum(n) FROM t"), "3\n");
+    server.signal("TERM");
+    server.wait_exit(std::time::Duration::from_secs(15));
+}

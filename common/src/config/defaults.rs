@@ -59,6 +59,8 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
         ("db.http_max_response_bytes", ValueKind::from(16_777_216u64)),
         ("db.http_max_body_bytes", ValueKind::from(1_048_576u64)),
         ("db.max_restore_bytes", ValueKind::from(1_073_741_824u64)),
+        ("db.backup.every", ValueKind::from("24h")),
+        ("db.backup.keep", ValueKind::from(7u64)),
         ("mail.smtp_listen", pick("127.0.0.1:2525", "0.0.0.0:25")),
         (
             "mail.submission_listen",

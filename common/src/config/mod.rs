@@ -102,6 +102,47 @@ pub struct DbConfig {
     pub http_max_body_bytes: usize,
     /// Largest snapshot `POST /db/{name}/restore` accepts.
     pub max_restore_bytes: usize,
+    /// Scheduled snapshots of every database.
+    pub backup: BackupConfig,
+}
+
+/// `[db.backup]`: snapshots under `data_dir/db/backups/{database}/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// How often: `30m`, `6h`, `1d`…; `0` or `off` for never.
+    pub every: String,
+    /// Snapshots kept per database (the oldest go first).
+    pub keep: usize,
+}
+
+/// A duration as written in configuration: a number and a unit (`s`, `m`, `h`, `d`); `0` or
+/// `off` is none.
+pub fn parse_interval(text: &str) -> Result<Option<std::time::Duration>, String> {
+    let text = text.trim();
+    if text == "0" || text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30m, 6h or 1d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?} is not a duration like 30m, 6h or 1d")),
+    };
+    if number == 0 {
+        return Ok(None);
+    }
+    Ok(Some(std::time::Duration::from_secs(
+        number.saturating_mul(seconds),
+    )))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

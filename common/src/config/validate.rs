@@ -184,6 +184,12 @@ impl Config {
             if self.db.readers == 0 || self.db.readers > 64 {
                 problems.push(problem("db.readers", "between 1 and 64".into()));
             }
+            if let Err(reason) = super::parse_interval(&self.db.backup.every) {
+                problems.push(problem("db.backup.every", reason));
+            }
+            if self.db.backup.keep == 0 {
+                problems.push(problem("db.backup.keep", "keep at least 1 snapshot".into()));
+            }
             if self.db.max_connections == 0 {
                 problems.push(problem("db.max_connections", "must be at least 1".into()));
             }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod database;
 pub mod error;
 pub mod infer;
@@ -37,6 +38,33 @@ pub fn valid_database_name(name: &str) -> bool {
 /// Role names: the same rule as databases.
 pub fn valid_role_name(name: &str) -> bool {
     valid_database_name(name)
+}
+
+/// Holds `dir/.lock` for as long as it lives: one db-server per data folder, and no offline
+/// restore while one runs.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+/// Takes the data folder's lock, or says who holds it.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, SqlError> {
+    let path = dir.join(".lock");
+    let busy = || {
+        SqlError::new(
+            sqlstate::OBJECT_IN_USE,
+            format!("{} is in use by a running db-server", dir.display()),
+        )
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| SqlError::new(sqlstate::INTERNAL_ERROR, format!("{}: {e}", dir.display())))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SqlError::new(sqlstate::INTERNAL_ERROR, format!("{}: {e}", path.display())))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(DirLock)
+        .map_err(|_| busy())
 }
 
 /// Every database of this server, opened on first use.
