@@ -103,6 +103,29 @@ async fn psql_over_tls_with_scram_runs_statements_and_reports_sqlstates() {
         assert!(out.contains("\n15.6\n"), "{out}");
         assert!(out.contains("quartet|quartet"), "{out}");
 
+        // psql's meta-commands read the emulated catalog.
+        let (ok, out, err) = psql(
+            addr,
+            &ca,
+            "quartet",
+            "quartet",
+            "quartet",
+            &["-c", "\\l", "-c", "\\dt", "-c", "\\d t", "-c", "\\du"],
+        );
+        assert!(ok, "{out}{err}");
+        assert!(
+            out.contains("List of databases") && out.contains(" quartet "),
+            "{out}"
+        );
+        assert!(out.contains(" public | t    | table | quartet"), "{out}");
+        assert!(out.contains("Table \"public.t\""), "{out}");
+        assert!(
+            out.contains(" id     | bigint           |           | not null |"),
+            "{out}"
+        );
+        assert!(out.contains(" score  | double precision |"), "{out}");
+        assert!(out.contains("Superuser"), "{out}");
+
         // Failures carry PostgreSQL's SQLSTATEs.
         for (sql, code) in [
             ("SELECT * FROM missing", "42P01"),

@@ -7,6 +7,7 @@
 //! Each connection gets its own handlers (pgwire asks for them once per connection), holding
 //! the session on its database, opened after authentication.
 
+mod catalog;
 mod compat;
 mod encode;
 mod startup;
@@ -297,6 +298,9 @@ async fn run_statement(
     if let Some(answer) = compat::answer(original, &mut open.settings) {
         return answer;
     }
+    if let Some(answer) = catalog::answer(original, engine, &mut open.session, &open.user).await {
+        return answer;
+    }
     if open.privilege == Privilege::Read && !is_read_only(sql) {
         return Err(SqlError::new(
             sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -410,8 +414,25 @@ impl QueryParser for Parser {
         // Only the shape of a SET/SHOW's answer is wanted here; it runs at Execute.
         let mut scratch = open.settings.clone();
         let admin = crate::engine::admin::is_admin(statement);
+        let catalog_columns = if catalog::is_catalog_query(statement) {
+            let answer = catalog::answer(
+                statement,
+                &self.service.engine,
+                &mut open.session,
+                &open.user,
+            )
+            .await;
+            match answer {
+                Some(Ok(result)) => Some(result.columns),
+                Some(Err(err)) => return Err(user_error(&err)),
+                None => None,
+            }
+        } else {
+            None
+        };
         let (columns, parameters) = match compat::answer(statement, &mut scratch) {
             _ if admin => (Vec::new(), 0),
+            _ if catalog_columns.is_some() => (catalog_columns.unwrap_or_default(), 0),
             Some(Ok(result)) => (result.columns, 0),
             Some(Err(err)) => return Err(user_error(&err)),
             None => open
