@@ -249,13 +249,13 @@ async fn drivers_see_transactions_isolation_failed_state_and_cancel() {
         .prepare("INSERT INTO accounts (owner, balance) VALUES ($1, $2)")
         .await
         .unwrap();
-    for (owner, balance) in [("ann", "100"), ("bob", "50")] {
+    for (owner, balance) in [("ann", 100i64), ("bob", 50i64)] {
         assert_eq!(a.execute(&insert, &[&owner, &balance]).await.unwrap(), 1);
     }
     let rows = a
         .query(
             "SELECT id, owner, balance FROM accounts WHERE balance >= $1 ORDER BY id",
-            &[&"60"],
+            &[&60i64],
         )
         .await
         .unwrap();
@@ -263,6 +263,26 @@ async fn drivers_see_transactions_isolation_failed_state_and_cancel() {
     assert_eq!(rows[0].get::<_, i64>("id"), 1);
     assert_eq!(rows[0].get::<_, String>("owner"), "ann");
     assert_eq!(rows[0].get::<_, i64>("balance"), 100);
+
+    // Parameters the client leaves untyped are described from the schema: an i64 for an
+    // INTEGER column, a string for a TEXT one, a float for a REAL one.
+    let statement = a
+        .prepare("SELECT owner FROM accounts WHERE id = $1 AND owner <> $2 LIMIT $3")
+        .await
+        .unwrap();
+    assert_eq!(
+        statement.params(),
+        &[
+            tokio_postgres::types::Type::INT8,
+            tokio_postgres::types::Type::TEXT,
+            tokio_postgres::types::Type::INT8
+        ]
+    );
+    let rows = a
+        .query(&statement, &[&2i64, &"nobody", &5i64])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "bob");
 
     // Isolation: b does not see a's uncommitted change; ROLLBACK undoes it.
     a.batch_execute("BEGIN; UPDATE accounts SET balance = 0 WHERE owner = 'ann'")

@@ -155,3 +155,171 @@ mod tests {
         assert_eq!(expression_type("name"), None);
     }
 }
+
+/// What a statement tells about its parameters (`?N` after rewriting): the column each is
+/// compared with or stored into, or that it must be an integer (LIMIT, OFFSET).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParameterUse {
+    Column(String),
+    Integer,
+}
+
+/// Tokens of the code of `sql` (strings and comments left out).
+fn code_tokens(sql: &str) -> Vec<String> {
+    let mask = super::split::code_mask(sql);
+    let bytes = sql.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !mask[i] || bytes[i].is_ascii_whitespace() {
+            // A string literal stands as one opaque token, so `x = 'a'` is not `x = ?`.
+            if !mask[i] && !bytes[i].is_ascii_whitespace() && tokens.last().is_none_or(|t| t != "'")
+            {
+                tokens.push("'".to_owned());
+            }
+            i += 1;
+            continue;
+        }
+        let start = i;
+        if is_word(bytes[i]) || bytes[i] == b'?' {
+            i += 1;
+            while i < bytes.len() && mask[i] && (is_word(bytes[i]) || bytes[i] == b'.') {
+                i += 1;
+            }
+        } else if i + 1 < bytes.len() && matches!(&sql[i..i + 2], "<=" | ">=" | "<>" | "!=" | "==")
+        {
+            i += 2;
+        } else {
+            i += 1;
+        }
+        tokens.push(sql[start..i].to_ascii_lowercase());
+    }
+    tokens
+}
+
+/// How each parameter of `sql` is used, by parameter number (1-based).
+pub fn parameter_uses(sql: &str) -> std::collections::BTreeMap<usize, ParameterUse> {
+    let tokens = code_tokens(sql);
+    let param = |t: &str| t.strip_prefix('?').and_then(|n| n.parse::<usize>().ok());
+    let column = |t: &str| {
+        let name = t.rsplit('.').next().unwrap_or(t);
+        (!name.is_empty() && name.bytes().all(is_word) && !name.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| name.to_owned())
+    };
+    // Compared with a column, or computed with one: the column's type.
+    let comparison = [
+        "=", "==", "<", ">", "<=", ">=", "<>", "!=", "like", "+", "-", "*", "/",
+    ];
+    let mut uses = std::collections::BTreeMap::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let Some(n) = param(token) else { continue };
+        let before = i.checked_sub(1).map(|j| tokens[j].as_str());
+        let before2 = i.checked_sub(2).map(|j| tokens[j].as_str());
+        let after = tokens.get(i + 1).map(String::as_str);
+        let after2 = tokens.get(i + 2).map(String::as_str);
+        let found = if matches!(before, Some("limit" | "offset")) {
+            Some(ParameterUse::Integer)
+        } else if let (Some(op), Some(name)) = (before, before2)
+            && comparison.contains(&op)
+        {
+            column(name).map(ParameterUse::Column)
+        } else if let (Some(op), Some(name)) = (after, after2)
+            && comparison.contains(&op)
+        {
+            column(name).map(ParameterUse::Column)
+        } else {
+            None
+        };
+        if let Some(found) = found {
+            uses.entry(n).or_insert(found);
+        }
+    }
+    // INSERT INTO t (a, b, …) VALUES (?1, ?2, …): by position.
+    if let Some(into) = tokens.iter().position(|t| t == "into")
+        && tokens.get(into + 2).map(String::as_str) == Some("(")
+    {
+        let names_end = tokens[into + 3..]
+            .iter()
+            .position(|t| t == ")")
+            .map(|p| p + into + 3);
+        let values = tokens.iter().position(|t| t == "values");
+        if let (Some(end), Some(values)) = (names_end, values) {
+            let names: Vec<&String> = tokens[into + 3..end].iter().filter(|t| *t != ",").collect();
+            let mut position = 0;
+            for token in tokens[values..].iter().skip(2) {
+                match token.as_str() {
+                    ")" => break,
+                    "," => position += 1,
+                    t => {
+                        if let (Some(n), Some(name)) = (param(t), names.get(position)) {
+                            uses.entry(n)
+                                .or_insert(ParameterUse::Column((*name).clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    uses
+}
+
+/// The tables a statement reads or writes (after FROM, JOIN, UPDATE, INTO).
+pub fn tables_named(sql: &str) -> Vec<String> {
+    let tokens = code_tokens(sql);
+    let mut tables = Vec::new();
+    for window in tokens.windows(2) {
+        if matches!(window[0].as_str(), "from" | "join" | "update" | "into")
+            && window[1].bytes().all(|b| is_word(b) || b == b'.')
+        {
+            let name = window[1].rsplit('.').next().unwrap_or("").to_owned();
+            if !name.is_empty() && !tables.contains(&name) {
+                tables.push(name);
+            }
+        }
+    }
+    tables
+}
+
+/// The column type a declared SQLite type stands for.
+pub fn declared_type(declared: &str) -> ColumnType {
+    let lower = declared.to_ascii_lowercase();
+    if lower.contains("int") {
+        ColumnType::Int8
+    } else if lower.contains("char") || lower.contains("text") || lower.contains("clob") {
+        ColumnType::Text
+    } else if lower.contains("real") || lower.contains("floa") || lower.contains("doub") {
+        ColumnType::Float8
+    } else if lower.contains("blob") {
+        ColumnType::Bytea
+    } else if lower.contains("bool") {
+        ColumnType::Bool
+    } else {
+        ColumnType::Text
+    }
+}
+
+#[cfg(test)]
+mod parameter_tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_matched_with_their_columns() {
+        let uses = parameter_uses(
+            "SELECT a FROM t WHERE t.aid = ?1 AND ?2 < score AND name = 'x' LIMIT ?3",
+        );
+        assert_eq!(uses[&1], ParameterUse::Column("aid".into()));
+        assert_eq!(uses[&2], ParameterUse::Column("score".into()));
+        assert_eq!(uses[&3], ParameterUse::Integer);
+        let uses = parameter_uses("INSERT INTO accounts (owner, balance) VALUES (?1, ?2)");
+        assert_eq!(uses[&1], ParameterUse::Column("owner".into()));
+        assert_eq!(uses[&2], ParameterUse::Column("balance".into()));
+        let uses = parameter_uses("UPDATE t SET abalance = abalance + ?1 WHERE aid = ?2");
+        assert_eq!(uses[&1], ParameterUse::Column("abalance".into()));
+        assert_eq!(uses[&2], ParameterUse::Column("aid".into()));
+        assert_eq!(
+            tables_named("select * from a join b on a.x = b.y where 1"),
+            ["a", "b"]
+        );
+        assert_eq!(declared_type("VARCHAR(10)"), ColumnType::Text);
+    }
+}

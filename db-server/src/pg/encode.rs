@@ -180,8 +180,9 @@ fn bytea_from_text(text: &str) -> Option<Vec<u8>> {
     Some(text.as_bytes().to_vec())
 }
 
-/// The Bind's parameters as engine values, by their declared types (text when undeclared).
-pub fn parameters(portal: &Portal<Prepared>) -> Result<Vec<Value>, SqlError> {
+/// The Bind's parameters as engine values, by the types the client declared, else the ones
+/// Describe announced (`inferred`).
+pub fn parameters(portal: &Portal<Prepared>, inferred: &[Type]) -> Result<Vec<Value>, SqlError> {
     let declared = &portal.statement.parameter_types;
     let mut values = Vec::with_capacity(portal.parameter_len());
     for (index, raw) in portal.parameters.iter().enumerate() {
@@ -189,7 +190,11 @@ pub fn parameters(portal: &Portal<Prepared>) -> Result<Vec<Value>, SqlError> {
             values.push(Value::Null);
             continue;
         };
-        let ty = declared.get(index).cloned().flatten();
+        let ty = declared
+            .get(index)
+            .cloned()
+            .flatten()
+            .or_else(|| inferred.get(index).cloned());
         let binary = format_at(&portal.parameter_format, index) == FieldFormat::Binary;
         let bad = |what: &str| {
             SqlError::new("22P02", format!("parameter ${}: invalid {what}", index + 1))

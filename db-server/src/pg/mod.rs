@@ -166,7 +166,8 @@ pub(crate) struct Prepared {
     /// With `$N` as `?N` and session functions replaced: what SQLite runs.
     sql: String,
     columns: Vec<Column>,
-    parameters: usize,
+    /// Each parameter's type: the client's, else inferred from the schema, else text.
+    parameter_types: Vec<Type>,
 }
 
 struct QueryHandler {
@@ -371,6 +372,56 @@ impl SimpleQueryHandler for QueryHandler {
     }
 }
 
+/// Types for the `count` parameters of `sql`: what the client declared, else the type of the
+/// column each is compared with or stored into (read from the tables the statement names),
+/// else text, which every client can send.
+async fn infer_parameter_types(
+    session: &mut Session,
+    sql: &str,
+    declared: &[Option<Type>],
+    count: usize,
+) -> Vec<Type> {
+    use crate::engine::infer::{ParameterUse, declared_type, parameter_uses, tables_named};
+    let uses = parameter_uses(sql);
+    let mut columns: HashMap<String, ColumnType> = HashMap::new();
+    if uses.values().any(|u| matches!(u, ParameterUse::Column(_))) {
+        for table in tables_named(sql) {
+            let pragma = format!("PRAGMA table_info(\"{}\")", table.replace('"', "\"\""));
+            if let Ok(info) = session.execute(&pragma, &[]).await {
+                for row in info.rows {
+                    if let (
+                        Some(crate::engine::value::Value::Text(name)),
+                        Some(crate::engine::value::Value::Text(ty)),
+                    ) = (row.get(1), row.get(2))
+                    {
+                        columns
+                            .entry(name.to_ascii_lowercase())
+                            .or_insert_with(|| declared_type(ty));
+                    }
+                }
+            }
+        }
+    }
+    (1..=count)
+        .map(|n| {
+            if let Some(Some(ty)) = declared.get(n - 1) {
+                return ty.clone();
+            }
+            match uses.get(&n) {
+                Some(ParameterUse::Integer) => Type::INT8,
+                Some(ParameterUse::Column(name)) => match columns.get(name) {
+                    Some(ColumnType::Int8) => Type::INT8,
+                    Some(ColumnType::Float8) => Type::FLOAT8,
+                    Some(ColumnType::Bool) => Type::BOOL,
+                    Some(ColumnType::Bytea) => Type::BYTEA,
+                    _ => Type::TEXT,
+                },
+                None => Type::TEXT,
+            }
+        })
+        .collect()
+}
+
 /// Parses (prepares) statements for the extended protocol: their result columns and number of
 /// parameters come from SQLite, on the session's connection.
 pub(crate) struct Parser {
@@ -387,7 +438,7 @@ impl QueryParser for Parser {
         &self,
         client: &C,
         sql: &str,
-        _types: &[Option<Type>],
+        types: &[Option<Type>],
     ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
@@ -441,17 +492,19 @@ impl QueryParser for Parser {
                 .await
                 .map_err(|err| user_error(&err))?,
         };
+        let count = parameters.max(highest);
+        let parameter_types =
+            infer_parameter_types(&mut open.session, &rewritten, types, count).await;
         Ok(Some(Prepared {
             original: statement.to_owned(),
             sql: rewritten,
             columns,
-            parameters: parameters.max(highest),
+            parameter_types,
         }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
-        // SQLite does not type parameters; text is what every client can send.
-        Ok(vec![Type::TEXT; stmt.parameters])
+        Ok(stmt.parameter_types.clone())
     }
 
     fn get_result_schema(
@@ -488,7 +541,8 @@ impl ExtendedQueryHandler for QueryHandler {
         let mut state = self.state.lock().await;
         let open = open_session(&self.service, &self.registered, &mut state, client).await?;
         let prepared = &portal.statement.statement;
-        let params = encode::parameters(portal).map_err(|err| user_error(&err))?;
+        let params = encode::parameters(portal, &prepared.parameter_types)
+            .map_err(|err| user_error(&err))?;
         match run_statement(
             &self.service.engine,
             open,
