@@ -21,7 +21,9 @@ use super::error::{SqlError, sqlstate};
 /// How durable a COMMIT is (`db.synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// fsync on every commit: a COMMIT acknowledged is on disk.
+    /// A COMMIT acknowledged is on disk: its WAL frames are fsynced before the answer, by a
+    /// group commit ([`GroupSync`]) that covers every transaction committed meanwhile with
+    /// one fsync.
     Full,
     /// fsync at checkpoints only: the last commits can be lost on power failure, never on a
     /// crash of db-server alone.
@@ -90,22 +92,68 @@ pub struct Conn {
     pub interrupt: Arc<Interrupt>,
 }
 
-async fn connect(
-    path: &Path,
-    options: &DatabaseOptions,
-    read_only: bool,
-    create: bool,
-) -> Result<Conn, SqlError> {
+/// Group commit: a COMMIT returns from SQLite without an fsync (`synchronous=NORMAL` in WAL
+/// mode), the writer goes on to the next transaction, and the committed session waits here
+/// until one fsync of the WAL covers its frames. Whoever finds no fsync in progress does one
+/// for everything written so far; the others wait for it. SQLite itself fsyncs the WAL before
+/// every checkpoint, so frames moved into the database file stay durable.
+#[derive(Debug)]
+pub struct GroupSync {
+    wal: PathBuf,
+    /// Commits finished (their frames are in the WAL file).
+    written: AtomicU64,
+    /// Commits known to be on disk.
+    synced: AtomicU64,
+    leader: tokio::sync::Mutex<()>,
+}
+
+impl GroupSync {
+    fn new(database: &Path) -> Self {
+        Self {
+            wal: PathBuf::from(format!("{}-wal", database.display())),
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            leader: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Returns once the commit that just finished is on disk.
+    pub async fn durable(&self) -> Result<(), SqlError> {
+        let mine = self.written.fetch_add(1, Ordering::AcqRel) + 1;
+        let _leader = self.leader.lock().await;
+        if self.synced.load(Ordering::Acquire) >= mine {
+            return Ok(()); // an fsync that started after our commit covered it
+        }
+        let covered = self.written.load(Ordering::Acquire);
+        let wal = self.wal.clone();
+        let synced = tokio::task::spawn_blocking(move || match std::fs::File::open(&wal) {
+            Ok(file) => file.sync_data(),
+            // No WAL file: nothing waits in one (the last connection checkpointed it away).
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(err),
+        })
+        .await
+        .map_err(|e| SqlError::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
+        synced.map_err(|e| {
+            SqlError::new(
+                sqlstate::DISK_FULL,
+                format!("cannot make the commit durable: {e}"),
+            )
+        })?;
+        self.synced.fetch_max(covered, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+async fn connect(path: &Path, read_only: bool, create: bool) -> Result<Conn, SqlError> {
     let connect = SqliteConnectOptions::from_str("sqlite:")
         .map_err(|e| SqlError::new(sqlstate::INTERNAL_ERROR, e.to_string()))?
         .filename(path)
         .create_if_missing(create)
         .read_only(read_only)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(match options.durability {
-            Durability::Full => SqliteSynchronous::Full,
-            Durability::Normal => SqliteSynchronous::Normal,
-        })
+        // Full durability fsyncs through GroupSync, after the writer is released.
+        .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         // Writers queue on the writer lock, readers never wait in WAL: a short busy timeout
         // only covers checkpoints.
@@ -134,6 +182,8 @@ pub struct Database {
     pub path: PathBuf,
     writer: Arc<tokio::sync::Mutex<Conn>>,
     readers: ReaderPool,
+    /// Present when COMMITs must be durable before they are acknowledged.
+    pub sync: Option<GroupSync>,
 }
 
 impl Database {
@@ -144,16 +194,17 @@ impl Database {
         options: &DatabaseOptions,
         create: bool,
     ) -> Result<Self, SqlError> {
-        let writer = connect(path, options, false, create).await?;
+        let writer = connect(path, false, create).await?;
         let mut readers = Vec::new();
         for _ in 0..options.readers.max(1) {
-            readers.push(connect(path, options, true, false).await?);
+            readers.push(connect(path, true, false).await?);
         }
         Ok(Self {
             name: name.to_owned(),
             path: path.to_path_buf(),
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             readers: ReaderPool::new(readers),
+            sync: (options.durability == Durability::Full).then(|| GroupSync::new(path)),
         })
     }
 

@@ -232,7 +232,11 @@ impl Session {
                     // A COMMIT that failed (disk full…) must not leave the transaction open.
                     let _ = run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await;
                 }
-                outcome.map(|_| StatementResult::tag_only("COMMIT"))
+                // The next writer may start while this commit is made durable.
+                drop(writer);
+                outcome?;
+                self.durable().await?;
+                Ok(StatementResult::tag_only("COMMIT"))
             }
             (Kind::Commit | Kind::Rollback, TxState::Failed(mut writer))
             | (Kind::Rollback, TxState::Active(mut writer)) => {
@@ -300,7 +304,19 @@ impl Session {
         params: &[Value],
     ) -> Result<StatementResult, SqlError> {
         let mut writer = self.db.writer(self.limits.lock_timeout).await?;
-        run_on(&mut writer, sql, params, self.limits, &self.running).await
+        let result = run_on(&mut writer, sql, params, self.limits, &self.running).await;
+        drop(writer);
+        let result = result?;
+        // An autocommitted change is acknowledged once durable, as a COMMIT is.
+        self.durable().await?;
+        Ok(result)
+    }
+
+    async fn durable(&self) -> Result<(), SqlError> {
+        match &self.db.sync {
+            Some(sync) => sync.durable().await,
+            None => Ok(()),
+        }
     }
 
     /// The result columns and parameter count of `sql`, without running it (Describe).

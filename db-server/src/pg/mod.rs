@@ -156,7 +156,12 @@ struct Open {
     superuser: bool,
     settings: BTreeMap<String, String>,
     pid: i32,
+    /// Statements parsed on this connection, by their text.
+    parsed: HashMap<String, Prepared>,
 }
+
+/// Statements whose description a connection keeps.
+const PARSED_CACHE: usize = 256;
 
 /// A prepared statement of the extended protocol.
 #[derive(Debug, Clone)]
@@ -273,6 +278,7 @@ async fn open_session<'a, C: ClientInfo>(
             superuser,
             settings,
             pid,
+            parsed: HashMap::new(),
         });
     }
     state
@@ -295,6 +301,11 @@ async fn run_statement(
     };
     if let Some(answer) = crate::engine::admin::answer(engine, caller, original).await {
         return answer;
+    }
+    let first = original.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    if matches!(first.as_str(), "CREATE" | "DROP" | "ALTER") {
+        // Column types and parameters described before may change.
+        open.parsed.clear();
     }
     if let Some(answer) = compat::answer(original, &mut open.settings) {
         return answer;
@@ -456,6 +467,17 @@ impl QueryParser for Parser {
         };
         let mut state = self.state.lock().await;
         let open = open_session(&self.service, &self.registered, &mut state, client).await?;
+        // A statement parsed before on this connection (pgbench -M extended parses every
+        // time) is described from the cache; the client's own types still win.
+        if let Some(known) = open.parsed.get(statement) {
+            let mut prepared = known.clone();
+            for (ty, declared) in prepared.parameter_types.iter_mut().zip(types) {
+                if let Some(declared) = declared {
+                    *ty = declared.clone();
+                }
+            }
+            return Ok(Some(prepared));
+        }
         let (rewritten, highest) = rewrite_parameters(&compat::rewrite_functions(
             statement,
             &open.database,
@@ -465,6 +487,7 @@ impl QueryParser for Parser {
         // Only the shape of a SET/SHOW's answer is wanted here; it runs at Execute.
         let mut scratch = open.settings.clone();
         let admin = crate::engine::admin::is_admin(statement);
+        let is_catalog = catalog::is_catalog_query(statement);
         let catalog_columns = if catalog::is_catalog_query(statement) {
             let answer = catalog::answer(
                 statement,
@@ -495,12 +518,18 @@ impl QueryParser for Parser {
         let count = parameters.max(highest);
         let parameter_types =
             infer_parameter_types(&mut open.session, &rewritten, types, count).await;
-        Ok(Some(Prepared {
+        let prepared = Prepared {
             original: statement.to_owned(),
             sql: rewritten,
             columns,
             parameter_types,
-        }))
+        };
+        // Schema changes make the cache stale: it is kept only for plain queries and DML, and
+        // cleared whenever the connection runs DDL.
+        if !admin && !is_catalog && open.parsed.len() < PARSED_CACHE {
+            open.parsed.insert(statement.to_owned(), prepared.clone());
+        }
+        Ok(Some(prepared))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
