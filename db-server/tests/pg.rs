@@ -344,3 +344,75 @@ async fn drivers_see_transactions_isolation_failed_state_and_cancel() {
     drop((a, b));
     role.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn psycopg_and_pgbench_in_all_three_modes() {
+    let test = TestConfig::new(Environment::Development);
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let addr = role.addr("pg");
+    let ca = test.data_dir().join("tls/ca.pem");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/psycopg_check.py");
+    let dir = test.dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        // Debian's python3-psycopg, for Debian's python3.
+        let conninfo = format!(
+            "host=localhost hostaddr=127.0.0.1 port={} user=quartet password=quartet dbname=quartet sslmode=verify-full sslrootcert={}",
+            addr.port(),
+            ca.display()
+        );
+        let output = std::process::Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(&conninfo)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success() && text.contains("OK"), "{text}");
+
+        // pgbench with a custom script, in each protocol mode.
+        let (ok, out, err) = psql(
+            addr,
+            &ca,
+            "quartet",
+            "quartet",
+            "quartet",
+            &["-c", "CREATE TABLE bench (id INTEGER PRIMARY KEY, n INTEGER)",
+              "-c", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100) INSERT INTO bench SELECT x, 0 FROM c"],
+        );
+        assert!(ok, "{out}{err}");
+        let bench_script = dir.join("bench.sql");
+        std::fs::write(
+            &bench_script,
+            "\\set id random(1, 100)\nSELECT n FROM bench WHERE id = :id;\nBEGIN;\nUPDATE bench SET n = n + 1 WHERE id = :id;\nEND;\n",
+        )
+        .unwrap();
+        let pgbench = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| versions.filter_map(Result::ok).map(|v| v.path().join("bin/pgbench")).find(|p| p.is_file()))
+            .expect("pgbench (Debian's postgresql package)");
+        for mode in ["simple", "extended", "prepared"] {
+            let output = std::process::Command::new(&pgbench)
+                .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "-U", "quartet"])
+                .args(["-n", "-c", "4", "-j", "2", "-t", "50", "-M", mode, "-f"])
+                .arg(&bench_script)
+                .arg("quartet")
+                .env("PGPASSWORD", "quartet")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "-M {mode}: {text}");
+            assert!(text.contains("number of transactions actually processed: 200/200"), "-M {mode}: {text}");
+            assert!(text.contains("number of failed transactions: 0"), "-M {mode}: {text}");
+        }
+        let (_, out, _) = psql(addr, &ca, "quartet", "quartet", "quartet", &["-At", "-c", "SELECT sum(n) FROM bench"]);
+        assert_eq!(out.trim(), "600", "every committed update counted");
+    })
+    .await
+    .unwrap();
+    role.stop().await.unwrap();
+}

@@ -302,7 +302,11 @@ async fn run_statement(
     if let Some(answer) = crate::engine::admin::answer(engine, caller, original).await {
         return answer;
     }
-    let first = original.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    let first = original
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
     if matches!(first.as_str(), "CREATE" | "DROP" | "ALTER") {
         // Column types and parameters described before may change.
         open.parsed.clear();
