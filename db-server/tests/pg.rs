@@ -416,3 +416,60 @@ async fn psycopg_and_pgbench_in_all_three_modes() {
     .unwrap();
     role.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlx_postgres_driver_pools_binds_and_decodes() {
+    let test = TestConfig::new(Environment::Development);
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let addr = role.addr("pg");
+    let url = format!(
+        "postgres://quartet:quartet@127.0.0.1:{}/quartet?sslmode=disable",
+        addr.port()
+    );
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, stars INTEGER)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (body, stars) in [("first", 3i64), ("second", 5i64)] {
+        let done = sqlx::query("INSERT INTO notes (body, stars) VALUES ($1, $2)")
+            .bind(body)
+            .bind(stars)
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+    }
+    let (id, body): (i64, String) =
+        sqlx::query_as("SELECT id, body FROM notes WHERE stars > $1 ORDER BY id")
+            .bind(4i64)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((id, body.as_str()), (2, "second"));
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM notes")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+    let err = sqlx::query("INSERT INTO notes (id, body) VALUES (1, 'again')")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23505")
+    );
+    pool.close().await;
+    role.stop().await.unwrap();
+}
