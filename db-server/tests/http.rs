@@ -72,6 +72,21 @@ async fn sql_over_http_with_auth_databases_and_backups() {
         // Limits and garbage.
         let (_, body) = q(admin, "quartet", r#"{"statements":[{"sql":"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100) SELECT x FROM c"}]}"#);
         assert_eq!(body["results"][0]["error"]["code"], "54000", "{body}");
+        // Nothing reaches past the database: no ATTACH (of the role catalog, say), no VACUUM
+        // INTO a path, no PRAGMA that would weaken durability, no second statement smuggled
+        // into one entry.
+        let (_, body) = q(admin, "quartet", r#"{"statements":[
+            {"sql":"ATTACH DATABASE 'data/db/system.db' AS sys"},
+            {"sql":"VACUUM INTO '/tmp/stolen.db'"},
+            {"sql":"PRAGMA synchronous = OFF"},
+            {"sql":"SELECT 1; ATTACH 'x.db' AS x"},
+            {"sql":"PRAGMA table_info(t)"}]}"#);
+        for i in 0..3 {
+            assert_eq!(body["results"][i]["error"]["code"], "42501", "{body}");
+        }
+        assert_eq!(body["results"][3]["error"]["code"], "42601", "{body}");
+        assert_eq!(body["results"][4]["rows"].as_array().unwrap().len(), 3, "{body}");
+        assert!(!std::path::Path::new("/tmp/stolen.db").exists());
         let (status, _) = q(admin, "quartet", "not json");
         assert_eq!(status, 400);
         let (status, _) = q(admin, "quartet", r#"{"statements":[{"sql":"SELECT ?","params":[[1]]}]}"#);

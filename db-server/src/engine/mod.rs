@@ -7,6 +7,7 @@ pub mod auth;
 pub mod backup;
 pub mod database;
 pub mod error;
+pub mod guard;
 pub mod infer;
 pub mod session;
 pub mod split;

@@ -16,6 +16,7 @@ use sqlx::{Either, SqlSafeStr as _};
 
 use super::database::{Conn, Database};
 use super::error::{SqlError, sqlstate};
+use super::guard;
 use super::value::{Column, Value, bind, columns_of, refine_types, values_of};
 
 /// What ReadyForQuery reports.
@@ -205,6 +206,13 @@ impl Session {
         sql: &str,
         params: &[Value],
     ) -> Result<StatementResult, SqlError> {
+        guard::check(sql)?;
+        if super::split::split_statements(sql).len() > 1 {
+            return Err(SqlError::new(
+                sqlstate::SYNTAX_ERROR,
+                "one statement at a time: this SQL holds several",
+            ));
+        }
         let kind = kind_of(sql);
         match (kind, std::mem::replace(&mut self.state, TxState::Idle)) {
             (Kind::Begin, TxState::Idle) => {
