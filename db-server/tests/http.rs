@@ -80,12 +80,13 @@ async fn sql_over_http_with_auth_databases_and_backups() {
             {"sql":"VACUUM INTO '/tmp/stolen.db'"},
             {"sql":"PRAGMA synchronous = OFF"},
             {"sql":"SELECT 1; ATTACH 'x.db' AS x"},
+            {"sql":"SELECT 1; SELECT 2"},
             {"sql":"PRAGMA table_info(t)"}]}"#);
-        for i in 0..3 {
+        for i in 0..4 {
             assert_eq!(body["results"][i]["error"]["code"], "42501", "{body}");
         }
-        assert_eq!(body["results"][3]["error"]["code"], "42601", "{body}");
-        assert_eq!(body["results"][4]["rows"].as_array().unwrap().len(), 3, "{body}");
+        assert_eq!(body["results"][4]["error"]["code"], "42601", "{body}");
+        assert_eq!(body["results"][5]["rows"].as_array().unwrap().len(), 3, "{body}");
         assert!(!std::path::Path::new("/tmp/stolen.db").exists());
         let (status, _) = q(admin, "quartet", "not json");
         assert_eq!(status, 400);

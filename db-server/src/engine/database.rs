@@ -90,6 +90,10 @@ impl Interrupt {
 pub struct Conn {
     pub connection: SqliteConnection,
     pub interrupt: Arc<Interrupt>,
+    /// A transaction was begun on this connection and not yet ended. A session dropped
+    /// mid-transaction (a client gone, a request abandoned) leaves it set; the next user of
+    /// the writer rolls that transaction back before anything else.
+    pub open_tx: bool,
 }
 
 /// Group commit: a COMMIT returns from SQLite without an fsync (`synchronous=NORMAL` in WAL
@@ -104,6 +108,8 @@ pub struct GroupSync {
     written: AtomicU64,
     /// Commits known to be on disk.
     synced: AtomicU64,
+    /// An fsync failed: what was written since may be lost, so nothing more is acknowledged.
+    poisoned: AtomicBool,
     leader: tokio::sync::Mutex<()>,
 }
 
@@ -113,6 +119,7 @@ impl GroupSync {
             wal: PathBuf::from(format!("{}-wal", database.display())),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
             leader: tokio::sync::Mutex::new(()),
         }
     }
@@ -121,6 +128,12 @@ impl GroupSync {
     pub async fn durable(&self) -> Result<(), SqlError> {
         let mine = self.written.fetch_add(1, Ordering::AcqRel) + 1;
         let _leader = self.leader.lock().await;
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(SqlError::new(
+                sqlstate::DISK_FULL,
+                "an earlier fsync of this database failed: restart db-server",
+            ));
+        }
         if self.synced.load(Ordering::Acquire) >= mine {
             return Ok(()); // an fsync that started after our commit covered it
         }
@@ -135,6 +148,7 @@ impl GroupSync {
         .await
         .map_err(|e| SqlError::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
         synced.map_err(|e| {
+            self.poisoned.store(true, Ordering::Release);
             SqlError::new(
                 sqlstate::DISK_FULL,
                 format!("cannot make the commit durable: {e}"),
@@ -172,6 +186,7 @@ async fn connect(path: &Path, read_only: bool, create: bool) -> Result<Conn, Sql
     Ok(Conn {
         connection,
         interrupt,
+        open_tx: false,
     })
 }
 
@@ -219,7 +234,15 @@ impl Database {
         } else {
             tokio::time::timeout(wait, lock).await
         } {
-            Ok(guard) => Ok(guard),
+            Ok(mut guard) => {
+                if guard.open_tx {
+                    use sqlx::Executor as _;
+                    let _ = guard.connection.execute("ROLLBACK").await;
+                    guard.open_tx = false;
+                    tracing::warn!(database = %self.name, "rolled back a transaction its session abandoned");
+                }
+                Ok(guard)
+            }
             Err(_) => Err(SqlError::new(
                 sqlstate::LOCK_NOT_AVAILABLE,
                 format!(

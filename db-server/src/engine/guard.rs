@@ -36,60 +36,61 @@ fn refused(what: &str) -> SqlError {
     )
 }
 
-/// Whether a client may run `sql` (one statement).
+/// PRAGMAs of the list that take an argument in parentheses (a table, an index, a limit).
+const PRAGMAS_WITH_ARGUMENT: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+    "table_list",
+];
+
+/// Whether a client may run `sql`. Checked on every word of code, not only the first: a
+/// statement the splitter takes for one (a trigger body) must not hide another.
 pub fn check(sql: &str) -> Result<(), SqlError> {
-    let mask = super::split::code_mask(sql);
     // Words of code only: `SELECT 'attach'` is fine.
-    let code: String = sql
-        .char_indices()
-        .map(|(i, c)| {
-            if mask.get(i).copied().unwrap_or(false) {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    let lower = code.to_ascii_lowercase();
+    let lower = super::split::code_only(sql).to_ascii_lowercase();
     let words: Vec<&str> = lower
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .split(|c: char| !c.is_ascii() || !super::split::is_word_byte(c as u8))
         .filter(|w| !w.is_empty())
         .collect();
-    let Some(first) = words.first() else {
-        return Ok(());
-    };
-    match *first {
-        "attach" | "detach" => Err(refused("ATTACH/DETACH")),
-        "vacuum" if words.contains(&"into") => Err(refused("VACUUM INTO")),
-        "pragma" => {
-            let name = words.get(1).copied().unwrap_or("");
-            // `PRAGMA schema.name`: only the main database.
-            let (schema, name) = if lower.contains('.') && words.len() > 2 {
-                (words[1], words[2])
-            } else {
-                ("main", name)
-            };
-            if schema != "main" {
-                return Err(refused("PRAGMA on another schema"));
-            }
-            if !READABLE_PRAGMAS.contains(&name) {
-                return Err(refused(&format!("PRAGMA {name}")));
-            }
-            if lower.contains('=') {
-                return Err(refused(&format!("setting PRAGMA {name}")));
-            }
-            Ok(())
-        }
-        _ => {
-            // ATTACH can also hide behind a CTE-less prefix such as EXPLAIN.
-            if words.first() == Some(&"explain")
-                && words.iter().any(|w| *w == "attach" || *w == "detach")
-            {
-                return Err(refused("ATTACH/DETACH"));
-            }
-            Ok(())
-        }
+    if words.iter().any(|w| *w == "attach" || *w == "detach") {
+        return Err(refused("ATTACH/DETACH"));
     }
+    if words.contains(&"vacuum") && words.contains(&"into") {
+        return Err(refused("VACUUM INTO"));
+    }
+    if words.iter().skip(1).any(|w| *w == "pragma") {
+        return Err(refused("PRAGMA after another statement"));
+    }
+    if words.first() != Some(&"pragma") {
+        return Ok(());
+    }
+    // PRAGMA [schema.]name [(argument)]
+    let (schema, name) = match lower.trim_start()[6..].trim_start().split_once('.') {
+        Some((schema, rest)) if !schema.contains('(') => (
+            schema.trim(),
+            rest.split(|c: char| c == '(' || c.is_whitespace() || c == '=' || c == ';')
+                .next()
+                .unwrap_or(""),
+        ),
+        _ => ("main", words.get(1).copied().unwrap_or("")),
+    };
+    if schema != "main" {
+        return Err(refused("PRAGMA on another schema"));
+    }
+    if !READABLE_PRAGMAS.contains(&name) {
+        return Err(refused(&format!("PRAGMA {name}")));
+    }
+    if lower.contains('=') || (lower.contains('(') && !PRAGMAS_WITH_ARGUMENT.contains(&name)) {
+        return Err(refused(&format!("setting PRAGMA {name}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -109,6 +110,9 @@ mod tests {
             "PRAGMA user_version = 3",
             "PRAGMA temp.table_info(t)",
             "EXPLAIN ATTACH 'x' AS y",
+            "PRAGMA user_version(5)",
+            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1 AS x$begin; END; ATTACH 's.db' AS s",
+            "SELECT 1; PRAGMA synchronous = OFF",
         ] {
             assert!(check(sql).is_err(), "{sql}");
         }

@@ -12,7 +12,7 @@ pub fn select_list(sql: &str) -> Option<Vec<String>> {
     let lower = sql.to_ascii_lowercase();
     let bytes = sql.as_bytes();
     let word_at = |i: usize, word: &str| {
-        lower[i..].starts_with(word)
+        lower.as_bytes()[i..].starts_with(word.as_bytes())
             && (i == 0 || !is_word(bytes[i - 1]))
             && bytes.get(i + word.len()).is_none_or(|b| !is_word(*b))
             && mask[i]
@@ -62,7 +62,7 @@ pub fn select_list(sql: &str) -> Option<Vec<String>> {
 }
 
 fn is_word(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || byte == b'_'
+    super::split::is_word_byte(byte)
 }
 
 /// What an expression yields, when that can be told from its text.
@@ -75,7 +75,7 @@ pub fn expression_type(expression: &str) -> Option<ColumnType> {
         match byte {
             b'(' => depth += 1,
             b')' => depth -= 1,
-            b' ' if depth == 0 && lower[i..].starts_with(" as ") => alias_at = Some(i),
+            b' ' if depth == 0 && lower.as_bytes()[i..].starts_with(b" as ") => alias_at = Some(i),
             _ => {}
         }
     }
@@ -186,7 +186,8 @@ fn code_tokens(sql: &str) -> Vec<String> {
             while i < bytes.len() && mask[i] && (is_word(bytes[i]) || bytes[i] == b'.') {
                 i += 1;
             }
-        } else if i + 1 < bytes.len() && matches!(&sql[i..i + 2], "<=" | ">=" | "<>" | "!=" | "==")
+        } else if i + 1 < bytes.len()
+            && matches!(&bytes[i..i + 2], b"<=" | b">=" | b"<>" | b"!=" | b"==")
         {
             i += 2;
         } else {

@@ -141,7 +141,12 @@ impl Engine {
 
     /// Closes database `name` if no session uses it (55006 otherwise), so that its files can
     /// be replaced or removed.
-    async fn close_unused(&self, name: &str) -> Result<(), SqlError> {
+    /// Returns the lock on the open databases: hold it until the files are replaced or gone,
+    /// so nothing reopens the old file meanwhile.
+    async fn close_unused(
+        &self,
+        name: &str,
+    ) -> Result<tokio::sync::MutexGuard<'_, HashMap<String, Arc<Database>>>, SqlError> {
         let mut open = self.open.lock().await;
         if let Some(db) = open.get(name) {
             let sessions = Arc::strong_count(db) - 1;
@@ -155,7 +160,7 @@ impl Engine {
         if let Some(db) = open.remove(name) {
             db.close().await;
         }
-        Ok(())
+        Ok(open)
     }
 
     /// Drops a database and deletes its files (3D000 if there is none, 55006 while in use).
@@ -166,7 +171,7 @@ impl Engine {
                 format!("database \"{name}\" does not exist"),
             ));
         }
-        self.close_unused(name).await?;
+        let _open = self.close_unused(name).await?;
         self.catalog.remove_database(name).await?;
         let path = self.path_of(name);
         for suffix in ["", "-wal", "-shm"] {
@@ -215,7 +220,7 @@ impl Engine {
             ));
         }
         check_snapshot(source).await?;
-        self.close_unused(name).await?;
+        let _open = self.close_unused(name).await?;
         let path = self.path_of(name);
         let io = |e: std::io::Error| SqlError::new(sqlstate::INTERNAL_ERROR, e.to_string());
         let staged = path.with_extension("restoring");
@@ -419,6 +424,75 @@ mod tests {
             .await
             .expect("with insert");
         assert_eq!(with.rows_affected, 1);
+    }
+
+    #[tokio::test]
+    async fn comments_savepoints_and_abandoned_transactions() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine(dir.path()).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut a = Session::new(Arc::clone(&db), limits());
+        a.execute("CREATE TABLE t (n INTEGER)", &[])
+            .await
+            .expect("create");
+        // Statements are classified by their code, not by a leading comment.
+        a.execute("/* x */ BEGIN", &[]).await.expect("begin");
+        assert_eq!(a.status(), TxStatus::InTransaction);
+        a.execute("SAVEPOINT s", &[]).await.expect("savepoint");
+        a.execute("INSERT INTO t VALUES (1)", &[])
+            .await
+            .expect("insert");
+        let back = a
+            .execute("ROLLBACK WORK TO s", &[])
+            .await
+            .expect("rollback to");
+        assert_eq!(back.tag, "ROLLBACK");
+        assert_eq!(
+            a.status(),
+            TxStatus::InTransaction,
+            "still in the transaction"
+        );
+        a.execute("INSERT INTO t VALUES (2)", &[])
+            .await
+            .expect("insert");
+        a.execute("-- done\nCOMMIT", &[]).await.expect("commit");
+        assert_eq!(a.status(), TxStatus::Idle);
+        let err = a.execute("SAVEPOINT t", &[]).await.expect_err("outside");
+        assert_eq!(err.code, "25P01");
+        // A session dropped mid-transaction: its writes never land, the writer is free.
+        let mut gone = Session::new(Arc::clone(&db), limits());
+        gone.execute("BEGIN", &[]).await.expect("begin");
+        gone.execute("INSERT INTO t VALUES (99)", &[])
+            .await
+            .expect("insert");
+        drop(gone);
+        a.execute("INSERT INTO t VALUES (3)", &[])
+            .await
+            .expect("the writer is free");
+        let rows = a
+            .execute("SELECT n FROM t ORDER BY n", &[])
+            .await
+            .expect("select");
+        assert_eq!(
+            rows.rows,
+            vec![vec![Value::Integer(2)], vec![Value::Integer(3)]]
+        );
+        // A refused statement fails the open transaction like any error.
+        a.execute("BEGIN", &[]).await.expect("begin");
+        assert!(a.execute("ATTACH 'x.db' AS x", &[]).await.is_err());
+        assert_eq!(a.status(), TxStatus::Failed);
+        a.execute("ROLLBACK", &[]).await.expect("rollback");
+        // Non-ASCII names and values go through.
+        a.execute("CREATE TABLE gens (prénom TEXT)", &[])
+            .await
+            .expect("create");
+        a.execute("INSERT INTO gens VALUES ('Zoé — pg_catalog.x')", &[])
+            .await
+            .expect("insert");
+        let cols = a
+            .describe("SELECT prénom, count(*) FROM gens WHERE prénom = ?1")
+            .await;
+        assert!(cols.is_ok(), "{cols:?}");
     }
 
     #[tokio::test]

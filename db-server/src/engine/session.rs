@@ -82,15 +82,20 @@ enum Kind {
     Rollback,
     /// `ROLLBACK TO [SAVEPOINT] x`: undoes to a savepoint and clears a failed state.
     RollbackTo,
+    /// `SAVEPOINT x`, `RELEASE x`: only inside a transaction.
+    Savepoint,
     Read,
     Write,
 }
 
 fn kind_of(sql: &str) -> Kind {
-    let mut words = sql
+    // Read off the code only: `/* x */ BEGIN` is a BEGIN, `-- c\nCOMMIT` a COMMIT.
+    let code = super::split::code_only(sql);
+    let mut words = code
         .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
         .filter(|w| !w.is_empty())
-        .map(str::to_ascii_uppercase);
+        .map(str::to_ascii_uppercase)
+        .filter(|w| w != "WORK" && w != "TRANSACTION");
     let first = words.next().unwrap_or_default();
     match first.as_str() {
         "BEGIN" | "START" => Kind::Begin,
@@ -99,6 +104,7 @@ fn kind_of(sql: &str) -> Kind {
             Some("TO") => Kind::RollbackTo,
             _ => Kind::Rollback,
         },
+        "SAVEPOINT" | "RELEASE" => Kind::Savepoint,
         "SELECT" | "VALUES" | "EXPLAIN" => Kind::Read,
         // A WITH may end in INSERT/UPDATE/DELETE; the reader refuses it then, and it is run
         // again on the writer.
@@ -109,7 +115,8 @@ fn kind_of(sql: &str) -> Kind {
 
 /// PostgreSQL's command tag for a statement that ran.
 fn tag_for(sql: &str, rows_returned: usize, affected: u64) -> String {
-    let words: Vec<String> = sql
+    let code = super::split::code_only(sql);
+    let words: Vec<String> = code
         .split_whitespace()
         .take(3)
         .map(|w| w.trim_end_matches(['(', ';']).to_ascii_uppercase())
@@ -192,6 +199,15 @@ impl Session {
         CancelHandle(Arc::clone(&self.running))
     }
 
+    /// Marks an open transaction failed: an error the engine did not see itself (a refused
+    /// statement, a bad parameter, a privilege) aborts the transaction as any error does.
+    pub fn fail(&mut self) {
+        self.state = match std::mem::replace(&mut self.state, TxState::Idle) {
+            TxState::Active(writer) => TxState::Failed(writer),
+            other => other,
+        };
+    }
+
     pub fn status(&self) -> TxStatus {
         match self.state {
             TxState::Idle => TxStatus::Idle,
@@ -206,14 +222,27 @@ impl Session {
         sql: &str,
         params: &[Value],
     ) -> Result<StatementResult, SqlError> {
-        guard::check(sql)?;
-        if super::split::split_statements(sql).len() > 1 {
-            return Err(SqlError::new(
-                sqlstate::SYNTAX_ERROR,
-                "one statement at a time: this SQL holds several",
-            ));
+        let refused = guard::check(sql).and_then(|()| {
+            if super::split::split_statements(sql).len() > 1 {
+                Err(SqlError::new(
+                    sqlstate::SYNTAX_ERROR,
+                    "one statement at a time: this SQL holds several",
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(err) = refused {
+            self.fail();
+            return Err(err);
         }
         let kind = kind_of(sql);
+        if kind == Kind::Savepoint && matches!(self.state, TxState::Idle) {
+            return Err(SqlError::new(
+                "25P01",
+                "SAVEPOINT and RELEASE can only be used in transaction blocks",
+            ));
+        }
         match (kind, std::mem::replace(&mut self.state, TxState::Idle)) {
             (Kind::Begin, TxState::Idle) => {
                 let mut writer = self.db.writer(self.limits.lock_timeout).await?;
@@ -225,6 +254,7 @@ impl Session {
                     &self.running,
                 )
                 .await?;
+                writer.open_tx = true;
                 self.state = TxState::Active(writer);
                 Ok(StatementResult::tag_only("BEGIN"))
             }
@@ -240,6 +270,7 @@ impl Session {
                     // A COMMIT that failed (disk full…) must not leave the transaction open.
                     let _ = run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await;
                 }
+                writer.open_tx = false;
                 // The next writer may start while this commit is made durable.
                 drop(writer);
                 outcome?;
@@ -248,7 +279,10 @@ impl Session {
             }
             (Kind::Commit | Kind::Rollback, TxState::Failed(mut writer))
             | (Kind::Rollback, TxState::Active(mut writer)) => {
-                run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await?;
+                let outcome =
+                    run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await;
+                writer.open_tx = false;
+                outcome?;
                 Ok(StatementResult::tag_only("ROLLBACK"))
             }
             (Kind::Commit | Kind::Rollback, TxState::Idle) => {
@@ -262,7 +296,20 @@ impl Session {
                 Ok(result)
             }
             (Kind::RollbackTo, TxState::Active(mut writer) | TxState::Failed(mut writer)) => {
-                let outcome = run_on(&mut writer, sql, params, self.limits, &self.running).await;
+                // PostgreSQL's `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] x` in SQLite's words.
+                let code = super::split::code_only(sql).to_ascii_lowercase();
+                let target = code
+                    .find(" to ")
+                    .and_then(|at| sql.get(at + 4..))
+                    .map(str::trim)
+                    .unwrap_or("");
+                let target = target
+                    .strip_prefix("SAVEPOINT ")
+                    .or_else(|| target.strip_prefix("savepoint "))
+                    .unwrap_or(target);
+                let statement = format!("ROLLBACK TO SAVEPOINT {target}");
+                let outcome =
+                    run_on(&mut writer, &statement, params, self.limits, &self.running).await;
                 self.state = match outcome {
                     Ok(_) => TxState::Active(writer),
                     Err(_) => TxState::Failed(writer),
@@ -382,6 +429,7 @@ impl Session {
             std::mem::replace(&mut self.state, TxState::Idle)
         {
             let _ = run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await;
+            writer.open_tx = false;
         }
     }
 }

@@ -58,6 +58,28 @@ fn walk_code(sql: &[u8], mut each: impl FnMut(usize)) {
     }
 }
 
+/// Bytes that continue an identifier in SQLite: letters, digits, `_`, `$` and anything
+/// non-ASCII (`x$begin` and `prénom` are single words).
+pub fn is_word_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80
+}
+
+/// `sql` with everything that is not code (strings, quoted identifiers, comments) blanked
+/// out with spaces, byte for byte: words can be read off it, and an offset in it is the same
+/// offset in `sql`.
+pub fn code_only(sql: &str) -> String {
+    let mask = code_mask(sql);
+    let mut out = String::with_capacity(sql.len());
+    for (i, c) in sql.char_indices() {
+        if mask.get(i).copied().unwrap_or(false) {
+            out.push(c);
+        } else {
+            out.extend(std::iter::repeat_n(' ', c.len_utf8()));
+        }
+    }
+    out
+}
+
 /// For each byte of `sql`, whether it is code (not inside a string, a quoted identifier or a
 /// comment).
 pub fn code_mask(sql: &str) -> Vec<bool> {
@@ -75,7 +97,7 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
     let mut body = TriggerBody::default();
     walk_code(bytes, |i| {
         let byte = bytes[i];
-        if byte.is_ascii_alphanumeric() || byte == b'_' {
+        if is_word_byte(byte) {
             word_start.get_or_insert(i);
             return;
         }

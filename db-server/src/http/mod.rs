@@ -485,6 +485,13 @@ async fn restore(
         Ok(role) => role,
         Err(err) => return failure(&err),
     };
+    // The name becomes a file name: checked before anything is written under it.
+    if !crate::engine::valid_database_name(&name) {
+        return failure(&SqlError::new(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!("{name:?} is not a database name"),
+        ));
+    }
     let allowed = match api.engine.catalog.is_superuser(&role).await {
         Ok(true) => true,
         _ => matches!(

@@ -15,7 +15,8 @@ const FIRST_OID: i64 = 16384;
 
 /// Whether `sql` reads PostgreSQL's catalog.
 pub fn is_catalog_query(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
+    // In code only: `INSERT … VALUES ('see pg_catalog.x')` is not a catalog query.
+    let lower = crate::engine::split::code_only(sql).to_ascii_lowercase();
     lower.contains("pg_catalog.") || lower.contains("information_schema.")
 }
 

@@ -248,7 +248,7 @@ pub fn rewrite_functions(sql: &str, database: &str, user: &str, pid: i32) -> Str
                 for (pattern, value) in &replacements {
                     let end = i + pattern.len();
                     if end <= bytes.len()
-                        && lower[i..end] == **pattern
+                        && lower.as_bytes()[i..end] == *pattern.as_bytes()
                         && (pattern.ends_with(')')
                             || end == bytes.len()
                             || !(bytes[end].is_ascii_alphanumeric()

@@ -133,13 +133,19 @@ fn encode_value(
 }
 
 /// A statement's result as a pgwire response, rows in `format`.
-pub fn response(result: StatementResult, format: &Format) -> PgWireResult<Response> {
+pub fn response(
+    result: StatementResult,
+    format: &Format,
+    status: crate::engine::TxStatus,
+) -> PgWireResult<Response> {
     let tag = result.tag.as_str();
-    if tag == "BEGIN" {
-        return Ok(Response::TransactionStart(Tag::new("BEGIN")));
-    }
-    if tag == "COMMIT" || tag == "ROLLBACK" {
-        return Ok(Response::TransactionEnd(Tag::new(tag)));
+    // pgwire derives ReadyForQuery's status from the kind of response: say what the session
+    // is in now (ROLLBACK TO leaves it in its transaction; a COMMIT that fails ends it).
+    if tag == "BEGIN" || tag == "COMMIT" || tag == "ROLLBACK" {
+        return Ok(match status {
+            crate::engine::TxStatus::Idle => Response::TransactionEnd(Tag::new(tag)),
+            _ => Response::TransactionStart(Tag::new(tag)),
+        });
     }
     if !result.returns_rows {
         return Ok(Response::Execution(Tag::new(tag)));
@@ -174,7 +180,11 @@ fn bytea_from_text(text: &str) -> Option<Vec<u8>> {
         }
         return (0..hex.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+            .map(|i| {
+                // `get` is None mid-character: not hex digits anyway.
+                hex.get(i..i + 2)
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+            })
             .collect();
     }
     Some(text.as_bytes().to_vec())
@@ -316,6 +326,7 @@ mod tests {
     fn bytea_literals() {
         assert_eq!(bytea_from_text("\\xdead"), Some(vec![0xde, 0xad]));
         assert_eq!(bytea_from_text("\\xabc"), None);
+        assert_eq!(bytea_from_text("\\xa€"), None);
         assert_eq!(bytea_from_text("raw"), Some(b"raw".to_vec()));
     }
 }

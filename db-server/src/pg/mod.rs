@@ -295,6 +295,22 @@ async fn run_statement(
     sql: &str,
     params: &[crate::engine::value::Value],
 ) -> Result<crate::engine::StatementResult, SqlError> {
+    let outcome = run_statement_inner(engine, open, original, sql, params).await;
+    if outcome.is_err() {
+        // Whatever refused it (privilege, compatibility layer, catalog), an error inside a
+        // transaction fails the transaction, as the client is told.
+        open.session.fail();
+    }
+    outcome
+}
+
+async fn run_statement_inner(
+    engine: &Engine,
+    open: &mut Open,
+    original: &str,
+    sql: &str,
+    params: &[crate::engine::value::Value],
+) -> Result<crate::engine::StatementResult, SqlError> {
     let caller = crate::engine::admin::Caller {
         role: &open.user,
         superuser: open.superuser,
@@ -375,7 +391,11 @@ impl SimpleQueryHandler for QueryHandler {
         for statement in statements {
             let sql = engine_sql(statement, open);
             match run_statement(&self.service.engine, open, statement, &sql, &[]).await {
-                Ok(result) => responses.push(encode::response(result, &Format::UnifiedText)?),
+                Ok(result) => responses.push(encode::response(
+                    result,
+                    &Format::UnifiedText,
+                    open.session.status(),
+                )?),
                 Err(err) => {
                     // The rest of the message is not run, as in PostgreSQL.
                     responses.push(Response::Error(Box::new(error_info(&err))));
@@ -513,11 +533,13 @@ impl QueryParser for Parser {
             _ if catalog_columns.is_some() => (catalog_columns.unwrap_or_default(), 0),
             Some(Ok(result)) => (result.columns, 0),
             Some(Err(err)) => return Err(user_error(&err)),
-            None => open
-                .session
-                .describe(&rewritten)
-                .await
-                .map_err(|err| user_error(&err))?,
+            None => match open.session.describe(&rewritten).await {
+                Ok(described) => described,
+                Err(err) => {
+                    open.session.fail();
+                    return Err(user_error(&err));
+                }
+            },
         };
         let count = parameters.max(highest);
         let parameter_types =
@@ -574,8 +596,13 @@ impl ExtendedQueryHandler for QueryHandler {
         let mut state = self.state.lock().await;
         let open = open_session(&self.service, &self.registered, &mut state, client).await?;
         let prepared = &portal.statement.statement;
-        let params = encode::parameters(portal, &prepared.parameter_types)
-            .map_err(|err| user_error(&err))?;
+        let params = match encode::parameters(portal, &prepared.parameter_types) {
+            Ok(params) => params,
+            Err(err) => {
+                open.session.fail();
+                return Err(user_error(&err));
+            }
+        };
         match run_statement(
             &self.service.engine,
             open,
@@ -594,7 +621,7 @@ impl ExtendedQueryHandler for QueryHandler {
                         }
                     }
                 }
-                encode::response(result, &portal.result_column_format)
+                encode::response(result, &portal.result_column_format, open.session.status())
             }
             Err(err) => Err(user_error(&err)),
         }
