@@ -256,7 +256,33 @@ impl Database {
 
     /// A reader connection (readers are never held long: one statement at a time).
     pub async fn reader(&self) -> ReaderGuard<'_> {
-        self.readers.get().await
+        let mut guard = self.readers.get().await;
+        if let Some(conn) = guard.conn() {
+            end_abandoned(conn).await;
+        }
+        guard
+    }
+
+    /// A reader held by a read-only transaction from BEGIN to its end.
+    pub async fn reader_owned(self: &Arc<Self>) -> OwnedReader {
+        let permit = match Arc::clone(&self.readers.available).acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => unreachable!("the reader semaphore is never closed"),
+        };
+        let mut conn = self
+            .readers
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.pop());
+        if let Some(conn) = conn.as_mut() {
+            end_abandoned(conn).await;
+        }
+        OwnedReader {
+            db: Arc::clone(self),
+            conn,
+            _permit: permit,
+        }
     }
 
     /// Closes every connection (the database is being dropped or the role stops).
@@ -271,7 +297,51 @@ impl Database {
 #[derive(Debug)]
 struct ReaderPool {
     idle: std::sync::Mutex<Vec<Conn>>,
-    available: tokio::sync::Semaphore,
+    available: Arc<tokio::sync::Semaphore>,
+}
+
+/// Rolls back a transaction a dropped session left open on `conn`.
+async fn end_abandoned(conn: &mut Conn) {
+    if conn.open_tx {
+        use sqlx::Executor as _;
+        let _ = conn.connection.execute("ROLLBACK").await;
+        conn.open_tx = false;
+    }
+}
+
+/// A reader owned by a session's read-only transaction; back to the pool when dropped.
+#[derive(Debug)]
+pub struct OwnedReader {
+    db: Arc<Database>,
+    conn: Option<Conn>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl OwnedReader {
+    /// A permit of the pool always comes with an idle connection.
+    pub fn conn_ref(&self) -> &Conn {
+        match &self.conn {
+            Some(conn) => conn,
+            None => unreachable!("a reader permit without a connection"),
+        }
+    }
+
+    pub fn conn_mut(&mut self) -> &mut Conn {
+        match &mut self.conn {
+            Some(conn) => conn,
+            None => unreachable!("a reader permit without a connection"),
+        }
+    }
+}
+
+impl Drop for OwnedReader {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && let Ok(mut idle) = self.db.readers.idle.lock()
+        {
+            idle.push(conn);
+        }
+    }
 }
 
 /// A borrowed reader; it goes back to the pool when dropped.
@@ -287,7 +357,7 @@ impl ReaderPool {
         let count = conns.len();
         Self {
             idle: std::sync::Mutex::new(conns),
-            available: tokio::sync::Semaphore::new(count),
+            available: Arc::new(tokio::sync::Semaphore::new(count)),
         }
     }
 

@@ -496,6 +496,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_only_transaction_does_not_hold_the_writer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine(dir.path()).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut writer = Session::new(Arc::clone(&db), limits());
+        writer
+            .execute("CREATE TABLE t (n INTEGER)", &[])
+            .await
+            .expect("create");
+        writer
+            .execute("INSERT INTO t VALUES (1)", &[])
+            .await
+            .expect("insert");
+        let mut reader = Session::new(Arc::clone(&db), limits()).reading_only();
+        reader.execute("BEGIN", &[]).await.expect("begin");
+        let seen = reader
+            .execute("SELECT count(*) FROM t", &[])
+            .await
+            .expect("select");
+        assert_eq!(seen.rows, vec![vec![Value::Integer(1)]]);
+        // The writer is free while the read transaction idles; the reader keeps its snapshot.
+        writer
+            .execute("INSERT INTO t VALUES (2)", &[])
+            .await
+            .expect("not blocked");
+        let again = reader
+            .execute("SELECT count(*) FROM t", &[])
+            .await
+            .expect("select");
+        assert_eq!(
+            again.rows,
+            vec![vec![Value::Integer(1)]],
+            "a consistent snapshot"
+        );
+        let refused = reader.execute("INSERT INTO t VALUES (3)", &[]).await;
+        assert!(refused.is_err(), "a reader cannot write");
+        reader.execute("ROLLBACK", &[]).await.expect("end");
+        // Dropped mid-transaction, a reader goes back to the pool and is cleaned up.
+        let mut gone = Session::new(Arc::clone(&db), limits()).reading_only();
+        gone.execute("BEGIN", &[]).await.expect("begin");
+        gone.execute("SELECT 1", &[]).await.expect("select");
+        drop(gone);
+        for _ in 0..4 {
+            let n = writer
+                .execute("SELECT count(*) FROM t", &[])
+                .await
+                .expect("select");
+            assert_eq!(n.rows, vec![vec![Value::Integer(2)]]);
+        }
+    }
+
+    #[tokio::test]
     async fn a_statement_past_its_timeout_or_cancelled_is_interrupted() {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = engine(dir.path()).await;

@@ -14,7 +14,7 @@ use futures_util::TryStreamExt;
 use sqlx::sqlite::SqliteQueryResult;
 use sqlx::{Either, SqlSafeStr as _};
 
-use super::database::{Conn, Database};
+use super::database::{Conn, Database, OwnedReader};
 use super::error::{SqlError, sqlstate};
 use super::guard;
 use super::value::{Column, Value, bind, columns_of, refine_types, values_of};
@@ -70,8 +70,35 @@ pub struct SessionLimits {
 
 enum TxState {
     Idle,
-    Active(tokio::sync::OwnedMutexGuard<Conn>),
-    Failed(tokio::sync::OwnedMutexGuard<Conn>),
+    Active(TxConn),
+    Failed(TxConn),
+}
+
+/// The connection a transaction is pinned to: the writer, or (for a session that may only
+/// read) a reader, so that a read-only transaction never holds the write lock.
+enum TxConn {
+    Writer(tokio::sync::OwnedMutexGuard<Conn>),
+    Reader(OwnedReader),
+}
+
+impl std::ops::Deref for TxConn {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        match self {
+            TxConn::Writer(guard) => guard,
+            TxConn::Reader(reader) => reader.conn_ref(),
+        }
+    }
+}
+
+impl std::ops::DerefMut for TxConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        match self {
+            TxConn::Writer(guard) => guard,
+            TxConn::Reader(reader) => reader.conn_mut(),
+        }
+    }
 }
 
 /// The statement's kind, from its first words.
@@ -156,6 +183,8 @@ pub struct Session {
     limits: SessionLimits,
     /// The interrupt of the connection running a statement now (for CancelRequest).
     running: Arc<std::sync::Mutex<Option<Arc<super::database::Interrupt>>>>,
+    /// The session may only read: its transactions run on a reader, never the writer.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -188,7 +217,15 @@ impl Session {
             state: TxState::Idle,
             limits,
             running: Arc::new(std::sync::Mutex::new(None)),
+            read_only: false,
         }
+    }
+
+    /// For a role that may only read: BEGIN pins a reader (`BEGIN DEFERRED`), so an idle read
+    /// transaction never blocks writers.
+    pub fn reading_only(mut self) -> Self {
+        self.read_only = true;
+        self
     }
 
     pub fn database(&self) -> &Arc<Database> {
@@ -244,8 +281,15 @@ impl Session {
             ));
         }
         match (kind, std::mem::replace(&mut self.state, TxState::Idle)) {
+            (Kind::Begin, TxState::Idle) if self.read_only => {
+                let mut reader = TxConn::Reader(self.db.reader_owned().await);
+                run_on(&mut reader, "BEGIN", &[], self.limits, &self.running).await?;
+                reader.open_tx = true;
+                self.state = TxState::Active(reader);
+                Ok(StatementResult::tag_only("BEGIN"))
+            }
             (Kind::Begin, TxState::Idle) => {
-                let mut writer = self.db.writer(self.limits.lock_timeout).await?;
+                let mut writer = TxConn::Writer(self.db.writer(self.limits.lock_timeout).await?);
                 run_on(
                     &mut writer,
                     "BEGIN IMMEDIATE",
@@ -271,10 +315,13 @@ impl Session {
                     let _ = run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await;
                 }
                 writer.open_tx = false;
+                let wrote = matches!(writer, TxConn::Writer(_));
                 // The next writer may start while this commit is made durable.
                 drop(writer);
                 outcome?;
-                self.durable().await?;
+                if wrote {
+                    self.durable().await?;
+                }
                 Ok(StatementResult::tag_only("COMMIT"))
             }
             (Kind::Commit | Kind::Rollback, TxState::Failed(mut writer))

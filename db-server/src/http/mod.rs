@@ -284,6 +284,9 @@ async fn query(
         ..api.session_limits
     };
     let mut session = Session::new(db, limits);
+    if level == Privilege::Read {
+        session = session.reading_only();
+    }
     let outcome = run_request(&api, &mut session, &role, level, &request).await;
     session.close().await;
     outcome

@@ -252,7 +252,10 @@ async fn open_session<'a, C: ClientInfo>(
                     format!("permission denied for database \"{database}\""),
                 )
             })?;
-        let session = Session::new(db, service.limits);
+        let mut session = Session::new(db, service.limits);
+        if privilege == Privilege::Read {
+            session = session.reading_only();
+        }
         let (pid, secret) = client.pid_and_secret_key();
         tracing::debug!(pid, database, user, "session opened");
         if let Ok(mut cancels) = service.cancels.lock() {
