@@ -116,6 +116,14 @@ async fn sql_over_http_with_auth_databases_and_backups() {
         let (status, _) = q(&["-H", "Authorization: Bearer nope"], "quartet", r#"{"statements":[{"sql":"SELECT 1"}]}"#);
         assert_eq!(status, 401);
 
+        // A changed password ends logins with the old one at once, cached or not.
+        q(admin, "quartet", r#"{"statements":[{"sql":"ALTER ROLE viewer PASSWORD 'v2'"}]}"#);
+        let (status, _) = q(viewer, "quartet", r#"{"statements":[{"sql":"SELECT 1"}]}"#);
+        assert_eq!(status, 401);
+        let (status, _) = q(&["-u", "viewer:v2"], "quartet", r#"{"statements":[{"sql":"SELECT 1"}]}"#);
+        assert_eq!(status, 200);
+        q(admin, "quartet", r#"{"statements":[{"sql":"ALTER ROLE viewer PASSWORD 'v'"}]}"#);
+
         // Databases.
         let (status, _) = call(&base, admin, "PUT", "/db/shop", None);
         assert_eq!(status, 201);

@@ -46,10 +46,12 @@ pub struct Api {
     /// Basic credentials checked recently: PBKDF2 runs once per minute per credential, not on
     /// every request.
     verified: Arc<std::sync::Mutex<Verified>>,
+    /// Password checks running at once.
+    verifying: Arc<tokio::sync::Semaphore>,
 }
 
-/// SHA-256 of `role:password` → the role and when it was last checked.
-type Verified = HashMap<[u8; 32], (String, Instant)>;
+/// SHA-256 of `role:password` → the role, its verifier's StoredKey then, and when.
+type Verified = HashMap<[u8; 32], (String, Vec<u8>, Instant)>;
 
 const VERIFIED_FOR: Duration = Duration::from_secs(60);
 
@@ -60,6 +62,7 @@ impl Api {
             session_limits,
             limits,
             verified: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            verifying: Arc::new(tokio::sync::Semaphore::new(2)),
         }
     }
 }
@@ -150,20 +153,31 @@ async fn caller(api: &Api, headers: &HeaderMap) -> Result<String, SqlError> {
         .as_ref()
         .try_into()
         .unwrap_or([0; 32]);
-    if let Ok(verified) = api.verified.lock()
-        && let Some((known, at)) = verified.get(&key)
-        && at.elapsed() < VERIFIED_FOR
-    {
-        return Ok(known.clone());
-    }
+    // The current verifier is read every time (one small query): a changed password or a
+    // dropped role ends a cached login at once.
     let verifier = api.engine.catalog.verifier(role).await?;
-    let password = password.to_owned();
-    let ok = match verifier {
-        Some(verifier) => tokio::task::spawn_blocking(move || verifier.matches(&password))
-            .await
-            .unwrap_or(false),
-        None => false,
+    let Some(verifier) = verifier else {
+        return Err(SqlError::new(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{role}\""),
+        ));
     };
+    let cached = api.verified.lock().ok().is_some_and(|verified| {
+        verified.get(&key).is_some_and(|(known, stored_key, at)| {
+            known == role && *stored_key == verifier.stored_key && at.elapsed() < VERIFIED_FOR
+        })
+    });
+    if cached {
+        return Ok(role.to_owned());
+    }
+    let stored_key = verifier.stored_key.clone();
+    let password = password.to_owned();
+    // PBKDF2 is deliberately slow: at most two run at once, so a flood of bad logins cannot
+    // take every core.
+    let _slot = api.verifying.acquire().await;
+    let ok = tokio::task::spawn_blocking(move || verifier.matches(&password))
+        .await
+        .unwrap_or(false);
     if !ok {
         return Err(SqlError::new(
             sqlstate::INVALID_PASSWORD,
@@ -171,8 +185,8 @@ async fn caller(api: &Api, headers: &HeaderMap) -> Result<String, SqlError> {
         ));
     }
     if let Ok(mut verified) = api.verified.lock() {
-        verified.retain(|_, (_, at)| at.elapsed() < VERIFIED_FOR);
-        verified.insert(key, (role.to_owned(), Instant::now()));
+        verified.retain(|_, (_, _, at)| at.elapsed() < VERIFIED_FOR);
+        verified.insert(key, (role.to_owned(), stored_key, Instant::now()));
     }
     Ok(role.to_owned())
 }
