@@ -171,12 +171,7 @@ impl Drop for Scheduler {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use common::clock::unix_now;
 
 impl Apps {
     pub fn new(
