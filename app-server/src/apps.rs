@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use common::clock::unix_now;
 use common::proxy::Upstreams;
 use sha2::{Digest, Sha256};
 
@@ -170,8 +171,6 @@ impl Drop for Scheduler {
         self.stop.cancel();
     }
 }
-
-use common::clock::unix_now;
 
 impl Apps {
     pub fn new(
