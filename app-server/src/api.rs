@@ -346,23 +346,14 @@ async fn create_build(
     let apps = Arc::clone(&api.apps);
     if wants_json {
         let outcome = detached(async move { apps.deploy(&name, archive, &None).await }).await;
-        return match outcome {
-            Ok(release) => (
-                StatusCode::CREATED,
-                Json(json!({ "status": "released", "version": release.version, "build": release.build })),
-            )
-                .into_response(),
-            Err(err) => deploy_error(err),
-        };
+        return released(outcome);
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         let progress = Some(tx.clone());
         let outcome = apps.deploy(&name, archive, &progress).await;
         let last = match outcome {
-            Ok(release) => {
-                json!({ "status": "released", "version": release.version, "build": release.build })
-            }
+            Ok(release) => released_json(&release),
             Err(err) => json!({ "status": "failed", "error": err.to_string() }),
         };
         let _ = tx.send(last.to_string());
@@ -386,6 +377,19 @@ async fn list_releases(State(api): State<Api>, Path(name): Path<String>) -> Resp
     match api.store.releases(&name).await {
         Ok(releases) => Json(releases).into_response(),
         Err(err) => store_error(err),
+    }
+}
+
+/// What a release that now serves looks like in an answer.
+fn released_json(release: &crate::store::Release) -> serde_json::Value {
+    json!({ "status": "released", "version": release.version, "build": release.build })
+}
+
+/// The answer to a deploy-like request: 201 with the release, or why it did not happen.
+fn released(outcome: Result<crate::store::Release, DeployError>) -> Response {
+    match outcome {
+        Ok(release) => (StatusCode::CREATED, Json(released_json(&release))).into_response(),
+        Err(err) => deploy_error(err),
     }
 }
 
@@ -515,16 +519,7 @@ async fn release_build(
         return error(StatusCode::BAD_REQUEST, "expected {\"build\": \"<hash>\"}");
     };
     let apps = Arc::clone(&api.apps);
-    match detached(async move { apps.release_build(&name, &of.build).await }).await {
-        Ok(release) => (
-            StatusCode::CREATED,
-            Json(
-                json!({ "status": "released", "version": release.version, "build": release.build }),
-            ),
-        )
-            .into_response(),
-        Err(err) => deploy_error(err),
-    }
+    released(detached(async move { apps.release_build(&name, &of.build).await }).await)
 }
 
 #[derive(Deserialize)]
@@ -607,16 +602,7 @@ async fn rollback(
     };
     let apps = Arc::clone(&api.apps);
     let outcome = detached(async move { apps.rollback(&name, target.version).await }).await;
-    match outcome {
-        Ok(release) => (
-            StatusCode::CREATED,
-            Json(
-                json!({ "status": "released", "version": release.version, "build": release.build }),
-            ),
-        )
-            .into_response(),
-        Err(err) => deploy_error(err),
-    }
+    released(outcome)
 }
 
 #[derive(Deserialize)]
