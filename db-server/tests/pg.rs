@@ -110,7 +110,18 @@ async fn psql_over_tls_with_scram_runs_statements_and_reports_sqlstates() {
             "quartet",
             "quartet",
             "quartet",
-            &["-c", "\\l", "-c", "\\dt", "-c", "\\d t", "-c", "\\du"],
+            &[
+                "-c",
+                "CREATE INDEX t_score ON t (score)",
+                "-c",
+                "\\l",
+                "-c",
+                "\\dt",
+                "-c",
+                "\\d t",
+                "-c",
+                "\\du",
+            ],
         );
         assert!(ok, "{out}{err}");
         assert!(
@@ -124,6 +135,10 @@ async fn psql_over_tls_with_scram_runs_statements_and_reports_sqlstates() {
             "{out}"
         );
         assert!(out.contains(" score  | double precision |"), "{out}");
+        assert!(
+            out.contains("Indexes:\n    \"t_score\" btree (score)"),
+            "{out}"
+        );
         assert!(out.contains("Superuser"), "{out}");
 
         // Failures carry PostgreSQL's SQLSTATEs.

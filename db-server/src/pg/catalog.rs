@@ -275,10 +275,13 @@ async fn run(
         let Some(relation) = relation else {
             return Ok(result(&[("relchecks", Int8)], Vec::new()));
         };
+        let has_index = relations
+            .iter()
+            .any(|r| r.kind == 'i' && r.table == relation.name && relation.kind == 'r');
         let row = vec![
             Value::Integer(0),
             text(relation.kind.to_string()),
-            Value::Integer(0),
+            Value::Integer(i64::from(has_index)),
             Value::Integer(0),
             Value::Integer(0),
             Value::Integer(0),
@@ -360,6 +363,77 @@ async fn run(
                 ("attcollation", Text),
                 ("attidentity", Text),
                 ("attgenerated", Text),
+            ],
+            rows,
+        ));
+    }
+    // \d name, the indexes footer (asked when relhasindex is true).
+    if lower.contains("pg_catalog.pg_index i") && lower.contains("i.indexrelid = c2.oid") {
+        let mut rows = Vec::new();
+        if let Some(relation) = &relation {
+            for index in relations
+                .iter()
+                .filter(|r| r.kind == 'i' && r.table == relation.name)
+            {
+                let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+                let list = session
+                    .execute(
+                        &format!("PRAGMA index_list({})", quoted(&relation.name)),
+                        &[],
+                    )
+                    .await?;
+                let unique = list.rows.iter().any(|row| {
+                    matches!(row.get(1), Some(Value::Text(name)) if *name == index.name)
+                        && matches!(row.get(2), Some(Value::Integer(1)))
+                });
+                let info = session
+                    .execute(&format!("PRAGMA index_info({})", quoted(&index.name)), &[])
+                    .await?;
+                let columns: Vec<String> = info
+                    .rows
+                    .iter()
+                    .filter_map(|row| match row.get(2) {
+                        Some(Value::Text(column)) => Some(column.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let definition = format!(
+                    "CREATE {}INDEX {} ON public.{} USING btree ({})",
+                    if unique { "UNIQUE " } else { "" },
+                    index.name,
+                    relation.name,
+                    columns.join(", ")
+                );
+                rows.push(vec![
+                    text(index.name.clone()),
+                    Value::Integer(0),
+                    Value::Integer(i64::from(unique)),
+                    Value::Integer(0),
+                    Value::Integer(1),
+                    text(definition),
+                    Value::Null,
+                    Value::Null,
+                    Value::Integer(0),
+                    Value::Integer(0),
+                    Value::Integer(0),
+                    Value::Integer(0),
+                ]);
+            }
+        }
+        return Ok(result(
+            &[
+                ("relname", Text),
+                ("indisprimary", Bool),
+                ("indisunique", Bool),
+                ("indisclustered", Bool),
+                ("indisvalid", Bool),
+                ("pg_get_indexdef", Text),
+                ("pg_get_constraintdef", Text),
+                ("contype", Text),
+                ("condeferrable", Bool),
+                ("condeferred", Bool),
+                ("indisreplident", Bool),
+                ("reltablespace", Int8),
             ],
             rows,
         ));
