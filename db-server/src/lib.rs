@@ -80,12 +80,14 @@ pub async fn run(
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     server.serve_http(listeners.take("http")?, router, http_tls)?;
     let tls = server.tls()?.acceptor(&[])?.rustls();
-    let service = Arc::new(pg::PgService::new(
+    let mut service = pg::PgService::new(
         Arc::clone(&engine),
         session_limits,
         Some(tls),
         config.environment.is_strict(),
-    ));
+    );
+    service.idle_in_transaction = Duration::from_secs(db.idle_in_transaction_timeout_secs);
+    let service = Arc::new(service);
     server.serve_connections(
         listeners.take("pg")?,
         AcceptLimits {

@@ -488,3 +488,45 @@ async fn sqlx_postgres_driver_pools_binds_and_decodes() {
     pool.close().await;
     role.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_left_idle_is_ended_and_frees_the_writer() {
+    let test = TestConfig::new(Environment::Development)
+        .set("db.idle_in_transaction_timeout_secs", "1")
+        .set("db.lock_timeout_secs", "10");
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let addr = role.addr("pg");
+    let idle = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    let other = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    idle.batch_execute("CREATE TABLE t (n INTEGER); BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    // The other session's write waits for the writer, which the timeout frees.
+    let started = Instant::now();
+    other
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = idle.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "25P03");
+    let rows = other
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.get::<_, i64>(0),
+        1,
+        "the idle transaction's insert was rolled back"
+    );
+    drop((idle, other));
+    role.stop().await.unwrap();
+}

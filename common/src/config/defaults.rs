@@ -55,6 +55,10 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
         ("db.readers", ValueKind::from(4u64)),
         ("db.statement_timeout_secs", ValueKind::from(30u64)),
         ("db.lock_timeout_secs", ValueKind::from(5u64)),
+        (
+            "db.idle_in_transaction_timeout_secs",
+            ValueKind::from(60u64),
+        ),
         ("db.http_max_rows", ValueKind::from(10_000u64)),
         ("db.http_max_response_bytes", ValueKind::from(16_777_216u64)),
         ("db.http_max_body_bytes", ValueKind::from(1_048_576u64)),

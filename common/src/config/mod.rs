@@ -96,6 +96,9 @@ pub struct DbConfig {
     pub statement_timeout_secs: u64,
     /// The longest a write waits for another transaction's write lock (55P03).
     pub lock_timeout_secs: u64,
+    /// A PostgreSQL session idle inside a transaction this long is rolled back and ended
+    /// (25P03), freeing the writer; 0 = never.
+    pub idle_in_transaction_timeout_secs: u64,
     /// Limits of the HTTP SQL API: rows per statement, bytes per answer, bytes per request.
     pub http_max_rows: usize,
     pub http_max_response_bytes: usize,

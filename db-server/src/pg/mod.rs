@@ -45,6 +45,9 @@ pub struct PgService {
     cancels: std::sync::Mutex<HashMap<i32, (SecretKey, CancelHandle)>>,
     /// One generator for every connection, so that backend pids are unique.
     pub(crate) pids: Arc<pgwire::api::RandomPidSecretKeyGenerator>,
+    /// A transaction left idle this long is rolled back and its connection ended (it would
+    /// otherwise hold the single writer); zero = never.
+    pub idle_in_transaction: std::time::Duration,
 }
 
 impl std::fmt::Debug for PgService {
@@ -70,6 +73,7 @@ impl PgService {
             require_tls,
             cancels: std::sync::Mutex::new(HashMap::new()),
             pids: Arc::new(pgwire::api::RandomPidSecretKeyGenerator::default()),
+            idle_in_transaction: std::time::Duration::ZERO,
         }
     }
 
@@ -80,6 +84,7 @@ impl PgService {
                 service: Arc::clone(&self),
                 state: Arc::new(tokio::sync::Mutex::new(None)),
                 registered: Arc::new(std::sync::Mutex::new(None)),
+                activity: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             }),
             service: Arc::clone(&self),
         });
@@ -158,6 +163,8 @@ struct Open {
     pid: i32,
     /// Statements parsed on this connection, by their text.
     parsed: HashMap<String, Prepared>,
+    /// Its idle transaction was ended: the connection only answers with a FATAL error.
+    terminated: bool,
 }
 
 /// Statements whose description a connection keeps.
@@ -180,6 +187,56 @@ struct QueryHandler {
     state: Arc<tokio::sync::Mutex<Option<Open>>>,
     /// The pid this connection is registered under for CancelRequest.
     registered: Arc<std::sync::Mutex<Option<i32>>>,
+    /// Counts the client's queries, so an idle-transaction timer knows whether any came.
+    activity: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl QueryHandler {
+    /// Marks the start of a client query; refuses one on a connection whose idle transaction
+    /// was ended.
+    fn begin_query(&self, open: &Open) -> PgWireResult<()> {
+        self.activity
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if open.terminated {
+            return Err(fatal(
+                "25P03",
+                "terminating connection due to idle-in-transaction timeout",
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a query that left a transaction open: if nothing else comes within
+    /// `idle_in_transaction`, the transaction is rolled back (freeing the writer) and the
+    /// connection's next query gets a FATAL error, as PostgreSQL's
+    /// `idle_in_transaction_session_timeout` does.
+    fn watch_idle(&self, in_transaction: bool) {
+        let timeout = self.service.idle_in_transaction;
+        if timeout.is_zero() || !in_transaction {
+            return;
+        }
+        let generation = self.activity.load(std::sync::atomic::Ordering::Relaxed);
+        let (state, activity) = (Arc::clone(&self.state), Arc::clone(&self.activity));
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let idle = || activity.load(std::sync::atomic::Ordering::Relaxed) == generation;
+            if !idle() {
+                return;
+            }
+            let mut state = state.lock().await;
+            if let Some(open) = state.as_mut()
+                && idle()
+                && open.session.status() != crate::engine::TxStatus::Idle
+            {
+                open.session.close().await;
+                open.terminated = true;
+                tracing::info!(
+                    pid = open.pid,
+                    "rolled back a transaction left idle past db.idle_in_transaction_timeout_secs"
+                );
+            }
+        });
+    }
 }
 
 impl Drop for QueryHandler {
@@ -282,6 +339,7 @@ async fn open_session<'a, C: ClientInfo>(
             settings,
             pid,
             parsed: HashMap::new(),
+            terminated: false,
         });
     }
     state
@@ -386,6 +444,7 @@ impl SimpleQueryHandler for QueryHandler {
     {
         let mut state = self.state.lock().await;
         let open = open_session(&self.service, &self.registered, &mut state, client).await?;
+        self.begin_query(open)?;
         let statements = split_statements(query);
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
@@ -406,6 +465,9 @@ impl SimpleQueryHandler for QueryHandler {
                 }
             }
         }
+        let in_transaction = open.session.status() != crate::engine::TxStatus::Idle;
+        drop(state);
+        self.watch_idle(in_transaction);
         Ok(responses)
     }
 }
@@ -598,6 +660,7 @@ impl ExtendedQueryHandler for QueryHandler {
     {
         let mut state = self.state.lock().await;
         let open = open_session(&self.service, &self.registered, &mut state, client).await?;
+        self.begin_query(open)?;
         let prepared = &portal.statement.statement;
         let params = match encode::parameters(portal, &prepared.parameter_types) {
             Ok(params) => params,
@@ -606,7 +669,7 @@ impl ExtendedQueryHandler for QueryHandler {
                 return Err(user_error(&err));
             }
         };
-        match run_statement(
+        let outcome = match run_statement(
             &self.service.engine,
             open,
             &prepared.original,
@@ -627,6 +690,10 @@ impl ExtendedQueryHandler for QueryHandler {
                 encode::response(result, &portal.result_column_format, open.session.status())
             }
             Err(err) => Err(user_error(&err)),
-        }
+        };
+        let in_transaction = open.session.status() != crate::engine::TxStatus::Idle;
+        drop(state);
+        self.watch_idle(in_transaction);
+        outcome
     }
 }
