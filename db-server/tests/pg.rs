@@ -530,3 +530,41 @@ async fn a_transaction_left_idle_is_ended_and_frees_the_writer() {
     drop((idle, other));
     role.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_on_the_postgresql_port_is_refused_and_the_server_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let test = TestConfig::new(Environment::Development);
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let addr = role.addr("pg");
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0u8, 0, 0, 8, 0, 0, 0, 0][..],
+        &[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0][..],
+        &[0u8; 64][..],
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(garbage).await.unwrap();
+        let mut reply = Vec::new();
+        // An error or a closed connection, never a hang. (A startup packet that never
+        // completes is closed by the 60 s startup timeout, as PostgreSQL's
+        // authentication_timeout does; not waited for here.)
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+        assert!(read.is_ok(), "no answer to {garbage:?}");
+        assert!(
+            reply.is_empty() || reply[0] == b'E',
+            "{garbage:?}: {reply:?}"
+        );
+    }
+    let client = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    let row = client
+        .query_one("SELECT count(*) FROM (SELECT 1 UNION ALL SELECT 2)", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 2);
+    drop(client);
+    role.stop().await.unwrap();
+}

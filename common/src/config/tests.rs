@@ -337,3 +337,45 @@ fn database_passwords_never_print() {
         "postgres://u:pa/ss@db/x?sslmode=require&password=pw2"
     );
 }
+
+#[test]
+fn bad_values_of_the_app_and_db_keys_are_each_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(Environment::Development, dir.path());
+    opts.vars = vars(&[
+        ("QUARTET__APP__PORTS", "80-90"),
+        ("QUARTET__APP__RUN_AS", "root"),
+        ("QUARTET__DB__SYNCHRONOUS", "sometimes"),
+        ("QUARTET__DB__READERS", "0"),
+        ("QUARTET__DB__BACKUP__EVERY", "every tuesday"),
+        ("QUARTET__DB__BACKUP__KEEP", "0"),
+    ]);
+    let err = load(&opts, &[Role::App, Role::Db]).unwrap_err();
+    let text = problems_text(&err);
+    for key in [
+        "app.ports",
+        "app.run_as",
+        "db.synchronous",
+        "db.readers",
+        "db.backup.every",
+        "db.backup.keep",
+    ] {
+        assert!(
+            text.contains(&format!("{key}: ")),
+            "{key} missing in:\n{text}"
+        );
+    }
+    assert_eq!(err.problems.len(), 6, "{text}");
+}
+
+#[test]
+fn intervals() {
+    assert_eq!(parse_interval("off"), Ok(None));
+    assert_eq!(parse_interval("0"), Ok(None));
+    assert_eq!(
+        parse_interval("6h"),
+        Ok(Some(std::time::Duration::from_secs(6 * 3600)))
+    );
+    assert!(parse_interval("6 hours").is_err());
+    assert!(parse_interval("h").is_err());
+}
