@@ -111,6 +111,22 @@ fn error_json(err: &SqlError) -> Json_ {
     json!({ "code": err.code, "message": err.message })
 }
 
+/// An error as a handler returns it: `?` turns any [`SqlError`] into its HTTP answer.
+#[derive(Debug)]
+struct Failure(SqlError);
+
+impl From<SqlError> for Failure {
+    fn from(err: SqlError) -> Self {
+        Failure(err)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        failure(&self.0)
+    }
+}
+
 fn failure(err: &SqlError) -> Response {
     let mut response = (sql_status(err), Json(json!({ "error": error_json(err) }))).into_response();
     if sql_status(err) == StatusCode::UNAUTHORIZED {
@@ -263,36 +279,27 @@ async fn query(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let role = match caller(&api, &headers).await {
-        Ok(role) => role,
-        Err(err) => return failure(&err),
-    };
-    let level = match privilege(&api, &role, &name).await {
-        Ok(level) => level,
-        Err(err) => return failure(&err),
-    };
+) -> Result<Response, Failure> {
+    let role = caller(&api, &headers).await?;
+    let level = privilege(&api, &role, &name).await?;
     let request: QueryRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(err) => {
-            return failure(&SqlError::new(
+            return Err(Failure(SqlError::new(
                 sqlstate::INVALID_PARAMETER_VALUE,
                 format!(
                     "expected {{\"statements\":[{{\"sql\":\"…\",\"params\":[…]}}],\"transaction\":false}}: {err}"
                 ),
-            ));
+            )));
         }
     };
     if request.statements.is_empty() || request.statements.len() > 1000 {
-        return failure(&SqlError::new(
+        return Err(Failure(SqlError::new(
             sqlstate::INVALID_PARAMETER_VALUE,
             "1 to 1000 statements per request",
-        ));
+        )));
     }
-    let db = match api.engine.database(&name).await {
-        Ok(db) => db,
-        Err(err) => return failure(&err),
-    };
+    let db = api.engine.database(&name).await?;
     let limits = SessionLimits {
         max_rows: api.limits.max_rows,
         ..api.session_limits
@@ -303,7 +310,7 @@ async fn query(
     }
     let outcome = run_request(&api, &mut session, &role, level, &request).await;
     session.close().await;
-    outcome
+    Ok(outcome)
 }
 
 async fn run_request(
@@ -382,22 +389,16 @@ async fn run_request(
     Json(json!({ "results": results })).into_response()
 }
 
-async fn list_databases(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let role = match caller(&api, &headers).await {
-        Ok(role) => role,
-        Err(err) => return failure(&err),
-    };
-    let names = match api.engine.databases().await {
-        Ok(names) => names,
-        Err(err) => return failure(&err),
-    };
+async fn list_databases(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Failure> {
+    let role = caller(&api, &headers).await?;
+    let names = api.engine.databases().await?;
     let mut visible = Vec::new();
     for name in names {
         if let Ok(Some(level)) = api.engine.catalog.privilege(&role, &name).await {
             visible.push(json!({ "name": name, "privilege": level }));
         }
     }
-    Json(json!({ "databases": visible })).into_response()
+    Ok(Json(json!({ "databases": visible })).into_response())
 }
 
 async fn superuser(api: &Api, headers: &HeaderMap) -> Result<String, SqlError> {
@@ -416,28 +417,20 @@ async fn create_database(
     State(api): State<Api>,
     Path(name): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(err) = superuser(&api, &headers).await {
-        return failure(&err);
-    }
-    match api.engine.create_database(&name).await {
-        Ok(()) => (StatusCode::CREATED, Json(json!({ "name": name }))).into_response(),
-        Err(err) => failure(&err),
-    }
+) -> Result<Response, Failure> {
+    superuser(&api, &headers).await?;
+    api.engine.create_database(&name).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "name": name }))).into_response())
 }
 
 async fn drop_database(
     State(api): State<Api>,
     Path(name): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(err) = superuser(&api, &headers).await {
-        return failure(&err);
-    }
-    match api.engine.drop_database(&name).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(err) => failure(&err),
-    }
+) -> Result<Response, Failure> {
+    superuser(&api, &headers).await?;
+    api.engine.drop_database(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// A scratch file beside the databases, removed when dropped.
@@ -461,35 +454,32 @@ fn scratch(api: &Api, name: &str, what: &str) -> Scratch {
     )
 }
 
-async fn backup(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    let role = match caller(&api, &headers).await {
-        Ok(role) => role,
-        Err(err) => return failure(&err),
-    };
-    if let Err(err) = privilege(&api, &role, &name).await {
-        return failure(&err);
-    }
+async fn backup(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    let role = caller(&api, &headers).await?;
+    privilege(&api, &role, &name).await?;
     let file = scratch(&api, &name, "backup");
-    if let Err(err) = api.engine.backup_to(&name, &file.0).await {
-        return failure(&err);
-    }
-    match tokio::fs::read(&file.0).await {
-        Ok(bytes) => (
-            [
-                (
-                    axum::http::header::CONTENT_TYPE,
-                    "application/vnd.sqlite3".to_owned(),
-                ),
-                (
-                    axum::http::header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"{name}.db\""),
-                ),
-            ],
-            bytes,
-        )
-            .into_response(),
-        Err(err) => failure(&SqlError::new(sqlstate::INTERNAL_ERROR, err.to_string())),
-    }
+    api.engine.backup_to(&name, &file.0).await?;
+    let bytes = tokio::fs::read(&file.0)
+        .await
+        .map_err(|err| SqlError::new(sqlstate::INTERNAL_ERROR, err.to_string()))?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/vnd.sqlite3".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}.db\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 async fn restore(
@@ -497,17 +487,14 @@ async fn restore(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let role = match caller(&api, &headers).await {
-        Ok(role) => role,
-        Err(err) => return failure(&err),
-    };
+) -> Result<Response, Failure> {
+    let role = caller(&api, &headers).await?;
     // The name becomes a file name: checked before anything is written under it.
     if !crate::engine::valid_database_name(&name) {
-        return failure(&SqlError::new(
+        return Err(Failure(SqlError::new(
             sqlstate::INVALID_PARAMETER_VALUE,
             format!("{name:?} is not a database name"),
-        ));
+        )));
     }
     let allowed = match api.engine.catalog.is_superuser(&role).await {
         Ok(true) => true,
@@ -517,32 +504,25 @@ async fn restore(
         ),
     };
     if !allowed {
-        return failure(&SqlError::new(
+        return Err(Failure(SqlError::new(
             sqlstate::INSUFFICIENT_PRIVILEGE,
             format!("restoring \"{name}\" needs admin on it"),
-        ));
+        )));
     }
     let file = scratch(&api, &name, "upload");
-    if let Err(err) = tokio::fs::write(&file.0, &body).await {
-        return failure(&SqlError::new(sqlstate::INTERNAL_ERROR, err.to_string()));
-    }
-    match api.engine.restore_from(&name, &file.0).await {
-        Ok(()) => Json(json!({ "restored": name, "bytes": body.len() })).into_response(),
-        Err(err) => failure(&err),
-    }
+    tokio::fs::write(&file.0, &body)
+        .await
+        .map_err(|err| SqlError::new(sqlstate::INTERNAL_ERROR, err.to_string()))?;
+    api.engine.restore_from(&name, &file.0).await?;
+    Ok(Json(json!({ "restored": name, "bytes": body.len() })).into_response())
 }
 
-async fn create_token(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let role = match caller(&api, &headers).await {
-        Ok(role) => role,
-        Err(err) => return failure(&err),
-    };
-    match api.engine.catalog.create_token(&role).await {
-        Ok(token) => (
-            StatusCode::CREATED,
-            Json(json!({ "token": token, "role": role })),
-        )
-            .into_response(),
-        Err(err) => failure(&err),
-    }
+async fn create_token(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Failure> {
+    let role = caller(&api, &headers).await?;
+    let token = api.engine.catalog.create_token(&role).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "role": role })),
+    )
+        .into_response())
 }
