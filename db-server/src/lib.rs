@@ -4,14 +4,15 @@
 //! - [`engine`]: databases (SQLite files, one writer, read-only readers), sessions with
 //!   PostgreSQL's transaction semantics, roles and grants, SQLSTATEs.
 //! - [`pg`]: the PostgreSQL wire protocol on `db.pg_listen` (pgwire).
-//!
-//! The HTTP listener serves `/healthz` and `/metrics`; the HTTP SQL API, backups and the
-//! PostgreSQL upstream mode are still to come.
+//! - [`http`]: the HTTP SQL API on `db.http_listen`, beside `/healthz` and `/metrics`.
+//! - [`upstream`]: with `db.backend = "postgres://…"`, both front ends in front of a real
+//!   PostgreSQL (sessions proxied through a pool).
 
 pub mod cli;
 pub mod engine;
 pub mod http;
 pub mod pg;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,12 +52,35 @@ pub async fn run(
     };
     let dir = config.data_dir.join("db");
     let _lock = engine::lock_dir(&dir)?;
-    let engine = Arc::new(engine::Engine::open(&dir, options).await?);
+    let upstream = match db.backend.postgres() {
+        None => None,
+        Some(url) => {
+            let url = url.map_err(|reason| {
+                engine::SqlError::new(engine::sqlstate::INVALID_PARAMETER_VALUE, reason)
+            })?;
+            tracing::info!(backend = %db.backend, "databases are on a PostgreSQL backend");
+            Some(Arc::new(upstream::Upstream::new(
+                url,
+                db.backend_pool_size,
+            )?))
+        }
+    };
+    let engine = Arc::new(engine::Engine::open_with(&dir, options, upstream.clone()).await?);
     // Development starts with the database `quartet`; elsewhere the administrator makes them.
     let first_database = (config.environment == Environment::Development).then_some("quartet");
     engine
-        .bootstrap(&db.admin_user, db.admin_password.expose(), first_database)
+        .bootstrap(&db.admin_user, db.admin_password.expose(), None)
         .await?;
+    if let Some(name) = first_database {
+        match engine.bootstrap(&db.admin_user, "", Some(name)).await {
+            Ok(()) => {}
+            // A backend that is not up yet must not keep the role from starting.
+            Err(err) if upstream.is_some() => {
+                tracing::warn!(error = %err, "could not check the backend for the database {name}")
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
     let http_tls = db.http_tls;
     let mut server = RoleServer::new(Role::Db, Arc::clone(&config), shutdown);
     let session_limits = engine::SessionLimits {
@@ -80,6 +104,35 @@ pub async fn run(
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     server.serve_http(listeners.take("http")?, router, http_tls)?;
     let tls = server.tls()?.acceptor(&[])?.rustls();
+    let limits = AcceptLimits {
+        max_connections: db.max_connections,
+    };
+    if let Some(upstream) = upstream {
+        if !db.backup.every.trim().is_empty()
+            && common::config::parse_interval(&db.backup.every)
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            tracing::info!(
+                "db.backup.every is for the sqlite backend: back up the PostgreSQL backend with pg_dump"
+            );
+        }
+        let service = Arc::new(upstream::proxy::ProxyService {
+            engine: Arc::clone(&engine),
+            upstream,
+            tls: Some(tls),
+            require_tls: config.environment.is_strict(),
+            statement_timeout: session_limits.statement_timeout,
+            idle_in_transaction: Duration::from_secs(db.idle_in_transaction_timeout_secs),
+        });
+        server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
+            Arc::clone(&service).serve(stream)
+        });
+        server.run_until_shutdown().await;
+        engine.close().await;
+        return Ok(());
+    }
     let mut service = pg::PgService::new(
         Arc::clone(&engine),
         session_limits,
@@ -88,13 +141,9 @@ pub async fn run(
     );
     service.idle_in_transaction = Duration::from_secs(db.idle_in_transaction_timeout_secs);
     let service = Arc::new(service);
-    server.serve_connections(
-        listeners.take("pg")?,
-        AcceptLimits {
-            max_connections: db.max_connections,
-        },
-        move |stream, _peer| Arc::clone(&service).serve(stream),
-    );
+    server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
+        Arc::clone(&service).serve(stream)
+    });
     if let Ok(Some(every)) = common::config::parse_interval(&db.backup.every) {
         let stop = server.shutdown.token().clone();
         tokio::spawn(engine::backup::run_schedule(

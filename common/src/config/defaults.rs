@@ -45,6 +45,7 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
         ("db.http_listen", pick("127.0.0.1:4001", "0.0.0.0:4001")),
         ("db.http_tls", ValueKind::from(!dev)),
         ("db.backend", ValueKind::from("sqlite")),
+        ("db.backend_pool_size", ValueKind::from(20u64)),
         ("db.admin_user", ValueKind::from(DEFAULT_DB_ADMIN_USER)),
         (
             "db.admin_password",

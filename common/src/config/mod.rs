@@ -8,6 +8,7 @@
 
 mod defaults;
 mod load;
+mod postgres_url;
 mod validate;
 mod web;
 
@@ -24,6 +25,7 @@ pub use defaults::defaults;
 pub use load::{
     CONFIG_DIR_VAR, ConfigError, LoadOptions, Loaded, Origin, Origins, Problem, VAR_PREFIX, load,
 };
+pub use postgres_url::{PostgresUrl, SslMode};
 pub use web::{AuthRule, HeaderRule, ProxyRoute, RedirectRule, SiteConfig, SiteTls, WebConfig};
 
 /// The whole configuration of an installation: one section per role plus what they share.
@@ -82,6 +84,8 @@ pub struct DbConfig {
     pub http_tls: bool,
     /// `sqlite` (files under `data_dir/db`) or a `postgres://` URL.
     pub backend: Backend,
+    /// With a PostgreSQL backend: connections to it, at most (idle ones are kept for reuse).
+    pub backend_pool_size: usize,
     /// The first administrator role, created on first start.
     pub admin_user: String,
     pub admin_password: Secret,
@@ -294,6 +298,11 @@ impl Backend {
 
     pub fn is_sqlite(&self) -> bool {
         self.0 == "sqlite"
+    }
+
+    /// The PostgreSQL URL, parsed; `None` for `sqlite`.
+    pub fn postgres(&self) -> Option<Result<PostgresUrl, String>> {
+        (!self.is_sqlite()).then(|| PostgresUrl::parse(&self.0))
     }
 }
 

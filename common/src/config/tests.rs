@@ -379,3 +379,36 @@ fn intervals() {
     assert!(parse_interval("6 hours").is_err());
     assert!(parse_interval("h").is_err());
 }
+
+#[test]
+fn a_remote_postgresql_backend_needs_tls_outside_development() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(Environment::Staging, dir.path());
+    opts.vars = vars(&[
+        ("QUARTET__DB__ADMIN_PASSWORD", "a-real-one"),
+        (
+            "QUARTET__DB__BACKEND",
+            "postgres://q:secret@db.example.test/postgres",
+        ),
+        ("QUARTET__DB__BACKEND_POOL_SIZE", "0"),
+    ]);
+    let err = load(&opts, &[Role::Db]).unwrap_err();
+    let text = problems_text(&err);
+    assert!(
+        text.contains("db.backend: ") && text.contains("sslmode=verify-full"),
+        "{text}"
+    );
+    assert!(text.contains("db.backend_pool_size: "), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+
+    opts.vars = vars(&[
+        ("QUARTET__DB__ADMIN_PASSWORD", "a-real-one"),
+        (
+            "QUARTET__DB__BACKEND",
+            "postgres://q:secret@db.example.test/postgres?sslmode=verify-full",
+        ),
+    ]);
+    // Only the missing certificate of this bare test setup is left.
+    let text = problems_text(&load(&opts, &[Role::Db]).unwrap_err());
+    assert!(!text.contains("db.backend"), "{text}");
+}

@@ -122,18 +122,29 @@ impl Config {
                     format!("the documented default password is refused in {env}: set your own"),
                 ));
             }
-            let backend = self.db.backend.expose();
-            if !self.db.backend.is_sqlite()
-                && !backend.starts_with("postgres://")
-                && !backend.starts_with("postgresql://")
-            {
-                problems.push(problem(
+            match self.db.backend.postgres() {
+                None => {}
+                Some(Err(reason)) => problems.push(problem(
                     "db.backend",
-                    format!(
-                        "{} is neither \"sqlite\" nor a postgres:// URL",
-                        self.db.backend
-                    ),
-                ));
+                    format!("neither \"sqlite\" nor a usable PostgreSQL URL: {reason}"),
+                )),
+                Some(Ok(url)) => {
+                    // The backend login's password crosses the network: encrypted, outside
+                    // development, unless the backend is on this machine.
+                    if env.is_strict() && !url.is_loopback() && !url.sslmode.always_tls() {
+                        problems.push(problem(
+                            "db.backend",
+                            format!(
+                                "{} is not on this machine: add sslmode=verify-full (or \
+                                 require/verify-ca) in {env}",
+                                url.host
+                            ),
+                        ));
+                    }
+                    if self.db.backend_pool_size == 0 {
+                        problems.push(problem("db.backend_pool_size", "must be at least 1".into()));
+                    }
+                }
             }
         }
         if roles.contains(&Role::App) {

@@ -143,6 +143,20 @@ pub fn is_admin(sql: &str) -> bool {
     )
 }
 
+/// Whether `sql` is one of Quartet's own administration statements when a PostgreSQL backend
+/// runs everything else: as [`is_admin`], but `GRANT`/`REVOKE` only `ON DATABASE` (grants on
+/// tables are the backend's).
+pub fn is_quartet_admin(sql: &str) -> bool {
+    if !is_admin(sql) {
+        return false;
+    }
+    let words = tokens(sql);
+    match words.first().map(String::as_str) {
+        Some("grant" | "revoke") => words.windows(2).any(|pair| pair == ["on", "database"]),
+        _ => true,
+    }
+}
+
 async fn run(
     engine: &Engine,
     caller: Caller<'_>,
@@ -235,6 +249,12 @@ async fn run(
             let privilege: Privilege = words[1..on].join(" ").parse()?;
             let database = name(t, on + 2, "database")?;
             let role = name(t, on + 4, "role")?;
+            if !engine.has_database(database).await? {
+                return Err(SqlError::new(
+                    sqlstate::INVALID_CATALOG_NAME,
+                    format!("database \"{database}\" does not exist"),
+                ));
+            }
             let allowed = caller.superuser
                 || engine.catalog.privilege(caller.role, database).await? == Some(Privilege::Admin);
             if !allowed {

@@ -41,6 +41,35 @@ pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const DATA_CORRUPTED: &str = "XX001";
     pub const INTERNAL_ERROR: &str = "XX000";
+
+    /// A SQLSTATE received from elsewhere (a PostgreSQL backend) as a `&'static str`: the
+    /// codes are a small fixed set, so each distinct one is kept once; anything that is not
+    /// five digits or capitals becomes XX000.
+    pub fn intern(code: &str) -> &'static str {
+        use std::collections::HashSet;
+        use std::sync::{Mutex, OnceLock};
+        static KNOWN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+        let valid = code.len() == 5
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+        if !valid {
+            return INTERNAL_ERROR;
+        }
+        let Ok(mut known) = KNOWN.get_or_init(Default::default).lock() else {
+            return INTERNAL_ERROR;
+        };
+        if let Some(code) = known.get(code) {
+            return code;
+        }
+        // PostgreSQL defines a few hundred codes; more than this is not a PostgreSQL.
+        if known.len() >= 2048 {
+            return INTERNAL_ERROR;
+        }
+        let leaked: &'static str = Box::leak(code.to_owned().into_boxed_str());
+        known.insert(leaked);
+        leaked
+    }
 }
 
 /// An error a client sees: SQLSTATE and message.

@@ -75,11 +75,32 @@ pub struct Engine {
     options: DatabaseOptions,
     pub catalog: Catalog,
     open: tokio::sync::Mutex<HashMap<String, Arc<Database>>>,
+    /// With `db.backend = "postgres://…"`: the databases are the backend's (the catalog
+    /// mirrors their names for grants).
+    upstream: Option<Arc<crate::upstream::Upstream>>,
+}
+
+fn not_with_postgres(what: &str) -> SqlError {
+    SqlError::new(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!(
+            "{what} is for the sqlite backend; with a PostgreSQL backend use pg_dump/pg_restore"
+        ),
+    )
 }
 
 impl Engine {
     /// Opens `dir` (created if needed) and its catalog.
     pub async fn open(dir: &Path, options: DatabaseOptions) -> Result<Self, SqlError> {
+        Self::open_with(dir, options, None).await
+    }
+
+    /// As [`Engine::open`], with the PostgreSQL backend that holds the databases, if any.
+    pub async fn open_with(
+        dir: &Path,
+        options: DatabaseOptions,
+        upstream: Option<Arc<crate::upstream::Upstream>>,
+    ) -> Result<Self, SqlError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             SqlError::new(
                 sqlstate::INTERNAL_ERROR,
@@ -92,7 +113,34 @@ impl Engine {
             options,
             catalog,
             open: tokio::sync::Mutex::new(HashMap::new()),
+            upstream,
         })
+    }
+
+    /// The PostgreSQL backend, when there is one.
+    pub fn upstream(&self) -> Option<&Arc<crate::upstream::Upstream>> {
+        self.upstream.as_ref()
+    }
+
+    /// Whether database `name` exists (with a PostgreSQL backend: on the backend, and then
+    /// also in the catalog, so that it can be granted).
+    pub async fn has_database(&self, name: &str) -> Result<bool, SqlError> {
+        let Some(upstream) = &self.upstream else {
+            return self.catalog.has_database(name).await;
+        };
+        let found = upstream.has_database(name).await?;
+        if found && !self.catalog.has_database(name).await? {
+            self.known(name).await?;
+        }
+        Ok(found)
+    }
+
+    /// Records a backend database in the catalog (already there is fine).
+    async fn known(&self, name: &str) -> Result<(), SqlError> {
+        match self.catalog.add_database(name).await {
+            Err(err) if err.code != sqlstate::DUPLICATE_DATABASE => Err(err),
+            _ => Ok(()),
+        }
     }
 
     pub fn path_of(&self, name: &str) -> PathBuf {
@@ -101,6 +149,9 @@ impl Engine {
 
     /// The database `name`, opening it if needed (3D000 if there is none).
     pub async fn database(&self, name: &str) -> Result<Arc<Database>, SqlError> {
+        if self.upstream.is_some() {
+            return Err(not_with_postgres("an embedded SQLite database"));
+        }
         let mut open = self.open.lock().await;
         if let Some(db) = open.get(name) {
             return Ok(Arc::clone(db));
@@ -123,6 +174,10 @@ impl Engine {
                 sqlstate::INVALID_PARAMETER_VALUE,
                 format!("{name:?} is not a database name: 1-63 of a-z, 0-9 and _"),
             ));
+        }
+        if let Some(upstream) = &self.upstream {
+            upstream.create_database(name).await?;
+            return self.known(name).await;
         }
         self.catalog.add_database(name).await?;
         // Create the file now, so that a database that exists can always be opened.
@@ -165,6 +220,17 @@ impl Engine {
 
     /// Drops a database and deletes its files (3D000 if there is none, 55006 while in use).
     pub async fn drop_database(&self, name: &str) -> Result<(), SqlError> {
+        if let Some(upstream) = &self.upstream {
+            if !valid_database_name(name) {
+                return Err(SqlError::new(
+                    sqlstate::INVALID_CATALOG_NAME,
+                    format!("database \"{name}\" does not exist"),
+                ));
+            }
+            upstream.drop_database(name).await?;
+            self.catalog.remove_database(name).await?;
+            return Ok(());
+        }
         if !self.catalog.has_database(name).await? {
             return Err(SqlError::new(
                 sqlstate::INVALID_CATALOG_NAME,
@@ -184,6 +250,9 @@ impl Engine {
     /// one transaction's view while writers go on), fsynced.
     pub async fn backup_to(&self, name: &str, dest: &Path) -> Result<(), SqlError> {
         use sqlx::Executor as _;
+        if self.upstream.is_some() {
+            return Err(not_with_postgres("a snapshot"));
+        }
         let db = self.database(name).await?;
         let dest_text = dest.display().to_string();
         let vacuum = || sqlx::query("VACUUM INTO ?1").bind(dest_text.clone());
@@ -213,6 +282,9 @@ impl Engine {
     /// Replaces database `name` (created if needed) with the snapshot at `source`, once the
     /// snapshot passes `PRAGMA integrity_check`. Refused while sessions use the database.
     pub async fn restore_from(&self, name: &str, source: &Path) -> Result<(), SqlError> {
+        if self.upstream.is_some() {
+            return Err(not_with_postgres("restoring a snapshot"));
+        }
         if !valid_database_name(name) {
             return Err(SqlError::new(
                 sqlstate::INVALID_PARAMETER_VALUE,
@@ -242,7 +314,20 @@ impl Engine {
     }
 
     pub async fn databases(&self) -> Result<Vec<String>, SqlError> {
-        self.catalog.databases().await
+        let Some(upstream) = &self.upstream else {
+            return self.catalog.databases().await;
+        };
+        let names = upstream.databases().await?;
+        // The catalog follows the backend: new databases can be granted, dropped ones go.
+        for name in &names {
+            self.known(name).await?;
+        }
+        for name in self.catalog.databases().await? {
+            if !names.contains(&name) {
+                self.catalog.remove_database(&name).await?;
+            }
+        }
+        Ok(names)
     }
 
     /// On first start: the administrator role and, in development, the `quartet` database.
@@ -257,7 +342,7 @@ impl Engine {
             tracing::info!(role = admin, "created the administrator role");
         }
         if let Some(name) = first_database
-            && !self.catalog.has_database(name).await?
+            && !self.has_database(name).await?
         {
             self.create_database(name).await?;
             tracing::info!(database = name, "created the first database");
@@ -267,6 +352,9 @@ impl Engine {
 
     /// Closes every open database (the role stops).
     pub async fn close(&self) {
+        if let Some(upstream) = &self.upstream {
+            upstream.pool.close();
+        }
         let open: Vec<Arc<Database>> = self.open.lock().await.drain().map(|(_, db)| db).collect();
         for db in open {
             db.close().await;

@@ -196,9 +196,50 @@ pub fn rewrite_parameters(sql: &str) -> (String, usize) {
     )
 }
 
+/// The HTTP API's `?` and `?N` placeholders as PostgreSQL's `$N` (for a PostgreSQL backend);
+/// question marks inside strings, quoted names and comments are left alone.
+pub fn question_marks_to_dollars(sql: &str) -> String {
+    let bytes = sql.as_bytes();
+    let mut places = Vec::new();
+    walk_code(bytes, |i| {
+        if bytes[i] == b'?' {
+            places.push(i);
+        }
+    });
+    let mut out = String::with_capacity(sql.len() + places.len() * 2);
+    let mut next = 0usize;
+    let mut counter = 0usize;
+    for at in places {
+        out.push_str(&sql[next..at]);
+        let digits = bytes[at + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits > 0 {
+            out.push('$');
+            out.push_str(&sql[at + 1..at + 1 + digits]);
+            next = at + 1 + digits;
+        } else {
+            counter += 1;
+            out.push_str(&format!("${counter}"));
+            next = at + 1;
+        }
+    }
+    out.push_str(&sql[next..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn question_marks_become_numbered_parameters() {
+        assert_eq!(
+            question_marks_to_dollars("select ?, '?', ?2 -- ?\n from t where a = ?"),
+            "select $1, '?', $2 -- ?\n from t where a = $2"
+        );
+    }
 
     #[test]
     fn statements_split_on_semicolons_outside_strings_and_comments() {

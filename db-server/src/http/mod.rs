@@ -209,7 +209,12 @@ async fn caller(api: &Api, headers: &HeaderMap) -> Result<String, SqlError> {
 
 /// The caller's privilege on `database`, or why not.
 async fn privilege(api: &Api, role: &str, database: &str) -> Result<Privilege, SqlError> {
-    api.engine.database(database).await?;
+    if !api.engine.has_database(database).await? {
+        return Err(SqlError::new(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        ));
+    }
     api.engine
         .catalog
         .privilege(role, database)
@@ -299,6 +304,9 @@ async fn query(
             "1 to 1000 statements per request",
         )));
     }
+    if let Some(upstream) = api.engine.upstream() {
+        return Ok(upstream_request(&api, upstream, &name, &role, level, &request).await);
+    }
     let db = api.engine.database(&name).await?;
     let limits = SessionLimits {
         max_rows: api.limits.max_rows,
@@ -387,6 +395,225 @@ async fn run_request(
         return failure(&err);
     }
     Json(json!({ "results": results })).into_response()
+}
+
+/// A request with a PostgreSQL backend: the same answers, from a pooled backend connection.
+async fn upstream_request(
+    api: &Api,
+    upstream: &crate::upstream::Upstream,
+    database: &str,
+    role: &str,
+    level: Privilege,
+    request: &QueryRequest,
+) -> Response {
+    let read_only = level == Privilege::Read;
+    let mut conn = match upstream
+        .session(database, read_only, api.session_limits.statement_timeout)
+        .await
+    {
+        Ok(conn) => conn,
+        Err(err) => return failure(&err),
+    };
+    let response = upstream_statements(api, &mut conn, role, level, request).await;
+    upstream.pool.checkin(conn, true).await;
+    response
+}
+
+async fn upstream_statements(
+    api: &Api,
+    conn: &mut crate::upstream::Connection,
+    role: &str,
+    level: Privilege,
+    request: &QueryRequest,
+) -> Response {
+    let mut results = Vec::with_capacity(request.statements.len());
+    let mut size = 0usize;
+    if request.transaction
+        && let Err(err) = conn.simple_query("BEGIN").await
+    {
+        return failure(&err);
+    }
+    for (index, statement) in request.statements.iter().enumerate() {
+        let outcome = async {
+            let params = statement
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, v)| text_param(v, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            if level == Privilege::Read && crate::upstream::proxy::lifts_read_only(&statement.sql) {
+                return Err(SqlError::new(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("permission denied: role \"{role}\" may only read this database"),
+                ));
+            }
+            if crate::engine::admin::is_quartet_admin(&statement.sql) {
+                let caller = crate::engine::admin::Caller {
+                    role,
+                    superuser: api.engine.catalog.is_superuser(role).await?,
+                };
+                let answer = crate::engine::admin::answer(&api.engine, caller, &statement.sql)
+                    .await
+                    .unwrap_or_else(|| {
+                        Err(SqlError::new(
+                            sqlstate::INTERNAL_ERROR,
+                            "not administration",
+                        ))
+                    })?;
+                return Ok(result_json(&answer));
+            }
+            let sql = crate::engine::split::question_marks_to_dollars(&statement.sql);
+            let outcome = conn.query(&sql, &params, api.limits.max_rows).await?;
+            if outcome.truncated {
+                return Err(SqlError::new(
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "the statement returns more than {} rows (db.http_max_rows)",
+                        api.limits.max_rows
+                    ),
+                ));
+            }
+            Ok(outcome_json(&outcome))
+        }
+        .await;
+        match outcome {
+            Ok(json) => {
+                size += json.to_string().len();
+                if size > api.limits.max_response_bytes {
+                    if request.transaction {
+                        let _ = conn.simple_query("ROLLBACK").await;
+                    }
+                    let err = SqlError::new(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        format!(
+                            "the answer is larger than {} bytes",
+                            api.limits.max_response_bytes
+                        ),
+                    );
+                    return failure(&err);
+                }
+                results.push(json);
+            }
+            Err(err) if request.transaction => {
+                let _ = conn.simple_query("ROLLBACK").await;
+                return (
+                    sql_status(&err),
+                    Json(json!({ "error": error_json(&err), "statement": index })),
+                )
+                    .into_response();
+            }
+            Err(err) => results.push(json!({ "error": error_json(&err) })),
+        }
+    }
+    if request.transaction
+        && let Err(err) = conn.simple_query("COMMIT").await
+    {
+        return failure(&err);
+    }
+    Json(json!({ "results": results })).into_response()
+}
+
+/// A JSON parameter as the text PostgreSQL parses for a parameter of unknown type.
+fn text_param(value: &Json_, index: usize) -> Result<Option<String>, SqlError> {
+    Ok(match value {
+        Json_::Null => None,
+        Json_::Bool(b) => Some(b.to_string()),
+        Json_::Number(n) => Some(n.to_string()),
+        Json_::String(s) => Some(s.clone()),
+        _ => {
+            return Err(SqlError::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "parameter {}: null, a boolean, a number or a string",
+                    index + 1
+                ),
+            ));
+        }
+    })
+}
+
+/// A backend result as JSON: numbers and booleans as such, JSON columns parsed, the rest text.
+fn outcome_json(outcome: &crate::upstream::Outcome) -> Json_ {
+    let rows: Vec<Json_> = outcome
+        .rows
+        .iter()
+        .map(|row| {
+            Json_::Array(
+                row.iter()
+                    .zip(&outcome.columns)
+                    .map(|(value, (_, oid))| match value {
+                        None => Json_::Null,
+                        Some(text) => typed_json(text, *oid),
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    // "INSERT 0 3", "UPDATE 2", "SELECT 5": the last word is the count.
+    let rows_affected = if outcome.tag.starts_with("SELECT") {
+        0
+    } else {
+        outcome
+            .tag
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    json!({
+        "columns": outcome.columns.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(),
+        "types": outcome.columns.iter().map(|(_, oid)| type_name(*oid)).collect::<Vec<_>>(),
+        "rows": rows,
+        "rows_affected": rows_affected,
+        "last_insert_id": null,
+    })
+}
+
+fn typed_json(text: &str, oid: u32) -> Json_ {
+    match oid {
+        // int2, int4, int8, oid
+        21 | 23 | 20 | 26 => text
+            .parse::<i64>()
+            .map(Json_::from)
+            .unwrap_or_else(|_| Json_::from(text)),
+        // float4, float8
+        700 | 701 => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Json_::Number)
+            .unwrap_or_else(|| Json_::from(text)),
+        16 => Json_::Bool(text == "t"),
+        114 | 3802 => serde_json::from_str(text).unwrap_or_else(|_| Json_::from(text)),
+        _ => Json_::from(text),
+    }
+}
+
+/// PostgreSQL's name for the common type OIDs.
+fn type_name(oid: u32) -> String {
+    match oid {
+        16 => "boolean",
+        17 => "bytea",
+        20 => "bigint",
+        21 => "smallint",
+        23 => "integer",
+        25 => "text",
+        26 => "oid",
+        114 => "json",
+        700 => "real",
+        701 => "double precision",
+        1042 => "character",
+        1043 => "character varying",
+        1082 => "date",
+        1083 => "time",
+        1114 => "timestamp",
+        1184 => "timestamptz",
+        1700 => "numeric",
+        2950 => "uuid",
+        3802 => "jsonb",
+        _ => return format!("oid {oid}"),
+    }
+    .to_owned()
 }
 
 async fn list_databases(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Failure> {
