@@ -77,6 +77,15 @@ async fn run(command: SnapshotCommand, config: common::Config) -> Result<String,
         durability: Durability::Full,
         readers: 1,
     };
+    if !config.db.backend.is_sqlite() {
+        return Err(engine::SqlError::new(
+            engine::sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "db.backend is {}: back it up with pg_dump and restore with pg_restore",
+                config.db.backend
+            ),
+        ));
+    }
     match command {
         SnapshotCommand::Backup { database, file } => {
             if file.exists() {

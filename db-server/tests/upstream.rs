@@ -512,5 +512,30 @@ async fn a_real_postgresql_behind_the_same_front_ends() {
     })
     .await
     .unwrap();
+    // Garbage at the door: an error or a close, and the proxy goes on.
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        for garbage in [
+            &b"\x00\x00\x00\x08\x12\x34\x56\x78"[..],
+            &b"\x7f\xff\xff\xff"[..],
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+        ] {
+            let mut stream = std::net::TcpStream::connect(pg).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            stream.write_all(garbage).unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            assert!(
+                answer.is_empty() || answer[0] == b'E',
+                "{garbage:?} → {answer:?}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+    let after = connect(pg, "quartet", "quartet", "shop").await.unwrap();
+    assert_eq!(after.query("SELECT 1", &[]).await.unwrap().len(), 1);
     role.stop().await.unwrap();
 }
