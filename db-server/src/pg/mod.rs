@@ -7,6 +7,7 @@
 //! Each connection gets its own handlers (pgwire asks for them once per connection), holding
 //! the session on its database, opened after authentication.
 
+mod batched;
 mod catalog;
 mod compat;
 mod encode;
@@ -647,6 +648,96 @@ impl ExtendedQueryHandler for QueryHandler {
             service: Arc::clone(&self.service),
             registered: Arc::clone(&self.registered),
         })
+    }
+
+    // Parse, Bind, Describe and Execute queue their answers; Sync writes them (batched.rs).
+
+    async fn on_parse<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::extendedquery::Parse,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo
+            + pgwire::api::ClientPortalStore
+            + futures_util::Sink<pgwire::messages::PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures_util::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
+    {
+        let defaults = batched::ParseAndBind {
+            parser: self.query_parser(),
+        };
+        defaults
+            .on_parse(&mut batched::Batched(client), message)
+            .await
+    }
+
+    async fn on_bind<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::extendedquery::Bind,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo
+            + pgwire::api::ClientPortalStore
+            + futures_util::Sink<pgwire::messages::PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures_util::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
+    {
+        let defaults = batched::ParseAndBind {
+            parser: self.query_parser(),
+        };
+        defaults
+            .on_bind(&mut batched::Batched(client), message)
+            .await
+    }
+
+    async fn on_describe<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::extendedquery::Describe,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo
+            + pgwire::api::ClientPortalStore
+            + futures_util::Sink<pgwire::messages::PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures_util::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
+    {
+        self._on_describe(&mut batched::Batched(client), message)
+            .await
+    }
+
+    async fn on_execute<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::extendedquery::Execute,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo
+            + pgwire::api::ClientPortalStore
+            + futures_util::Sink<pgwire::messages::PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures_util::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
+    {
+        self._on_execute(&mut batched::Batched(client), message)
+            .await
     }
 
     async fn do_query<C>(
