@@ -584,6 +584,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn begin_takes_the_writer_only_at_the_first_statement() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine(dir.path()).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut a = Session::new(Arc::clone(&db), limits());
+        let mut b = Session::new(Arc::clone(&db), limits());
+        a.execute("CREATE TABLE t (n INTEGER)", &[])
+            .await
+            .expect("create");
+        // Two sessions inside BEGIN: neither holds the writer yet, so both may go on.
+        a.execute("BEGIN", &[]).await.expect("begin a");
+        b.execute("BEGIN", &[]).await.expect("begin b");
+        assert_eq!(a.status(), TxStatus::InTransaction);
+        // Schema questions while preparing do not begin it either.
+        a.execute("PRAGMA table_info(t)", &[])
+            .await
+            .expect("pragma");
+        a.execute("INSERT INTO t VALUES (1)", &[])
+            .await
+            .expect("a writes");
+        // b's first statement now waits for a's writer and times out (55P03); b is failed.
+        let err = b
+            .execute("INSERT INTO t VALUES (2)", &[])
+            .await
+            .expect_err("writer busy");
+        assert_eq!(err.code, sqlstate::LOCK_NOT_AVAILABLE);
+        assert_eq!(b.status(), TxStatus::Failed);
+        let err = b.execute("SELECT 1", &[]).await.expect_err("aborted");
+        assert_eq!(err.code, sqlstate::IN_FAILED_SQL_TRANSACTION);
+        assert_eq!(b.execute("COMMIT", &[]).await.expect("end").tag, "ROLLBACK");
+        a.execute("COMMIT", &[]).await.expect("commit");
+        // An empty transaction commits without touching SQLite.
+        b.execute("BEGIN", &[]).await.expect("begin");
+        assert_eq!(
+            b.execute("COMMIT", &[]).await.expect("commit").tag,
+            "COMMIT"
+        );
+        let rows = b
+            .execute("SELECT n FROM t", &[])
+            .await
+            .expect("select")
+            .rows;
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[tokio::test]
     async fn a_read_only_transaction_does_not_hold_the_writer() {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = engine(dir.path()).await;

@@ -70,6 +70,12 @@ pub struct SessionLimits {
 
 enum TxState {
     Idle,
+    /// BEGIN was answered, nothing has run yet: the writer is taken by the first statement
+    /// (PostgreSQL also takes a transaction's snapshot at its first statement), so a
+    /// transaction does not hold SQLite's single writer across BEGIN's round trip.
+    Pending,
+    /// A pending transaction failed before it had a connection.
+    PendingFailed,
     Active(TxConn),
     Failed(TxConn),
 }
@@ -241,6 +247,7 @@ impl Session {
     pub fn fail(&mut self) {
         self.state = match std::mem::replace(&mut self.state, TxState::Idle) {
             TxState::Active(writer) => TxState::Failed(writer),
+            TxState::Pending => TxState::PendingFailed,
             other => other,
         };
     }
@@ -248,8 +255,8 @@ impl Session {
     pub fn status(&self) -> TxStatus {
         match self.state {
             TxState::Idle => TxStatus::Idle,
-            TxState::Active(_) => TxStatus::InTransaction,
-            TxState::Failed(_) => TxStatus::Failed,
+            TxState::Active(_) | TxState::Pending => TxStatus::InTransaction,
+            TxState::Failed(_) | TxState::PendingFailed => TxStatus::Failed,
         }
     }
 
@@ -280,7 +287,52 @@ impl Session {
                 "SAVEPOINT and RELEASE can only be used in transaction blocks",
             ));
         }
-        match (kind, std::mem::replace(&mut self.state, TxState::Idle)) {
+        let mut state = std::mem::replace(&mut self.state, TxState::Idle);
+        // What drivers ask about the schema while preparing (PRAGMA table_info…) does not
+        // begin the transaction: it reads on a reader.
+        if matches!(state, TxState::Pending)
+            && super::split::code_only(sql)
+                .trim_start()
+                .get(..6)
+                .is_some_and(|w| w.eq_ignore_ascii_case("pragma"))
+        {
+            self.state = TxState::Pending;
+            let mut reader = self.db.reader().await;
+            return match reader.conn() {
+                Some(conn) => run_on(conn, sql, params, self.limits, &self.running).await,
+                None => Err(SqlError::new(
+                    sqlstate::INTERNAL_ERROR,
+                    "no reader connection",
+                )),
+            };
+        }
+        // The first statement of a pending transaction takes the writer and begins it.
+        if matches!(state, TxState::Pending)
+            && !matches!(kind, Kind::Begin | Kind::Commit | Kind::Rollback)
+        {
+            let mut writer = match self.db.writer(self.limits.lock_timeout).await {
+                Ok(writer) => TxConn::Writer(writer),
+                Err(err) => {
+                    self.state = TxState::PendingFailed;
+                    return Err(err);
+                }
+            };
+            if let Err(err) = run_on(
+                &mut writer,
+                "BEGIN IMMEDIATE",
+                &[],
+                self.limits,
+                &self.running,
+            )
+            .await
+            {
+                self.state = TxState::PendingFailed;
+                return Err(err);
+            }
+            writer.open_tx = true;
+            state = TxState::Active(writer);
+        }
+        match (kind, state) {
             (Kind::Begin, TxState::Idle) if self.read_only => {
                 let mut reader = TxConn::Reader(self.db.reader_owned().await);
                 run_on(&mut reader, "BEGIN", &[], self.limits, &self.running).await?;
@@ -289,20 +341,16 @@ impl Session {
                 Ok(StatementResult::tag_only("BEGIN"))
             }
             (Kind::Begin, TxState::Idle) => {
-                let mut writer = TxConn::Writer(self.db.writer(self.limits.lock_timeout).await?);
-                run_on(
-                    &mut writer,
-                    "BEGIN IMMEDIATE",
-                    &[],
-                    self.limits,
-                    &self.running,
-                )
-                .await?;
-                writer.open_tx = true;
-                self.state = TxState::Active(writer);
+                self.state = TxState::Pending;
                 Ok(StatementResult::tag_only("BEGIN"))
             }
-            (Kind::Begin, state @ (TxState::Active(_) | TxState::Failed(_))) => {
+            (
+                Kind::Begin,
+                state @ (TxState::Active(_)
+                | TxState::Failed(_)
+                | TxState::Pending
+                | TxState::PendingFailed),
+            ) => {
                 self.state = state;
                 let mut result = StatementResult::tag_only("BEGIN");
                 result.warning = Some("there is already a transaction in progress".into());
@@ -332,6 +380,22 @@ impl Session {
                 outcome?;
                 Ok(StatementResult::tag_only("ROLLBACK"))
             }
+            (Kind::Commit, TxState::Pending) => Ok(StatementResult::tag_only("COMMIT")),
+            (Kind::Rollback, TxState::Pending)
+            | (Kind::Commit | Kind::Rollback, TxState::PendingFailed) => {
+                Ok(StatementResult::tag_only("ROLLBACK"))
+            }
+            (_, TxState::PendingFailed) => {
+                self.state = TxState::PendingFailed;
+                Err(SqlError::new(
+                    sqlstate::IN_FAILED_SQL_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ))
+            }
+            (_, TxState::Pending) => Err(SqlError::new(
+                sqlstate::INTERNAL_ERROR,
+                "a pending transaction was not begun",
+            )),
             (Kind::Commit | Kind::Rollback, TxState::Idle) => {
                 let tag = if kind == Kind::Commit {
                     "COMMIT"
@@ -457,7 +521,7 @@ impl Session {
         };
         match &mut self.state {
             TxState::Active(writer) | TxState::Failed(writer) => describe(writer).await,
-            TxState::Idle => {
+            TxState::Idle | TxState::Pending | TxState::PendingFailed => {
                 let mut reader = self.db.reader().await;
                 match reader.conn() {
                     Some(conn) => describe(conn).await,
