@@ -126,6 +126,9 @@ impl Engine {
     /// also in the catalog, so that it can be granted).
     pub async fn has_database(&self, name: &str) -> Result<bool, SqlError> {
         let Some(upstream) = &self.upstream else {
+            if self.open.lock().await.contains_key(name) {
+                return Ok(true);
+            }
             return self.catalog.has_database(name).await;
         };
         let found = upstream.has_database(name).await?;

@@ -349,14 +349,16 @@ async fn run_request(
                     format!("permission denied: role \"{role}\" may only read this database"),
                 ));
             }
-            let caller = crate::engine::admin::Caller {
-                role,
-                superuser: api.engine.catalog.is_superuser(role).await?,
-            };
-            if let Some(answer) =
-                crate::engine::admin::answer(&api.engine, caller, &statement.sql).await
-            {
-                return answer;
+            if crate::engine::admin::is_admin(&statement.sql) {
+                let caller = crate::engine::admin::Caller {
+                    role,
+                    superuser: api.engine.catalog.is_superuser(role).await?,
+                };
+                if let Some(answer) =
+                    crate::engine::admin::answer(&api.engine, caller, &statement.sql).await
+                {
+                    return answer;
+                }
             }
             let sql = crate::engine::split::rewrite_parameters(&statement.sql).0;
             session.execute(&sql, &params).await
