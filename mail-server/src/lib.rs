@@ -1,36 +1,137 @@
-//! mail-server: SMTP receive and submission, mailboxes, IMAP, POP3 and a web inbox
-//! (issues #5 and #6).
+//! mail-server: SMTP receive and submission into durable mailboxes (issue #5); IMAP, POP3 and
+//! a web inbox come with issue #6.
 //!
-//! Today: every listener is bound; the HTTP listener serves `/healthz` and `/metrics`, and the
-//! mail protocols answer with their protocol's "service not available" reply (SMTP 421, IMAP
-//! BYE, POP3 -ERR), over TLS on the implicit-TLS ports, so clients fail fast and clearly.
+//! - [`smtp`]: the three SMTP ports (receive, submission with STARTTLS, submissions with TLS).
+//! - [`store`]: accounts, aliases, mailboxes, messages and the outbound queue in SQLite, with
+//!   group commit (a 250 means the message is on disk).
+//! - [`delivery`]: where mail for other domains goes in each environment.
+//! - [`message`]: trace headers and the metadata indexed for search.
+//! - [`cli`]: `mail-server accounts …` and `mail-server aliases …`.
+//!
+//! IMAP and POP3 listeners answer with their protocol's "not available yet" until issue #6.
+
+pub mod cli;
+pub mod delivery;
+pub mod message;
+pub mod smtp;
+pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
+use common::config::DEV_MAIL_ACCOUNT;
+use common::listeners::AcceptLimits;
 use common::server::{RoleServer, StartError};
-use common::{Config, Listeners, Role, Shutdown};
+use common::{Config, Environment, Listeners, Role, Shutdown};
 
-const SMTP_UNAVAILABLE: &[u8] = b"421 4.3.2 Quartet mail-server: SMTP is not available yet\r\n";
 const IMAP_UNAVAILABLE: &[u8] = b"* BYE Quartet mail-server: IMAP is not available yet\r\n";
 const POP3_UNAVAILABLE: &[u8] = b"-ERR Quartet mail-server: POP3 is not available yet\r\n";
+
+/// Why the mail role could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Listener(#[from] common::listeners::ListenerError),
+    #[error(transparent)]
+    Tls(#[from] common::tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// The name in greetings and trace headers: `mail.hostname`, else this machine's.
+pub fn hostname(config: &Config) -> String {
+    if !config.mail.hostname.is_empty() {
+        return config.mail.hostname.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Accounts from configuration into the store (development adds `dev@localhost`/`dev`).
+pub async fn sync_accounts(config: &Config, store: &store::Store) -> Result<(), MailError> {
+    let mut configured = Vec::new();
+    for account in &config.mail.accounts {
+        let address = account.address.trim().to_ascii_lowercase();
+        let hash = match (&account.password_hash, &account.password) {
+            (Some(hash), _) => hash.expose().to_owned(),
+            (None, Some(password)) => store::hash_password(password.expose())?,
+            (None, None) => continue,
+        };
+        store.put_account(&address, &hash, true).await?;
+        configured.push(address);
+    }
+    if config.environment == Environment::Development && !configured.iter().any(|a| a == DEV_MAIL_ACCOUNT) {
+        if !store.has_account(DEV_MAIL_ACCOUNT).await? {
+            store
+                .put_account(DEV_MAIL_ACCOUNT, &store::hash_password("dev")?, true)
+                .await?;
+            tracing::info!("development account {DEV_MAIL_ACCOUNT} (password \"dev\") created");
+        }
+        configured.push(DEV_MAIL_ACCOUNT.to_owned());
+    }
+    store.keep_config_accounts(&configured).await?;
+    Ok(())
+}
 
 /// Runs the mail role on its bound listeners until `shutdown`.
 pub async fn run(
     config: Arc<Config>,
     mut listeners: Listeners,
     shutdown: Shutdown,
-) -> Result<(), StartError> {
-    let http_tls = config.mail.http_tls;
-    let mut server = RoleServer::new(Role::Mail, config, shutdown);
+) -> Result<(), MailError> {
+    let mail = &config.mail;
+    let store = store::Store::open(&config.data_dir.join("mail")).await?;
+    sync_accounts(&config, &store).await?;
+    let http_tls = mail.http_tls;
+    let mut server = RoleServer::new(Role::Mail, Arc::clone(&config), shutdown);
     let router = server
         .health_routes()
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     server.serve_http(listeners.take("http")?, router, http_tls)?;
+    let tls = server.tls()?.acceptor(&[])?.rustls();
+    let limits = smtp::Limits {
+        max_message_bytes: mail.max_message_bytes,
+        max_recipients: mail.max_recipients,
+        max_errors: mail.max_errors,
+        command_timeout: Duration::from_secs(mail.command_timeout_secs.max(1)),
+        session_timeout: Duration::from_secs(mail.session_timeout_secs.max(1)),
+        max_per_ip: mail.max_connections_per_ip,
+        bare_lf: if mail.bare_lf == "normalize" {
+            smtp::data::BareLf::Normalize
+        } else {
+            smtp::data::BareLf::Reject
+        },
+    };
+    let service = Arc::new(smtp::SmtpService::new(
+        store.clone(),
+        hostname(&config),
+        mail.domains.clone(),
+        limits,
+        Some(tls),
+        config.environment == Environment::Development,
+        delivery::Policy::new(config.environment, DEV_MAIL_ACCOUNT, &mail.staging_allowlist),
+    ));
+    for (name, port) in [
+        ("smtp", smtp::Port::Relay),
+        ("submission", smtp::Port::Submission { implicit_tls: false }),
+        ("submissions", smtp::Port::Submission { implicit_tls: true }),
+    ] {
+        let service = Arc::clone(&service);
+        server.serve_connections(
+            listeners.take(name)?,
+            AcceptLimits {
+                max_connections: mail.max_connections,
+            },
+            move |stream, peer| Arc::clone(&service).serve(stream, peer, port),
+        );
+    }
     for (name, implicit_tls, reply) in [
-        ("smtp", false, SMTP_UNAVAILABLE),
-        ("submission", false, SMTP_UNAVAILABLE),
-        ("submissions", true, SMTP_UNAVAILABLE),
         ("imap", false, IMAP_UNAVAILABLE),
         ("imaps", true, IMAP_UNAVAILABLE),
         ("pop3", false, POP3_UNAVAILABLE),
@@ -39,5 +140,6 @@ pub async fn run(
         server.refuse_connections(listeners.take(name)?, implicit_tls, reply)?;
     }
     server.run_until_shutdown().await;
+    store.close().await;
     Ok(())
 }

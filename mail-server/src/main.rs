@@ -1,7 +1,12 @@
-//! `mail-server [--env E] [--config F]... [--check]`: parse, load, run. See [`mail_server::run`].
+//! `mail-server [--env E] [--config F]... [--check]`: parse, load, run (see
+//! [`mail_server::run`]); `mail-server accounts|aliases …`: manage the store (see
+//! [`mail_server::cli`]).
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    common::cli::main(common::Role::Mail, common::cli::no_checks, mail_server::run)
+    match std::env::args().nth(1).as_deref() {
+        Some("accounts" | "aliases") => mail_server::cli::main(),
+        _ => common::cli::main(common::Role::Mail, common::cli::no_checks, mail_server::run),
+    }
 }

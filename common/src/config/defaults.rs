@@ -89,6 +89,17 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
                 list(&[])
             },
         ),
+        ("mail.hostname", ValueKind::from("")),
+        ("mail.max_message_bytes", ValueKind::from(26_214_400u64)),
+        ("mail.max_recipients", ValueKind::from(100u64)),
+        ("mail.max_connections", ValueKind::from(1_000u64)),
+        ("mail.max_connections_per_ip", ValueKind::from(50u64)),
+        ("mail.command_timeout_secs", ValueKind::from(300u64)),
+        ("mail.session_timeout_secs", ValueKind::from(1_800u64)),
+        ("mail.max_errors", ValueKind::from(10u64)),
+        ("mail.bare_lf", ValueKind::from("reject")),
+        ("mail.accounts", ValueKind::Array(Vec::new())),
+        ("mail.staging_allowlist", list(&[])),
         ("app.api_listen", pick("127.0.0.1:7070", "0.0.0.0:7070")),
         ("app.api_tls", ValueKind::from(!dev)),
         // Apps are reached through the web role's reverse proxy, so loopback everywhere.

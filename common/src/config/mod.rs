@@ -169,7 +169,47 @@ pub struct MailConfig {
     /// The domains this server receives mail for. A variable takes a comma-separated list.
     #[serde(deserialize_with = "deserialize_list")]
     pub domains: Vec<String>,
+    /// The name this server gives in its SMTP greeting and `Received` headers; empty = this
+    /// machine's host name.
+    pub hostname: String,
+    /// Largest message accepted (advertised in SIZE; 552 above).
+    pub max_message_bytes: usize,
+    /// Recipients per message (452 above).
+    pub max_recipients: usize,
+    /// SMTP connections at once, and from one client address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// A client silent this long between commands is disconnected (421), and no session
+    /// lasts longer than `session_timeout_secs`.
+    pub command_timeout_secs: u64,
+    pub session_timeout_secs: u64,
+    /// Errors in one session before it is ended (421).
+    pub max_errors: usize,
+    /// A bare LF in a message: `reject` (554, and the connection ends) or `normalize` (it
+    /// becomes CRLF). Either way only `<CRLF>.<CRLF>` ends a message.
+    pub bare_lf: String,
+    /// Accounts from configuration (more live in the store, managed by `mail-server accounts`).
+    pub accounts: Vec<MailAccount>,
+    /// Staging delivers only to these recipients (`alice@example.org`, `*@example.org`); the
+    /// rest is captured.
+    #[serde(deserialize_with = "deserialize_list")]
+    pub staging_allowlist: Vec<String>,
 }
+
+/// `[[mail.accounts]]`: an address and its password, as an argon2 PHC string
+/// (`password_hash`) or, in development only, in plain text (`password`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailAccount {
+    pub address: String,
+    #[serde(default)]
+    pub password_hash: Option<Secret>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+/// The development account, refused in staging and production.
+pub const DEV_MAIL_ACCOUNT: &str = "dev@localhost";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

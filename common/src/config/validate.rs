@@ -220,6 +220,73 @@ impl Config {
                     ));
                 }
             }
+            if !matches!(self.mail.bare_lf.as_str(), "reject" | "normalize") {
+                problems.push(problem(
+                    "mail.bare_lf",
+                    format!("{:?}: \"reject\" or \"normalize\"", self.mail.bare_lf),
+                ));
+            }
+            if !self.mail.hostname.is_empty() && !super::valid_host_name(&self.mail.hostname) {
+                problems.push(problem(
+                    "mail.hostname",
+                    format!("{:?} is not a host name", self.mail.hostname),
+                ));
+            }
+            for (key, value) in [
+                ("mail.max_message_bytes", self.mail.max_message_bytes),
+                ("mail.max_recipients", self.mail.max_recipients),
+                ("mail.max_connections", self.mail.max_connections),
+                ("mail.max_connections_per_ip", self.mail.max_connections_per_ip),
+                ("mail.max_errors", self.mail.max_errors),
+            ] {
+                if value == 0 {
+                    problems.push(problem(key, "must be at least 1".into()));
+                }
+            }
+            for account in &self.mail.accounts {
+                let address = account.address.to_ascii_lowercase();
+                let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+                if !address.contains('@') || !self.mail.domains.iter().any(|d| d == domain) {
+                    problems.push(problem(
+                        "mail.accounts",
+                        format!("{:?} is not an address in mail.domains", account.address),
+                    ));
+                }
+                match (&account.password_hash, &account.password) {
+                    (Some(hash), None) if !hash.expose().starts_with("$argon2") => {
+                        problems.push(problem(
+                            "mail.accounts",
+                            format!(
+                                "{}: password_hash must be an argon2 PHC string ($argon2id$…)",
+                                account.address
+                            ),
+                        ))
+                    }
+                    (Some(_), None) => {}
+                    (None, Some(_)) if env.is_strict() => problems.push(problem(
+                        "mail.accounts",
+                        format!(
+                            "{}: a plain password is refused in {env}: give password_hash \
+                             (mail-server accounts hash prints one)",
+                            account.address
+                        ),
+                    )),
+                    (None, Some(_)) => {}
+                    _ => problems.push(problem(
+                        "mail.accounts",
+                        format!(
+                            "{}: give exactly one of password_hash and password",
+                            account.address
+                        ),
+                    )),
+                }
+                if env.is_strict() && address == super::DEV_MAIL_ACCOUNT {
+                    problems.push(problem(
+                        "mail.accounts",
+                        format!("the development account {address} is refused in {env}"),
+                    ));
+                }
+            }
         }
         (problems, warnings)
     }

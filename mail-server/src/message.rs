@@ -1,0 +1,87 @@
+//! What a received message gets on its way into the store: a `Received` trace header, and its
+//! headers read by mail-parser for search (From, To, Subject, Date, Message-ID, attachments).
+
+use crate::store::Metadata;
+
+/// `Received: from HELO (IP) by HOST with PROTOCOL id ID; DATE` (RFC 5321 §4.4).
+pub fn received_header(
+    helo: &str,
+    peer: std::net::IpAddr,
+    hostname: &str,
+    protocol: &str,
+    id: &str,
+    recipient: Option<&str>,
+) -> String {
+    let helo: String = helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(255)
+        .collect();
+    let date = rfc5322_date(common::clock::unix_now());
+    match recipient {
+        Some(to) => format!(
+            "Received: from {helo} ([{peer}])\r\n\tby {hostname} with {protocol} id {id}\r\n\tfor <{to}>; {date}\r\n"
+        ),
+        None => format!(
+            "Received: from {helo} ([{peer}])\r\n\tby {hostname} with {protocol} id {id};\r\n\t{date}\r\n"
+        ),
+    }
+}
+
+/// A date as mail headers write it: `Tue, 24 Nov 2026 10:00:00 +0000`.
+pub fn rfc5322_date(unix: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (year, month, day, hour, minute, second) = common::clock::civil(unix);
+    let weekday = DAYS[(unix.div_euclid(86_400)).rem_euclid(7) as usize];
+    let month = MONTHS[((month - 1).clamp(0, 11)) as usize];
+    format!("{weekday}, {day:02} {month} {year} {hour:02}:{minute:02}:{second:02} +0000")
+}
+
+/// The headers a message is searched by.
+pub fn metadata(raw: &[u8]) -> Metadata {
+    let Some(message) = mail_parser::MessageParser::default().parse(raw) else {
+        return Metadata::default();
+    };
+    let addresses = |list: Option<&mail_parser::Address<'_>>| {
+        list.map(|list| {
+            list.iter()
+                .filter_map(|addr| addr.address())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|text| !text.is_empty())
+    };
+    Metadata {
+        from: addresses(message.from()),
+        to: addresses(message.to()),
+        subject: message.subject().map(str::to_owned),
+        date: message.date().map(|date| date.to_timestamp()),
+        message_id: message.message_id().map(str::to_owned),
+        has_attachments: message.attachment_count() > 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_metadata() {
+        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_795_000_000), "Wed, 18 Nov 2026 11:06:40 +0000");
+        let meta = metadata(
+            b"From: Ann <ann@example.test>\r\nTo: bob@example.test, cy@example.test\r\n\
+              Subject: Hello\r\nMessage-ID: <m1@example.test>\r\n\
+              Date: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\nHi\r\n",
+        );
+        assert_eq!(meta.from.as_deref(), Some("ann@example.test"));
+        assert_eq!(meta.to.as_deref(), Some("bob@example.test, cy@example.test"));
+        assert_eq!(meta.subject.as_deref(), Some("Hello"));
+        assert_eq!(meta.message_id.as_deref(), Some("m1@example.test"));
+        assert!(meta.date.is_some());
+        assert!(!meta.has_attachments);
+    }
+}

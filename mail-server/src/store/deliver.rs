@@ -1,0 +1,281 @@
+//! The writer task: deliveries from every session, written in batches, each batch made durable
+//! by one fsync of the WAL before any of its messages is acknowledged.
+
+use std::path::{Path, PathBuf};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Connection as _, Row as _};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CAPTURE_MAILBOX, Store, StoreError, now};
+
+/// Where one copy of a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A mailbox of a local account.
+    Mailbox { account: String, mailbox: String },
+    /// The outbound queue, for a recipient elsewhere.
+    Queue { recipient: String },
+}
+
+impl Target {
+    pub fn inbox(account: &str) -> Self {
+        Target::Mailbox {
+            account: account.to_owned(),
+            mailbox: "INBOX".to_owned(),
+        }
+    }
+
+    pub fn captured(account: &str) -> Self {
+        Target::Mailbox {
+            account: account.to_owned(),
+            mailbox: CAPTURE_MAILBOX.to_owned(),
+        }
+    }
+}
+
+/// What is indexed of a message for search (from its headers, by mail-parser).
+#[derive(Debug, Clone, Default)]
+pub struct Metadata {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub subject: Option<String>,
+    pub date: Option<i64>,
+    pub message_id: Option<String>,
+    pub has_attachments: bool,
+}
+
+/// A message to store: its bytes with our `Received` header, the envelope sender, and its
+/// targets. Copies in mailboxes also get `Return-Path` (final delivery, RFC 5321 §4.4);
+/// queued copies do not.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub raw: Vec<u8>,
+    pub envelope_from: String,
+    pub targets: Vec<Target>,
+    pub metadata: Metadata,
+}
+
+pub(crate) struct Job {
+    delivery: Delivery,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Deliveries written in one transaction at most.
+const BATCH: usize = 256;
+const BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+impl Store {
+    /// Stores `delivery`; returns once it is on disk.
+    pub async fn deliver(&self, delivery: Delivery) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.writer
+            .send(Job { delivery, done })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+pub(crate) async fn start_writer(
+    path: &Path,
+    options: SqliteConnectOptions,
+) -> Result<mpsc::Sender<Job>, StoreError> {
+    let connection = SqliteConnection::connect_with(&options).await?;
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let (sender, receiver) = mpsc::channel(1024);
+    tokio::spawn(writer(connection, wal, receiver));
+    Ok(sender)
+}
+
+async fn writer(mut connection: SqliteConnection, wal: PathBuf, mut jobs: mpsc::Receiver<Job>) {
+    let mut poisoned = false;
+    while let Some(first) = jobs.recv().await {
+        let mut bytes = first.delivery.raw.len();
+        let mut batch = vec![first];
+        while batch.len() < BATCH && bytes < BATCH_BYTES {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    bytes += job.delivery.raw.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if poisoned {
+            for job in batch {
+                let _ = job.done.send(Err(StoreError::Poisoned));
+            }
+            continue;
+        }
+        let outcomes = write_batch(&mut connection, &batch).await;
+        // Nothing is acknowledged before the fsync that covers it.
+        let synced = sync(&wal).await;
+        if let Err(err) = &synced {
+            tracing::error!(error = %err, "fsync of the mail store failed; refusing mail from now on");
+            poisoned = true;
+        }
+        for (job, outcome) in batch.into_iter().zip(outcomes) {
+            let answer = match (&synced, outcome) {
+                (Err(_), _) => Err(StoreError::Poisoned),
+                (Ok(()), outcome) => outcome,
+            };
+            let _ = job.done.send(answer);
+        }
+    }
+}
+
+async fn sync(wal: &Path) -> Result<(), StoreError> {
+    let wal = wal.to_path_buf();
+    tokio::task::spawn_blocking(move || match std::fs::File::open(&wal) {
+        Ok(file) => file.sync_data().map_err(|source| StoreError::Io { path: wal, source }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Io { path: wal, source }),
+    })
+    .await
+    .map_err(|_| StoreError::WriterGone)?
+}
+
+/// The batch in one transaction; if that fails, each delivery alone, so one bad message
+/// does not fail the others.
+async fn write_batch(connection: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+    let together = async {
+        let mut tx = connection.begin().await?;
+        for job in batch {
+            write_one(&mut tx, &job.delivery).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    if together.is_ok() {
+        return batch.iter().map(|_| Ok(())).collect();
+    }
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        let alone = async {
+            let mut tx = connection.begin().await?;
+            write_one(&mut tx, &job.delivery).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        if let Err(err) = &alone {
+            tracing::error!(error = %err, "a message could not be stored");
+        }
+        outcomes.push(alone);
+    }
+    outcomes
+}
+
+async fn insert_body(tx: &mut SqliteConnection, raw: &[u8]) -> Result<i64, StoreError> {
+    Ok(sqlx::query("INSERT INTO bodies (raw) VALUES (?) RETURNING id")
+        .bind(raw)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0))
+}
+
+async fn write_one(tx: &mut SqliteConnection, delivery: &Delivery) -> Result<(), StoreError> {
+    let mut local: Option<(i64, i64)> = None;
+    let meta = &delivery.metadata;
+    let mut queued: Vec<&str> = Vec::new();
+    for target in &delivery.targets {
+        let (account, mailbox) = match target {
+            Target::Mailbox { account, mailbox } => (account, mailbox),
+            Target::Queue { recipient } => {
+                queued.push(recipient);
+                continue;
+            }
+        };
+        let (body_id, size) = match local {
+            Some(known) => known,
+            None => {
+                let mut raw = format!("Return-Path: <{}>\r\n", delivery.envelope_from).into_bytes();
+                raw.extend_from_slice(&delivery.raw);
+                let known = (insert_body(tx, &raw).await?, raw.len() as i64);
+                local = Some(known);
+                known
+            }
+        };
+        let (mailbox_id, uid) = take_uid(tx, account, mailbox).await?;
+        sqlx::query(
+            "INSERT INTO messages (mailbox_id, uid, body_id, internal_date, size, envelope_from,
+                from_addr, to_addrs, subject, date, message_id, has_attachments)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(mailbox_id)
+        .bind(uid)
+        .bind(body_id)
+        .bind(now())
+        .bind(size)
+        .bind(&delivery.envelope_from)
+        .bind(&meta.from)
+        .bind(&meta.to)
+        .bind(&meta.subject)
+        .bind(meta.date)
+        .bind(&meta.message_id)
+        .bind(meta.has_attachments)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !queued.is_empty() {
+        let body_id = insert_body(tx, &delivery.raw).await?;
+        let queue_id: i64 = sqlx::query(
+            "INSERT INTO queue (body_id, sender, created_at) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(body_id)
+        .bind(&delivery.envelope_from)
+        .bind(now())
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        for recipient in queued {
+            sqlx::query(
+                "INSERT OR IGNORE INTO queue_recipients (queue_id, recipient, next_attempt)
+                 VALUES (?, ?, ?)",
+            )
+            .bind(queue_id)
+            .bind(recipient)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The mailbox's id and the next UID, taken; a missing mailbox (the capture mailbox) is
+/// created first.
+async fn take_uid(
+    tx: &mut SqliteConnection,
+    account: &str,
+    mailbox: &str,
+) -> Result<(i64, i64), StoreError> {
+    let take = || {
+        sqlx::query(
+            "UPDATE mailboxes SET uidnext = uidnext + 1
+             WHERE account_id = (SELECT id FROM accounts WHERE address = ?) AND name = ?
+             RETURNING id, uidnext - 1",
+        )
+        .bind(account)
+        .bind(mailbox)
+    };
+    if let Some(row) = take().fetch_optional(&mut *tx).await? {
+        return Ok((row.get(0), row.get(1)));
+    }
+    let created = sqlx::query(
+        "INSERT INTO mailboxes (account_id, name, uidvalidity)
+         SELECT id, ?, ? FROM accounts WHERE address = ?",
+    )
+    .bind(mailbox)
+    .bind(now())
+    .bind(account)
+    .execute(&mut *tx)
+    .await?;
+    if created.rows_affected() == 0 {
+        return Err(StoreError::Invalid(format!("no account {account}")));
+    }
+    let row = take().fetch_one(&mut *tx).await?;
+    Ok((row.get(0), row.get(1)))
+}
