@@ -12,7 +12,10 @@ use clap::{Parser, Subcommand};
 use crate::store::{self, Store, StoreError};
 
 #[derive(Debug, Parser)]
-#[command(name = "mail-server", about = "Accounts and aliases of mail-server's store")]
+#[command(
+    name = "mail-server",
+    about = "Accounts and aliases of mail-server's store"
+)]
 struct ManageCli {
     #[command(subcommand)]
     command: Command,
@@ -37,12 +40,18 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum AccountCommand {
     /// Create ADDRESS (with INBOX, Sent, Drafts, Trash and Junk).
-    Add { address: String },
+    Add {
+        address: String,
+    },
     List,
     /// Delete ADDRESS and its mail.
-    Remove { address: String },
+    Remove {
+        address: String,
+    },
     /// Set ADDRESS's password.
-    Passwd { address: String },
+    Passwd {
+        address: String,
+    },
     /// Print the argon2 hash of a password, for `password_hash` in configuration.
     Hash,
 }
@@ -50,9 +59,14 @@ enum AccountCommand {
 #[derive(Debug, Subcommand)]
 enum AliasCommand {
     /// Deliver mail for ALIAS to the account TARGET (repeat for several targets).
-    Add { alias: String, target: String },
+    Add {
+        alias: String,
+        target: String,
+    },
     List,
-    Remove { alias: String },
+    Remove {
+        alias: String,
+    },
 }
 
 fn read_password() -> Result<String, StoreError> {
@@ -116,8 +130,16 @@ async fn run(command: Command, config: common::Config) -> Result<String, StoreEr
     let store = Store::open(&config.data_dir.join("mail")).await?;
     let in_domains = |address: &str| {
         let address = address.to_ascii_lowercase();
-        let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
-        if config.mail.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
+        let domain = address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or_default();
+        if config
+            .mail
+            .domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&domain))
+        {
             Ok(address)
         } else {
             Err(StoreError::Invalid(format!(

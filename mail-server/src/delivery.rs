@@ -27,12 +27,12 @@ impl Policy {
     /// Whether `recipient` matches the staging allowlist (`a@b.c` or `*@b.c`).
     pub fn allowed(&self, recipient: &str) -> bool {
         let recipient = recipient.to_ascii_lowercase();
-        self.allowlist.iter().any(|pattern| match pattern.strip_prefix("*@") {
-            Some(domain) => recipient
-                .rsplit_once('@')
-                .is_some_and(|(_, d)| d == domain),
-            None => *pattern == recipient,
-        })
+        self.allowlist
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*@") {
+                Some(domain) => recipient.rsplit_once('@').is_some_and(|(_, d)| d == domain),
+                None => *pattern == recipient,
+            })
     }
 
     /// Where one copy for `recipient` (in another domain) goes, sent by `account`.
@@ -61,12 +61,27 @@ mod tests {
     fn each_environment_has_its_rule() {
         let allow = vec!["ops@example.org".to_owned(), "*@partner.test".to_owned()];
         let dev = Policy::new(Environment::Development, "dev@localhost", &allow);
-        assert_eq!(dev.outbound("ops@example.org", "a@x.test"), Target::captured("dev@localhost"));
+        assert_eq!(
+            dev.outbound("ops@example.org", "a@x.test"),
+            Target::captured("dev@localhost")
+        );
         let staging = Policy::new(Environment::Staging, "dev@localhost", &allow);
-        assert!(matches!(staging.outbound("OPS@example.org", "a@x.test"), Target::Queue { .. }));
-        assert!(matches!(staging.outbound("bob@partner.test", "a@x.test"), Target::Queue { .. }));
-        assert_eq!(staging.outbound("eve@else.test", "a@x.test"), Target::captured("a@x.test"));
+        assert!(matches!(
+            staging.outbound("OPS@example.org", "a@x.test"),
+            Target::Queue { .. }
+        ));
+        assert!(matches!(
+            staging.outbound("bob@partner.test", "a@x.test"),
+            Target::Queue { .. }
+        ));
+        assert_eq!(
+            staging.outbound("eve@else.test", "a@x.test"),
+            Target::captured("a@x.test")
+        );
         let production = Policy::new(Environment::Production, "dev@localhost", &allow);
-        assert!(matches!(production.outbound("eve@else.test", "a@x.test"), Target::Queue { .. }));
+        assert!(matches!(
+            production.outbound("eve@else.test", "a@x.test"),
+            Target::Queue { .. }
+        ));
     }
 }

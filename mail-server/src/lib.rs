@@ -66,7 +66,9 @@ pub async fn sync_accounts(config: &Config, store: &store::Store) -> Result<(), 
         store.put_account(&address, &hash, true).await?;
         configured.push(address);
     }
-    if config.environment == Environment::Development && !configured.iter().any(|a| a == DEV_MAIL_ACCOUNT) {
+    if config.environment == Environment::Development
+        && !configured.iter().any(|a| a == DEV_MAIL_ACCOUNT)
+    {
         if !store.has_account(DEV_MAIL_ACCOUNT).await? {
             store
                 .put_account(DEV_MAIL_ACCOUNT, &store::hash_password("dev")?, true)
@@ -115,11 +117,20 @@ pub async fn run(
         limits,
         Some(tls),
         config.environment == Environment::Development,
-        delivery::Policy::new(config.environment, DEV_MAIL_ACCOUNT, &mail.staging_allowlist),
+        delivery::Policy::new(
+            config.environment,
+            DEV_MAIL_ACCOUNT,
+            &mail.staging_allowlist,
+        ),
     ));
     for (name, port) in [
         ("smtp", smtp::Port::Relay),
-        ("submission", smtp::Port::Submission { implicit_tls: false }),
+        (
+            "submission",
+            smtp::Port::Submission {
+                implicit_tls: false,
+            },
+        ),
         ("submissions", smtp::Port::Submission { implicit_tls: true }),
     ] {
         let service = Arc::clone(&service);

@@ -71,14 +71,20 @@ mod tests {
     #[test]
     fn dates_and_metadata() {
         assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_000_000), "Wed, 18 Nov 2026 11:06:40 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_000_000),
+            "Wed, 18 Nov 2026 11:06:40 +0000"
+        );
         let meta = metadata(
             b"From: Ann <ann@example.test>\r\nTo: bob@example.test, cy@example.test\r\n\
               Subject: Hello\r\nMessage-ID: <m1@example.test>\r\n\
               Date: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\nHi\r\n",
         );
         assert_eq!(meta.from.as_deref(), Some("ann@example.test"));
-        assert_eq!(meta.to.as_deref(), Some("bob@example.test, cy@example.test"));
+        assert_eq!(
+            meta.to.as_deref(),
+            Some("bob@example.test, cy@example.test")
+        );
         assert_eq!(meta.subject.as_deref(), Some("Hello"));
         assert_eq!(meta.message_id.as_deref(), Some("m1@example.test"));
         assert!(meta.date.is_some());

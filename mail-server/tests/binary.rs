@@ -1,4 +1,5 @@
-//! The real `mail-server` binary: every listener bound, health, protocol-correct refusals.
+//! The real `mail-server` binary: every listener bound, health, SMTP greeting on every SMTP
+//! port (TLS first on 465), protocol-correct refusals on IMAP and POP3 (issue #6).
 
 use std::path::Path;
 
@@ -15,7 +16,7 @@ fn binds_every_listener_serves_health_and_stops_on_sigterm() {
     run_binary_lifecycle(Path::new(BIN), &test, 8, "mail http", None, |addrs| {
         let smtp = read_greeting(addrs["mail smtp"], b"", 512);
         assert!(
-            smtp.starts_with(b"421 4.3.2 "),
+            smtp.starts_with(b"220 ") && smtp.ends_with(b" ESMTP Quartet\r\n"),
             "{}",
             String::from_utf8_lossy(&smtp)
         );
@@ -35,8 +36,13 @@ fn binds_every_listener_serves_health_and_stops_on_sigterm() {
         // Implicit-TLS ports speak TLS first, with the development certificate.
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
+            let mut tls = tls_connect(addrs["mail submissions"], &ca)
+                .await
+                .expect("TLS handshake");
+            let mut greeting = [0u8; 4];
+            tls.read_exact(&mut greeting).await.expect("greeting");
+            assert_eq!(&greeting, b"220 ");
             for (name, expected) in [
-                ("mail submissions", &b"421 "[..]),
                 ("mail imaps", &b"* BYE "[..]),
                 ("mail pop3s", &b"-ERR "[..]),
             ] {

@@ -236,7 +236,10 @@ impl Config {
                 ("mail.max_message_bytes", self.mail.max_message_bytes),
                 ("mail.max_recipients", self.mail.max_recipients),
                 ("mail.max_connections", self.mail.max_connections),
-                ("mail.max_connections_per_ip", self.mail.max_connections_per_ip),
+                (
+                    "mail.max_connections_per_ip",
+                    self.mail.max_connections_per_ip,
+                ),
                 ("mail.max_errors", self.mail.max_errors),
             ] {
                 if value == 0 {

@@ -91,7 +91,9 @@ pub(super) async fn read_credentials(
             _ => Err(MALFORMED),
         });
     }
-    Ok(Err("504 5.5.4 Mechanism not supported: use PLAIN or LOGIN\r\n"))
+    Ok(Err(
+        "504 5.5.4 Mechanism not supported: use PLAIN or LOGIN\r\n",
+    ))
 }
 
 /// Whether `password` matches `hash` (argon2 runs off the async threads). An unknown account
@@ -100,11 +102,10 @@ pub async fn check(hash: Option<String>, password: String) -> bool {
     const UNKNOWN: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0DLBnGqMOC8V1RQgWTB1b6Se0ukVxN5YRGxyL6p+3NU";
     let known = hash.is_some();
     let hash = hash.unwrap_or_else(|| UNKNOWN.to_owned());
-    let matched = tokio::task::spawn_blocking(move || {
-        crate::store::verify_password(&hash, &password)
-    })
-    .await
-    .unwrap_or(false);
+    let matched =
+        tokio::task::spawn_blocking(move || crate::store::verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
     known && matched
 }
 

@@ -68,6 +68,9 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
     let mut message = Vec::new();
     let mut line = Vec::with_capacity(1024);
     let mut line_start = true;
+    // Whether the line before ended in a CRLF the client sent (not one made from a bare LF):
+    // only then may a `.` line end the message.
+    let mut after_crlf = true;
     let mut previous_cr = false;
     let mut too_large = false;
     loop {
@@ -78,12 +81,13 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
         if line.is_empty() {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        if line_start && line == b".\r\n" {
+        if line_start && after_crlf && line == b".\r\n" {
             break;
         }
         let ends_in_lf = line.last() == Some(&b'\n');
+        let mut crlf = false;
         if ends_in_lf {
-            let crlf = match line.len() {
+            crlf = match line.len() {
                 1 => previous_cr,
                 n => line[n - 2] == b'\r',
             };
@@ -111,6 +115,7 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
         }
         previous_cr = line.last() == Some(&b'\r');
         line_start = ends_in_lf;
+        after_crlf = crlf;
     }
     Ok(if too_large {
         Data::TooLarge
@@ -137,8 +142,15 @@ mod tests {
 
     #[tokio::test]
     async fn only_crlf_dot_crlf_ends_a_message() {
-        let (outcome, rest) = data(b"Subject: a\r\n\r\n..dot\r\nend\r\n.\r\nQUIT\r\n", BareLf::Reject).await;
-        assert_eq!(outcome, Data::Complete(b"Subject: a\r\n\r\n.dot\r\nend\r\n".to_vec()));
+        let (outcome, rest) = data(
+            b"Subject: a\r\n\r\n..dot\r\nend\r\n.\r\nQUIT\r\n",
+            BareLf::Reject,
+        )
+        .await;
+        assert_eq!(
+            outcome,
+            Data::Complete(b"Subject: a\r\n\r\n.dot\r\nend\r\n".to_vec())
+        );
         assert_eq!(rest, b"QUIT\r\n");
     }
 
@@ -149,6 +161,7 @@ mod tests {
             &b"a\r\n\n.\nMAIL FROM:<x@evil.test>\r\nb\r\n.\r\n"[..],
             &b"a\r\n.\nMAIL FROM:<x@evil.test>\r\nb\r\n.\r\n"[..],
             &b"a\r\n\r.\r\nMAIL FROM:<x@evil.test>\r\n.\r\n"[..],
+            &b"a\n.\r\nMAIL FROM:<x@evil.test>\r\n.\r\n"[..],
         ] {
             let (outcome, rest) = data(payload, BareLf::Normalize).await;
             let Data::Complete(message) = outcome else {

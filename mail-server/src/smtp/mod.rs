@@ -343,7 +343,9 @@ impl Session<'_> {
             Err(err) => {
                 let reply = match err {
                     smtp_proto::Error::UnknownCommand => "500 5.5.1 Unknown command\r\n",
-                    smtp_proto::Error::InvalidSenderAddress => "501 5.1.7 Bad sender address syntax\r\n",
+                    smtp_proto::Error::InvalidSenderAddress => {
+                        "501 5.1.7 Bad sender address syntax\r\n"
+                    }
                     smtp_proto::Error::InvalidRecipientAddress => {
                         "501 5.1.3 Bad recipient address syntax\r\n"
                     }
@@ -379,7 +381,12 @@ impl Session<'_> {
                 }
                 let mut out = Vec::new();
                 ehlo.write(&mut out)?;
-                String::from_utf8_lossy(&out).into_owned()
+                // smtp-proto's first line carries a joke; ours names the server and the client.
+                String::from_utf8_lossy(&out).replacen(
+                    " you had me at EHLO",
+                    &format!(" Hello {}", self.helo.as_deref().unwrap_or("")),
+                    1,
+                )
             }
             Request::Helo { host } | Request::Lhlo { host } => {
                 self.helo = Some(host);
@@ -510,7 +517,8 @@ impl Session<'_> {
             conn.reply("554 5.5.1 No valid recipients\r\n").await?;
             return Ok(Flow::Continue);
         }
-        conn.reply("354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+        conn.reply("354 End data with <CR><LF>.<CR><LF>\r\n")
+            .await?;
         conn.writer.flush().await?;
         let limits = &self.service.limits;
         let data = data::read_data(

@@ -28,8 +28,7 @@ pub fn hash_password(password: &str) -> Result<String, StoreError> {
 
 #[allow(dead_code)]
 fn unused() -> Result<String, StoreError> {
-    Err(StoreError::Invalid(String::new()))
-        .map_err(|e| StoreError::Invalid(e.to_string()))
+    Err(StoreError::Invalid(String::new())).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 /// Whether `password` matches the PHC string `hash` (false for a malformed hash).
@@ -63,7 +62,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let address = address.trim().to_ascii_lowercase();
         if !address.contains('@') || address.contains(char::is_whitespace) {
-            return Err(StoreError::Invalid(format!("{address:?} is not an address")));
+            return Err(StoreError::Invalid(format!(
+                "{address:?} is not an address"
+            )));
         }
         let mut tx = self.pool().begin().await?;
         sqlx::query(

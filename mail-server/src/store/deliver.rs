@@ -128,7 +128,9 @@ async fn writer(mut connection: SqliteConnection, wal: PathBuf, mut jobs: mpsc::
 async fn sync(wal: &Path) -> Result<(), StoreError> {
     let wal = wal.to_path_buf();
     tokio::task::spawn_blocking(move || match std::fs::File::open(&wal) {
-        Ok(file) => file.sync_data().map_err(|source| StoreError::Io { path: wal, source }),
+        Ok(file) => file
+            .sync_data()
+            .map_err(|source| StoreError::Io { path: wal, source }),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(StoreError::Io { path: wal, source }),
     })
@@ -138,7 +140,10 @@ async fn sync(wal: &Path) -> Result<(), StoreError> {
 
 /// The batch in one transaction; if that fails, each delivery alone, so one bad message
 /// does not fail the others.
-async fn write_batch(connection: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+async fn write_batch(
+    connection: &mut SqliteConnection,
+    batch: &[Job],
+) -> Vec<Result<(), StoreError>> {
     let together = async {
         let mut tx = connection.begin().await?;
         for job in batch {
@@ -169,11 +174,13 @@ async fn write_batch(connection: &mut SqliteConnection, batch: &[Job]) -> Vec<Re
 }
 
 async fn insert_body(tx: &mut SqliteConnection, raw: &[u8]) -> Result<i64, StoreError> {
-    Ok(sqlx::query("INSERT INTO bodies (raw) VALUES (?) RETURNING id")
-        .bind(raw)
-        .fetch_one(&mut *tx)
-        .await?
-        .get(0))
+    Ok(
+        sqlx::query("INSERT INTO bodies (raw) VALUES (?) RETURNING id")
+            .bind(raw)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0),
+    )
 }
 
 async fn write_one(tx: &mut SqliteConnection, delivery: &Delivery) -> Result<(), StoreError> {

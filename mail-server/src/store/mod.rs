@@ -165,3 +165,62 @@ impl Store {
 pub fn now() -> i64 {
     common::clock::unix_now()
 }
+
+/// A message as a mailbox holds it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub uid: i64,
+    pub raw: Vec<u8>,
+    pub envelope_from: String,
+    pub subject: Option<String>,
+    pub message_id: Option<String>,
+}
+
+impl Store {
+    /// The messages of `account`'s `mailbox`, by UID.
+    pub async fn messages(
+        &self,
+        account: &str,
+        mailbox: &str,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        use sqlx::Row as _;
+        let rows = sqlx::query(
+            "SELECT m.uid, b.raw, m.envelope_from, m.subject, m.message_id
+             FROM messages m
+             JOIN mailboxes x ON x.id = m.mailbox_id
+             JOIN accounts a ON a.id = x.account_id
+             JOIN bodies b ON b.id = m.body_id
+             WHERE a.address = ? AND x.name = ?
+             ORDER BY m.uid",
+        )
+        .bind(account.to_ascii_lowercase())
+        .bind(mailbox)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| StoredMessage {
+                uid: row.get(0),
+                raw: row.get(1),
+                envelope_from: row.get(2),
+                subject: row.get(3),
+                message_id: row.get(4),
+            })
+            .collect())
+    }
+
+    /// Recipients waiting in the outbound queue, with the sender.
+    pub async fn queued(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        use sqlx::Row as _;
+        let rows = sqlx::query(
+            "SELECT q.sender, r.recipient, r.status FROM queue q
+             JOIN queue_recipients r ON r.queue_id = q.id ORDER BY q.id, r.recipient",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect())
+    }
+}

@@ -1,0 +1,556 @@
+//! SMTP against a running mail-server with real clients: Python's smtplib, swaks, and raw
+//! sockets for what clients never send (smuggling payloads, pipelined batches, garbage).
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::testing::{RunningRole, TestConfig};
+use common::{Environment, Role};
+use mail_server::store::Store;
+
+const ACCOUNTS: &str = r#"
+[mail]
+domains = ["localhost", "example.test"]
+
+[[mail.accounts]]
+address = "alice@example.test"
+password = "alice-pw"
+
+[[mail.accounts]]
+address = "bob@example.test"
+password = "bob-pw"
+"#;
+
+fn test_config(environment: Environment, extra: &str) -> TestConfig {
+    let test = TestConfig::new(environment);
+    std::fs::write(
+        test.config_dir().join("default.toml"),
+        format!("{ACCOUNTS}\n{extra}"),
+    )
+    .unwrap();
+    test
+}
+
+/// Runs a Python script (smtplib) with the given arguments; its stdout and whether it passed.
+fn python(script: &str, args: &[String]) -> (bool, String) {
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// Sends one message with smtplib and prints each recipient's refusal, or "sent".
+const SEND: &str = r#"
+import smtplib, ssl, sys
+port, mode, user, password, sender = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+ca = sys.argv[6]
+recipients = sys.argv[7].split(",")
+body = sys.argv[8] if len(sys.argv) > 8 else "Subject: Hello\r\nMessage-ID: <hello@test>\r\n\r\nHi there.\r\n"
+ctx = ssl.create_default_context(cafile=ca)
+if mode == "ssl":
+    smtp = smtplib.SMTP_SSL("localhost", int(port), context=ctx, timeout=10)
+else:
+    smtp = smtplib.SMTP("127.0.0.1", int(port), timeout=10)
+    smtp.ehlo("client.test")
+    if mode == "starttls":
+        smtp.starttls(context=ctx)
+        smtp.ehlo("client.test")
+try:
+    if user:
+        smtp.login(user, password)
+    refused = smtp.sendmail(sender, recipients, body)
+    print("sent", sorted(refused.items()))
+except smtplib.SMTPRecipientsRefused as e:
+    print("refused", sorted((k, v[0]) for k, v in e.recipients.items()))
+except smtplib.SMTPSenderRefused as e:
+    print("sender refused", e.smtp_code)
+except smtplib.SMTPAuthenticationError as e:
+    print("auth failed", e.smtp_code)
+except smtplib.SMTPDataError as e:
+    print("data refused", e.smtp_code)
+except smtplib.SMTPNotSupportedError as e:
+    print("not supported", e)
+smtp.close()
+"#;
+
+#[allow(clippy::too_many_arguments)]
+fn send(
+    port: SocketAddr,
+    mode: &str,
+    login: Option<(&str, &str)>,
+    from: &str,
+    to: &[&str],
+    ca: &Path,
+    body: Option<&str>,
+) -> String {
+    let (user, password) = login.unwrap_or(("", ""));
+    let mut args = vec![
+        port.port().to_string(),
+        mode.to_owned(),
+        user.to_owned(),
+        password.to_owned(),
+        from.to_owned(),
+        ca.display().to_string(),
+        to.join(","),
+    ];
+    if let Some(body) = body {
+        args.push(body.to_owned());
+    }
+    let (_, out) = python(SEND, &args);
+    out.trim().to_owned()
+}
+
+/// A raw SMTP conversation: writes `input` at once, reads until the server closes or `wait`.
+fn raw(addr: SocketAddr, input: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    stream.write_all(input).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn inbox(test: &TestConfig, account: &str, mailbox: &str) -> Vec<String> {
+    let store = Store::open(&test.data_dir().join("mail")).await.unwrap();
+    let messages = store.messages(account, mailbox).await.unwrap();
+    store.close().await;
+    messages
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.raw).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receive_submission_and_refusals_with_smtplib() {
+    let test = test_config(Environment::Development, "")
+        .set("mail.max_recipients", "3")
+        .set("mail.max_message_bytes", "20000");
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    let smtp = role.addr("smtp");
+    let submission = role.addr("submission");
+    let submissions = role.addr("submissions");
+    let ca = test.data_dir().join("tls/ca.pem");
+
+    let outcomes = tokio::task::spawn_blocking(move || {
+        vec![
+            // Plain receive for a local account, and +tag sub-addressing.
+            send(
+                smtp,
+                "plain",
+                None,
+                "ann@remote.test",
+                &["alice@example.test", "Bob+news@example.test"],
+                &ca,
+                None,
+            ),
+            // STARTTLS on port 25.
+            send(
+                smtp,
+                "starttls",
+                None,
+                "ann@remote.test",
+                &["alice@example.test"],
+                &ca,
+                None,
+            ),
+            // Unknown user, and open relay.
+            send(
+                smtp,
+                "plain",
+                None,
+                "ann@remote.test",
+                &["nobody@example.test"],
+                &ca,
+                None,
+            ),
+            send(
+                smtp,
+                "plain",
+                None,
+                "ann@remote.test",
+                &["victim@elsewhere.test"],
+                &ca,
+                None,
+            ),
+            // Too many recipients: the fourth gets 452.
+            send(
+                smtp,
+                "plain",
+                None,
+                "ann@remote.test",
+                &[
+                    "alice@example.test",
+                    "bob@example.test",
+                    "alice+a@example.test",
+                    "alice+b@example.test",
+                ],
+                &ca,
+                None,
+            ),
+            // Oversize (SIZE is 20000 here).
+            send(
+                smtp,
+                "plain",
+                None,
+                "ann@remote.test",
+                &["alice@example.test"],
+                &ca,
+                Some(&format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(30_000))),
+            ),
+            // Submission: AUTH after STARTTLS, then anywhere (captured in development).
+            send(
+                submission,
+                "starttls",
+                Some(("alice@example.test", "alice-pw")),
+                "alice@example.test",
+                &["carol@elsewhere.test"],
+                &ca,
+                None,
+            ),
+            // Implicit TLS (465).
+            send(
+                submissions,
+                "ssl",
+                Some(("bob@example.test", "bob-pw")),
+                "bob+lists@example.test",
+                &["bob@example.test"],
+                &ca,
+                None,
+            ),
+            // Sender that is not the account's.
+            send(
+                submission,
+                "starttls",
+                Some(("alice@example.test", "alice-pw")),
+                "bob@example.test",
+                &["carol@elsewhere.test"],
+                &ca,
+                None,
+            ),
+            // Wrong password.
+            send(
+                submission,
+                "starttls",
+                Some(("alice@example.test", "wrong")),
+                "alice@example.test",
+                &["carol@elsewhere.test"],
+                &ca,
+                None,
+            ),
+            // Submission without AUTH.
+            send(
+                submission,
+                "starttls",
+                None,
+                "alice@example.test",
+                &["carol@elsewhere.test"],
+                &ca,
+                None,
+            ),
+        ]
+    })
+    .await
+    .unwrap();
+    let expected = [
+        "sent []",
+        "sent []",
+        "refused [('nobody@example.test', 550)]",
+        "refused [('victim@elsewhere.test', 554)]",
+        "sent [('alice+b@example.test', (452, b'4.5.3 Too many recipients'))]",
+        "sender refused 552",
+        "sent []",
+        "sent []",
+        "sender refused 553",
+        "auth failed 535",
+        "sender refused 530",
+    ];
+    for (outcome, expected) in outcomes.iter().zip(expected) {
+        assert_eq!(outcome, expected, "all: {outcomes:#?}");
+    }
+
+    let alice = inbox(&test, "alice@example.test", "INBOX").await;
+    assert_eq!(alice.len(), 3, "{alice:#?}");
+    assert!(
+        alice[0].starts_with(
+            "Return-Path: <ann@remote.test>\r\nReceived: from client.test ([127.0.0.1])"
+        ),
+        "{}",
+        alice[0]
+    );
+    assert!(alice[0].contains("with ESMTP id "));
+    assert!(alice[1].contains("with ESMTPS id "), "{}", alice[1]);
+    assert!(alice[0].ends_with("Subject: Hello\r\nMessage-ID: <hello@test>\r\n\r\nHi there.\r\n"));
+    let bob = inbox(&test, "bob@example.test", "INBOX").await;
+    assert_eq!(
+        bob.len(),
+        3,
+        "+tag, the third recipient, and the submission to himself"
+    );
+    assert!(bob[2].contains("with ESMTPSA id "), "{}", bob[2]);
+    // Development: mail for elsewhere is captured in dev@localhost's mailbox, never sent.
+    let captured = inbox(&test, "dev@localhost", "Captured").await;
+    assert_eq!(captured.len(), 1);
+    assert!(captured[0].contains("Return-Path: <alice@example.test>"));
+    let store = Store::open(&test.data_dir().join("mail")).await.unwrap();
+    assert!(
+        store.queued().await.unwrap().is_empty(),
+        "nothing queued in development"
+    );
+    store.close().await;
+    role.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smuggling_pipelining_and_garbage() {
+    let test = test_config(Environment::Development, "");
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    let smtp = role.addr("smtp");
+    let envelope =
+        "EHLO evil.test\r\nMAIL FROM:<ann@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n";
+    let smuggled = "MAIL FROM:<admin@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n";
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let mut outcomes = Vec::new();
+        for separator in ["\n.\n", "\r\n.\n", "\n.\r\n", "\r.\r\n"] {
+            let input =
+                format!("{envelope}Subject: first\r\n\r\nbody{separator}{smuggled}QUIT\r\n");
+            outcomes.push(raw(smtp, input.as_bytes(), Duration::from_secs(3)));
+        }
+        // A pipelined batch: every reply, in order.
+        outcomes.push(raw(
+            smtp,
+            format!("{envelope}Subject: piped\r\n\r\nok\r\n.\r\nNOOP\r\nRSET\r\nQUIT\r\n")
+                .as_bytes(),
+            Duration::from_secs(3),
+        ));
+        // Garbage and an over-long line: errors, then the session goes on.
+        outcomes.push(raw(
+            smtp,
+            format!(
+                "\x00\x01\x02\r\nMAIL FROM:<ann@remote.test>\r\n{}\r\nNOOP\r\nQUIT\r\n",
+                "A".repeat(10_000)
+            )
+            .as_bytes(),
+            Duration::from_secs(3),
+        ));
+        outcomes
+    })
+    .await
+    .unwrap();
+    // Bare LF (reject mode): refused, connection closed, nothing stored, nothing smuggled.
+    for outcome in &outcomes[..3] {
+        assert!(outcome.contains("554 5.5.2 Bare <LF>"), "{outcome}");
+        assert!(
+            !outcome.contains("221"),
+            "closed, not answered further: {outcome}"
+        );
+    }
+    // `\r.\r\n` is no terminator: the "smuggled" commands are text of the first message.
+    assert!(
+        outcomes[3].contains("250 2.0.0 OK: queued as"),
+        "{}",
+        outcomes[3]
+    );
+    assert_eq!(
+        outcomes[3].matches("250 2.0.0 OK").count(),
+        1,
+        "{}",
+        outcomes[3]
+    );
+    let piped: Vec<&str> = outcomes[4].lines().map(|l| &l[..3]).collect();
+    assert_eq!(
+        piped
+            .iter()
+            .filter(|c| !c.starts_with("250"))
+            .copied()
+            .collect::<Vec<_>>(),
+        ["220", "354", "221"],
+        "{}",
+        outcomes[4]
+    );
+    assert!(
+        outcomes[5].contains("500 5.5.1") || outcomes[5].contains("501 "),
+        "{}",
+        outcomes[5]
+    );
+    assert!(
+        outcomes[5].contains("503 5.5.1 Say EHLO first"),
+        "{}",
+        outcomes[5]
+    );
+    assert!(
+        outcomes[5].contains("500 5.5.2 Line too long"),
+        "{}",
+        outcomes[5]
+    );
+    assert!(outcomes[5].contains("221 2.0.0"), "{}", outcomes[5]);
+
+    let alice = inbox(&test, "alice@example.test", "INBOX").await;
+    assert_eq!(alice.len(), 2, "the \\r.\\r message and the pipelined one");
+    assert!(
+        alice[0].contains("MAIL FROM:<admin@example.test>"),
+        "{}",
+        alice[0]
+    );
+    assert!(
+        inbox(&test, "bob@example.test", "INBOX").await.is_empty(),
+        "nothing smuggled to bob"
+    );
+    role.stop().await.unwrap();
+
+    // `normalize`: the same payloads are one message each, with the rest as its text.
+    let test = test_config(Environment::Development, "").set("mail.bare_lf", "normalize");
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    let smtp = role.addr("smtp");
+    let outcomes = tokio::task::spawn_blocking(move || {
+        ["\n.\n", "\r\n.\n", "\n.\r\n"]
+            .iter()
+            .map(|separator| {
+                let input =
+                    format!("{envelope}Subject: first\r\n\r\nbody{separator}{smuggled}QUIT\r\n");
+                raw(smtp, input.as_bytes(), Duration::from_secs(3))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for outcome in &outcomes {
+        assert_eq!(
+            outcome.matches("250 2.0.0 OK: queued").count(),
+            1,
+            "{outcome}"
+        );
+    }
+    let alice = inbox(&test, "alice@example.test", "INBOX").await;
+    assert_eq!(alice.len(), 3);
+    for message in &alice {
+        assert!(
+            !message.contains('\n') || !message.replace("\r\n", "").contains('\n'),
+            "only CRLF: {message:?}"
+        );
+    }
+    assert!(inbox(&test, "bob@example.test", "INBOX").await.is_empty());
+    role.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swaks_and_the_staging_rules() {
+    let hash = mail_server::store::hash_password("carol-pw").unwrap();
+    let test = TestConfig::new(Environment::Staging);
+    std::fs::write(
+        test.config_dir().join("default.toml"),
+        format!(
+            "[mail]\ndomains = [\"example.test\"]\nstaging_allowlist = [\"*@partner.test\"]\n\
+             [[mail.accounts]]\naddress = \"carol@example.test\"\npassword_hash = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let (test, ca) = test.set("db.admin_password", "unused").with_generated_tls();
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    let submission = role.addr("submission");
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let swaks = |args: &[&str]| {
+            let output = Command::new("swaks")
+                .args([
+                    "--server",
+                    "127.0.0.1",
+                    "--port",
+                    &submission.port().to_string(),
+                ])
+                .args(["--helo", "client.test", "--timeout", "10"])
+                .args(args)
+                .output()
+                .unwrap();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        };
+        vec![
+            // Outside development, AUTH is not offered before TLS.
+            swaks(&[
+                "--from",
+                "carol@example.test",
+                "--to",
+                "dan@partner.test",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "carol@example.test",
+                "--auth-password",
+                "carol-pw",
+            ]),
+            // With STARTTLS: allowlisted recipient queued, the other captured.
+            swaks(&[
+                "--from",
+                "carol@example.test",
+                "--to",
+                "dan@partner.test,eve@else.test",
+                "--tls",
+                "--tls-ca-path",
+                ca.to_str().unwrap(),
+                "--tls-verify",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "carol@example.test",
+                "--auth-password",
+                "carol-pw",
+            ]),
+        ]
+    })
+    .await
+    .unwrap();
+    assert!(!outcomes[0].contains("AUTH PLAIN"), "{}", outcomes[0]);
+    assert!(
+        outcomes[0].contains("Host did not advertise authentication")
+            || outcomes[0].contains("538"),
+        "{}",
+        outcomes[0]
+    );
+    assert!(outcomes[1].contains("235 2.7.0"), "{}", outcomes[1]);
+    assert!(
+        outcomes[1].contains("250 2.0.0 OK: queued as"),
+        "{}",
+        outcomes[1]
+    );
+    let store = Store::open(&test.data_dir().join("mail")).await.unwrap();
+    let queued = store.queued().await.unwrap();
+    store.close().await;
+    assert_eq!(
+        queued,
+        [(
+            "carol@example.test".to_owned(),
+            "dan@partner.test".to_owned(),
+            "pending".to_owned()
+        )]
+    );
+    let captured = inbox(&test, "carol@example.test", "Captured").await;
+    assert_eq!(captured.len(), 1, "eve@else.test is not on the allowlist");
+    role.stop().await.unwrap();
+}
