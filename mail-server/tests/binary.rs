@@ -54,3 +54,183 @@ fn binds_every_listener_serves_health_and_stops_on_sigterm() {
         });
     });
 }
+
+/// Sends messages from 8 connections until the server goes away, writing each Message-ID
+/// that got its 250 to a file.
+const SEND_UNTIL_KILLED: &str = r#"
+import smtplib, sys, threading
+port, path = int(sys.argv[1]), sys.argv[2]
+out, lock = open(path, "a"), threading.Lock()
+def worker(n):
+    try:
+        smtp = smtplib.SMTP("127.0.0.1", port, timeout=5)
+        smtp.ehlo("durable.test")
+        i = 0
+        while True:
+            mid = "<%d-%d@durable.test>" % (n, i)
+            smtp.sendmail("ann@remote.test", ["alice@example.test"],
+                          "Message-ID: %s\r\nSubject: durable\r\n\r\nx\r\n" % mid)
+            with lock:
+                out.write(mid + "\n")
+                out.flush()
+            i += 1
+    except Exception:
+        pass
+threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+"#;
+
+fn accounts_config(test: &TestConfig) {
+    std::fs::write(
+        test.config_dir().join("default.toml"),
+        "[mail]\ndomains = [\"localhost\", \"example.test\"]\n\
+         [[mail.accounts]]\naddress = \"alice@example.test\"\npassword = \"alice-pw\"\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn every_acknowledged_message_survives_kill_9() {
+    use common::testing::Binary;
+    let test = TestConfig::new(Environment::Development);
+    accounts_config(&test);
+    let mut server = Binary::spawn(Path::new(BIN), &[], &test.child_env(), test.dir.path());
+    let addrs = server.wait_for_listeners(8);
+    let acknowledged = test.dir.path().join("acknowledged.txt");
+    let mut client = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(SEND_UNTIL_KILLED)
+        .arg(addrs["mail smtp"].port().to_string())
+        .arg(&acknowledged)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    server.signal("KILL");
+    server.wait_exit(std::time::Duration::from_secs(5));
+    client.wait().unwrap();
+    let sent: Vec<String> = std::fs::read_to_string(&acknowledged)
+        .unwrap()
+        .lines()
+        .map(|id| id.trim_matches(['<', '>']).to_owned())
+        .collect();
+    assert!(sent.len() > 20, "only {} messages were acknowledged", sent.len());
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stored: std::collections::HashSet<String> = runtime.block_on(async {
+        let store = mail_server::store::Store::open(&test.data_dir().join("mail"))
+            .await
+            .unwrap();
+        let messages = store.messages("alice@example.test", "INBOX").await.unwrap();
+        store.close().await;
+        messages.into_iter().filter_map(|m| m.message_id).collect()
+    });
+    let lost: Vec<&String> = sent.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged messages lost: {lost:?}", lost.len(), sent.len());
+}
+
+fn manage(test: &TestConfig, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .envs(test.child_env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(mut pipe) = child.stdin.take() {
+        if let Some(text) = stdin {
+            pipe.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+const LOGIN_AND_SEND: &str = r#"
+import smtplib, sys
+port, user, password, to = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+smtp = smtplib.SMTP("127.0.0.1", port, timeout=10)
+smtp.ehlo("client.test")
+try:
+    smtp.login(user, password)
+    print("login ok")
+except smtplib.SMTPAuthenticationError as e:
+    print("login failed", e.smtp_code)
+smtp.close()
+smtp = smtplib.SMTP("127.0.0.1", int(sys.argv[5]), timeout=10)
+try:
+    smtp.sendmail("ann@remote.test", [to], "Subject: to %s\r\n\r\nx\r\n" % to)
+    print("delivered")
+except smtplib.SMTPRecipientsRefused as e:
+    print("refused", list(e.recipients.values())[0][0])
+smtp.close()
+"#;
+
+#[test]
+fn accounts_and_aliases_are_managed_while_the_server_runs() {
+    use common::testing::Binary;
+    let test = TestConfig::new(Environment::Development);
+    accounts_config(&test);
+    let mut server = Binary::spawn(Path::new(BIN), &[], &test.child_env(), test.dir.path());
+    let addrs = server.wait_for_listeners(8);
+    let (ok, out) = manage(&test, &["accounts", "add", "carol@example.test"], Some("carol-pw\n"));
+    assert!(ok, "{out}");
+    let (ok, out) = manage(&test, &["accounts", "add", "carol@elsewhere.test"], Some("x\n"));
+    assert!(!ok && out.contains("not in a local domain"), "{out}");
+    let (ok, out) = manage(&test, &["aliases", "add", "sales@example.test", "carol@example.test"], None);
+    assert!(ok, "{out}");
+    let (ok, out) = manage(&test, &["accounts", "list"], None);
+    assert!(ok && out.contains("alice@example.test\t(configuration)") && out.contains("carol@example.test"), "{out}");
+    let (ok, out) = manage(&test, &["accounts", "hash"], Some("pw\n"));
+    assert!(ok && out.starts_with("$argon2id$"), "{out}");
+
+    let run = |user: &str, password: &str, to: &str| {
+        let output = std::process::Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(LOGIN_AND_SEND)
+            .args([
+                addrs["mail submission"].port().to_string(),
+                user.to_owned(),
+                password.to_owned(),
+                to.to_owned(),
+                addrs["mail smtp"].port().to_string(),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(run("carol@example.test", "carol-pw", "sales@example.test"), "login ok\ndelivered\n");
+    assert_eq!(run("carol@example.test", "wrong", "nobody@example.test"), "login failed 535\nrefused 550\n");
+    // A catch-all takes what no account or alias does.
+    let (ok, out) = manage(&test, &["aliases", "add", "@example.test", "alice@example.test"], None);
+    assert!(ok, "{out}");
+    assert_eq!(run("alice@example.test", "alice-pw", "nobody@example.test"), "login ok\ndelivered\n");
+    let (ok, out) = manage(&test, &["accounts", "passwd", "carol@example.test"], Some("new-pw\n"));
+    assert!(ok, "{out}");
+    assert_eq!(run("carol@example.test", "new-pw", "carol+x@example.test"), "login ok\ndelivered\n");
+    let (ok, out) = manage(&test, &["accounts", "remove", "carol@example.test"], None);
+    assert!(ok, "{out}");
+    assert_eq!(run("carol@example.test", "new-pw", "sales@example.test"), "login failed 535\ndelivered\n");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let alice = runtime.block_on(async {
+        let store = mail_server::store::Store::open(&test.data_dir().join("mail")).await.unwrap();
+        let messages = store.messages("alice@example.test", "INBOX").await.unwrap();
+        store.close().await;
+        messages
+    });
+    // The catch-all got nobody@ and, once carol was gone, sales@.
+    assert_eq!(alice.len(), 2);
+    server.signal("TERM");
+    server.wait_exit(std::time::Duration::from_secs(15));
+}
