@@ -35,6 +35,19 @@ enum Command {
     /// Aliases: an address delivered to accounts; `@domain` is the domain's catch-all.
     #[command(subcommand)]
     Aliases(AliasCommand),
+    /// The outbound queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Every queued recipient: entry, state, attempts, next attempt, last error.
+    List,
+    /// Try entry ID's pending recipients now (the server picks it up within 30 s).
+    Retry { id: i64 },
+    /// Drop entry ID without delivering or bouncing it.
+    Delete { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,6 +215,41 @@ async fn run(command: Command, config: common::Config) -> Result<String, StoreEr
                 return Err(StoreError::Invalid(format!("no alias {alias}")));
             }
             format!("removed {alias}")
+        }
+        Command::Queue(QueueCommand::List) => {
+            let entries = store.queue().await?;
+            if entries.is_empty() {
+                "the queue is empty".to_owned()
+            } else {
+                entries
+                    .into_iter()
+                    .map(|e| {
+                        format!(
+                            "{}\t{}\t{} -> {}\tattempts {}\tnext {}\t{}",
+                            e.queue_id,
+                            e.status,
+                            if e.sender.is_empty() { "<>" } else { &e.sender },
+                            e.recipient,
+                            e.attempts,
+                            common::clock::readable(e.next_attempt),
+                            e.last_error.unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }
+        Command::Queue(QueueCommand::Retry { id }) => {
+            if !store.retry_now(id).await? {
+                return Err(StoreError::Invalid(format!("no pending entry {id}")));
+            }
+            format!("entry {id} is due now")
+        }
+        Command::Queue(QueueCommand::Delete { id }) => {
+            if !store.delete_queued(id).await? {
+                return Err(StoreError::Invalid(format!("no entry {id}")));
+            }
+            format!("entry {id} deleted")
         }
         Command::Aliases(AliasCommand::List) => store
             .aliases()

@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod delivery;
 pub mod message;
+pub mod outbound;
 pub mod smtp;
 pub mod store;
 
@@ -51,6 +52,23 @@ pub fn hostname(config: &Config) -> String {
         .ok()
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// `[mail.relay]` when it names a host, else each domain's MX.
+pub fn route(config: &Config) -> outbound::Route {
+    let relay = &config.mail.relay;
+    if relay.host.is_empty() {
+        return outbound::Route::Mx {
+            port: config.mail.mx_port,
+        };
+    }
+    outbound::Route::Relay {
+        host: relay.host.clone(),
+        port: relay.port,
+        tls: relay.tls.clone(),
+        credentials: (!relay.username.is_empty())
+            .then(|| (relay.username.clone(), relay.password.expose().to_owned())),
+    }
 }
 
 /// Accounts from configuration into the store (development adds `dev@localhost`/`dev`).
@@ -110,6 +128,24 @@ pub async fn run(
             smtp::data::BareLf::Reject
         },
     };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let outbound = outbound::Outbound {
+        store: store.clone(),
+        route: route(&config),
+        hostname: hostname(&config),
+        domains: mail.domains.clone(),
+        retry_intervals: mail
+            .retry_intervals
+            .iter()
+            .filter_map(|i| common::config::parse_interval(i).ok().flatten())
+            .collect(),
+        max_queue_time: common::config::parse_interval(&mail.max_queue_time)
+            .ok()
+            .flatten()
+            .unwrap_or(Duration::from_secs(5 * 86_400)),
+        wake: Arc::clone(&wake),
+    };
+    tokio::spawn(outbound.run(server.shutdown.token().clone()));
     let service = Arc::new(smtp::SmtpService::new(
         store.clone(),
         hostname(&config),
@@ -122,6 +158,7 @@ pub async fn run(
             DEV_MAIL_ACCOUNT,
             &mail.staging_allowlist,
         ),
+        wake,
     ));
     for (name, port) in [
         ("smtp", smtp::Port::Relay),

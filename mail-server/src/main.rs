@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
-        Some("accounts" | "aliases") => mail_server::cli::main(),
+        Some("accounts" | "aliases" | "queue") => mail_server::cli::main(),
         _ => common::cli::main(common::Role::Mail, common::cli::no_checks, mail_server::run),
     }
 }

@@ -1,6 +1,8 @@
 //! The real `mail-server` binary: every listener bound, health, SMTP greeting on every SMTP
 //! port (TLS first on 465), protocol-correct refusals on IMAP and POP3 (issue #6).
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] functions
+
 use std::path::Path;
 
 use common::Environment;
@@ -114,7 +116,11 @@ fn every_acknowledged_message_survives_kill_9() {
         .lines()
         .map(|id| id.trim_matches(['<', '>']).to_owned())
         .collect();
-    assert!(sent.len() > 20, "only {} messages were acknowledged", sent.len());
+    assert!(
+        sent.len() > 20,
+        "only {} messages were acknowledged",
+        sent.len()
+    );
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let stored: std::collections::HashSet<String> = runtime.block_on(async {
@@ -126,7 +132,12 @@ fn every_acknowledged_message_survives_kill_9() {
         messages.into_iter().filter_map(|m| m.message_id).collect()
     });
     let lost: Vec<&String> = sent.iter().filter(|id| !stored.contains(*id)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged messages lost: {lost:?}", lost.len(), sent.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost: {lost:?}",
+        lost.len(),
+        sent.len()
+    );
 }
 
 fn manage(test: &TestConfig, args: &[&str], stdin: Option<&str>) -> (bool, String) {
@@ -140,10 +151,8 @@ fn manage(test: &TestConfig, args: &[&str], stdin: Option<&str>) -> (bool, Strin
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    if let Some(mut pipe) = child.stdin.take() {
-        if let Some(text) = stdin {
-            pipe.write_all(text.as_bytes()).unwrap();
-        }
+    if let (Some(mut pipe), Some(text)) = (child.stdin.take(), stdin) {
+        pipe.write_all(text.as_bytes()).unwrap();
     }
     let output = child.wait_with_output().unwrap();
     (
@@ -183,14 +192,30 @@ fn accounts_and_aliases_are_managed_while_the_server_runs() {
     accounts_config(&test);
     let mut server = Binary::spawn(Path::new(BIN), &[], &test.child_env(), test.dir.path());
     let addrs = server.wait_for_listeners(8);
-    let (ok, out) = manage(&test, &["accounts", "add", "carol@example.test"], Some("carol-pw\n"));
+    let (ok, out) = manage(
+        &test,
+        &["accounts", "add", "carol@example.test"],
+        Some("carol-pw\n"),
+    );
     assert!(ok, "{out}");
-    let (ok, out) = manage(&test, &["accounts", "add", "carol@elsewhere.test"], Some("x\n"));
+    let (ok, out) = manage(
+        &test,
+        &["accounts", "add", "carol@elsewhere.test"],
+        Some("x\n"),
+    );
     assert!(!ok && out.contains("not in a local domain"), "{out}");
-    let (ok, out) = manage(&test, &["aliases", "add", "sales@example.test", "carol@example.test"], None);
+    let (ok, out) = manage(
+        &test,
+        &["aliases", "add", "sales@example.test", "carol@example.test"],
+        None,
+    );
     assert!(ok, "{out}");
     let (ok, out) = manage(&test, &["accounts", "list"], None);
-    assert!(ok && out.contains("alice@example.test\t(configuration)") && out.contains("carol@example.test"), "{out}");
+    assert!(
+        ok && out.contains("alice@example.test\t(configuration)")
+            && out.contains("carol@example.test"),
+        "{out}"
+    );
     let (ok, out) = manage(&test, &["accounts", "hash"], Some("pw\n"));
     assert!(ok && out.starts_with("$argon2id$"), "{out}");
 
@@ -209,22 +234,47 @@ fn accounts_and_aliases_are_managed_while_the_server_runs() {
             .unwrap();
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
-    assert_eq!(run("carol@example.test", "carol-pw", "sales@example.test"), "login ok\ndelivered\n");
-    assert_eq!(run("carol@example.test", "wrong", "nobody@example.test"), "login failed 535\nrefused 550\n");
+    assert_eq!(
+        run("carol@example.test", "carol-pw", "sales@example.test"),
+        "login ok\ndelivered\n"
+    );
+    assert_eq!(
+        run("carol@example.test", "wrong", "nobody@example.test"),
+        "login failed 535\nrefused 550\n"
+    );
     // A catch-all takes what no account or alias does.
-    let (ok, out) = manage(&test, &["aliases", "add", "@example.test", "alice@example.test"], None);
+    let (ok, out) = manage(
+        &test,
+        &["aliases", "add", "@example.test", "alice@example.test"],
+        None,
+    );
     assert!(ok, "{out}");
-    assert_eq!(run("alice@example.test", "alice-pw", "nobody@example.test"), "login ok\ndelivered\n");
-    let (ok, out) = manage(&test, &["accounts", "passwd", "carol@example.test"], Some("new-pw\n"));
+    assert_eq!(
+        run("alice@example.test", "alice-pw", "nobody@example.test"),
+        "login ok\ndelivered\n"
+    );
+    let (ok, out) = manage(
+        &test,
+        &["accounts", "passwd", "carol@example.test"],
+        Some("new-pw\n"),
+    );
     assert!(ok, "{out}");
-    assert_eq!(run("carol@example.test", "new-pw", "carol+x@example.test"), "login ok\ndelivered\n");
+    assert_eq!(
+        run("carol@example.test", "new-pw", "carol+x@example.test"),
+        "login ok\ndelivered\n"
+    );
     let (ok, out) = manage(&test, &["accounts", "remove", "carol@example.test"], None);
     assert!(ok, "{out}");
-    assert_eq!(run("carol@example.test", "new-pw", "sales@example.test"), "login failed 535\ndelivered\n");
+    assert_eq!(
+        run("carol@example.test", "new-pw", "sales@example.test"),
+        "login failed 535\ndelivered\n"
+    );
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let alice = runtime.block_on(async {
-        let store = mail_server::store::Store::open(&test.data_dir().join("mail")).await.unwrap();
+        let store = mail_server::store::Store::open(&test.data_dir().join("mail"))
+            .await
+            .unwrap();
         let messages = store.messages("alice@example.test", "INBOX").await.unwrap();
         store.close().await;
         messages

@@ -5,13 +5,15 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::testing::{RunningRole, TestConfig};
 use common::{Environment, Role};
 use mail_server::store::Store;
+
+mod support;
+use support::{inbox, send, sink};
 
 const ACCOUNTS: &str = r#"
 [mail]
@@ -36,85 +38,6 @@ fn test_config(environment: Environment, extra: &str) -> TestConfig {
     test
 }
 
-/// Runs a Python script (smtplib) with the given arguments; its stdout and whether it passed.
-fn python(script: &str, args: &[String]) -> (bool, String) {
-    let output = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
-}
-
-/// Sends one message with smtplib and prints each recipient's refusal, or "sent".
-const SEND: &str = r#"
-import smtplib, ssl, sys
-port, mode, user, password, sender = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
-ca = sys.argv[6]
-recipients = sys.argv[7].split(",")
-body = sys.argv[8] if len(sys.argv) > 8 else "Subject: Hello\r\nMessage-ID: <hello@test>\r\n\r\nHi there.\r\n"
-ctx = ssl.create_default_context(cafile=ca)
-if mode == "ssl":
-    smtp = smtplib.SMTP_SSL("localhost", int(port), context=ctx, timeout=10)
-else:
-    smtp = smtplib.SMTP("127.0.0.1", int(port), timeout=10)
-    smtp.ehlo("client.test")
-    if mode == "starttls":
-        smtp.starttls(context=ctx)
-        smtp.ehlo("client.test")
-try:
-    if user:
-        smtp.login(user, password)
-    refused = smtp.sendmail(sender, recipients, body)
-    print("sent", sorted(refused.items()))
-except smtplib.SMTPRecipientsRefused as e:
-    print("refused", sorted((k, v[0]) for k, v in e.recipients.items()))
-except smtplib.SMTPSenderRefused as e:
-    print("sender refused", e.smtp_code)
-except smtplib.SMTPAuthenticationError as e:
-    print("auth failed", e.smtp_code)
-except smtplib.SMTPDataError as e:
-    print("data refused", e.smtp_code)
-except smtplib.SMTPNotSupportedError as e:
-    print("not supported", e)
-smtp.close()
-"#;
-
-#[allow(clippy::too_many_arguments)]
-fn send(
-    port: SocketAddr,
-    mode: &str,
-    login: Option<(&str, &str)>,
-    from: &str,
-    to: &[&str],
-    ca: &Path,
-    body: Option<&str>,
-) -> String {
-    let (user, password) = login.unwrap_or(("", ""));
-    let mut args = vec![
-        port.port().to_string(),
-        mode.to_owned(),
-        user.to_owned(),
-        password.to_owned(),
-        from.to_owned(),
-        ca.display().to_string(),
-        to.join(","),
-    ];
-    if let Some(body) = body {
-        args.push(body.to_owned());
-    }
-    let (_, out) = python(SEND, &args);
-    out.trim().to_owned()
-}
-
 /// A raw SMTP conversation: writes `input` at once, reads until the server closes or `wait`.
 fn raw(addr: SocketAddr, input: &[u8], wait: Duration) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -133,16 +56,6 @@ fn raw(addr: SocketAddr, input: &[u8], wait: Duration) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn inbox(test: &TestConfig, account: &str, mailbox: &str) -> Vec<String> {
-    let store = Store::open(&test.data_dir().join("mail")).await.unwrap();
-    let messages = store.messages(account, mailbox).await.unwrap();
-    store.close().await;
-    messages
-        .into_iter()
-        .map(|m| String::from_utf8_lossy(&m.raw).into_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -459,13 +372,16 @@ async fn smuggling_pipelining_and_garbage() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swaks_and_the_staging_rules() {
+    let (relay, received) = sink().await;
     let hash = mail_server::store::hash_password("carol-pw").unwrap();
     let test = TestConfig::new(Environment::Staging);
     std::fs::write(
         test.config_dir().join("default.toml"),
         format!(
             "[mail]\ndomains = [\"example.test\"]\nstaging_allowlist = [\"*@partner.test\"]\n\
-             [[mail.accounts]]\naddress = \"carol@example.test\"\npassword_hash = \"{hash}\"\n"
+             [mail.relay]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+             [[mail.accounts]]\naddress = \"carol@example.test\"\npassword_hash = \"{hash}\"\n",
+            relay.port()
         ),
     )
     .unwrap();
@@ -539,17 +455,22 @@ async fn swaks_and_the_staging_rules() {
         "{}",
         outcomes[1]
     );
-    let store = Store::open(&test.data_dir().join("mail")).await.unwrap();
-    let queued = store.queued().await.unwrap();
-    store.close().await;
-    assert_eq!(
-        queued,
-        [(
-            "carol@example.test".to_owned(),
-            "dan@partner.test".to_owned(),
-            "pending".to_owned()
-        )]
-    );
+    // The allowlisted recipient went out through the relay; the other did not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while received.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing reached the relay"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, to, _)| to.clone())
+        .collect();
+    assert_eq!(sent, ["dan@partner.test"]);
     let captured = inbox(&test, "carol@example.test", "Captured").await;
     assert_eq!(captured.len(), 1, "eve@else.test is not on the allowlist");
     role.stop().await.unwrap();

@@ -100,6 +100,17 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
         ("mail.bare_lf", ValueKind::from("reject")),
         ("mail.accounts", ValueKind::Array(Vec::new())),
         ("mail.staging_allowlist", list(&[])),
+        ("mail.relay.host", ValueKind::from("")),
+        ("mail.relay.port", ValueKind::from(587u64)),
+        ("mail.relay.tls", ValueKind::from("starttls")),
+        ("mail.relay.username", ValueKind::from("")),
+        ("mail.relay.password", ValueKind::from("")),
+        ("mail.mx_port", ValueKind::from(25u64)),
+        (
+            "mail.retry_intervals",
+            list(&["1m", "5m", "15m", "30m", "1h", "2h", "4h"]),
+        ),
+        ("mail.max_queue_time", ValueKind::from("5d")),
         ("app.api_listen", pick("127.0.0.1:7070", "0.0.0.0:7070")),
         ("app.api_tls", ValueKind::from(!dev)),
         // Apps are reached through the web role's reverse proxy, so loopback everywhere.

@@ -194,6 +194,29 @@ pub struct MailConfig {
     /// rest is captured.
     #[serde(deserialize_with = "deserialize_list")]
     pub staging_allowlist: Vec<String>,
+    /// `[mail.relay]`: a smarthost for all outbound mail; with no `host`, mail goes to each
+    /// domain's MX.
+    pub relay: MailRelay,
+    /// The port of a domain's MX (25; another for test setups).
+    pub mx_port: u16,
+    /// Waits between delivery attempts after a temporary failure; the last repeats.
+    #[serde(deserialize_with = "deserialize_list")]
+    pub retry_intervals: Vec<String>,
+    /// A message still undelivered after this long is bounced.
+    pub max_queue_time: String,
+}
+
+/// `[mail.relay]`: where outbound mail goes when it does not go to the recipient's MX.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailRelay {
+    /// Empty: deliver to each domain's MX.
+    pub host: String,
+    pub port: u16,
+    /// `starttls` (required), `tls` (from the first byte), or `none`.
+    pub tls: String,
+    pub username: String,
+    pub password: Secret,
 }
 
 /// `[[mail.accounts]]`: an address and its password, as an argon2 PHC string

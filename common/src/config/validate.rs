@@ -246,6 +246,53 @@ impl Config {
                     problems.push(problem(key, "must be at least 1".into()));
                 }
             }
+            let relay = &self.mail.relay;
+            if !matches!(relay.tls.as_str(), "starttls" | "tls" | "none") {
+                problems.push(problem(
+                    "mail.relay.tls",
+                    format!("{:?}: \"starttls\", \"tls\" or \"none\"", relay.tls),
+                ));
+            }
+            let relay_loopback = relay.host == "localhost"
+                || relay
+                    .host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if env.is_strict()
+                && !relay.host.is_empty()
+                && !relay.username.is_empty()
+                && relay.tls == "none"
+                && !relay_loopback
+            {
+                problems.push(problem(
+                    "mail.relay.tls",
+                    format!("credentials for {} would cross the network in the clear: use starttls or tls in {env}", relay.host),
+                ));
+            }
+            if self.mail.retry_intervals.is_empty() {
+                problems.push(problem(
+                    "mail.retry_intervals",
+                    "give at least one interval".into(),
+                ));
+            }
+            for interval in &self.mail.retry_intervals {
+                match super::parse_interval(interval) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => problems.push(problem(
+                        "mail.retry_intervals",
+                        format!("{interval:?}: an interval must be longer than 0"),
+                    )),
+                    Err(reason) => problems.push(problem("mail.retry_intervals", reason)),
+                }
+            }
+            match super::parse_interval(&self.mail.max_queue_time) {
+                Ok(Some(_)) => {}
+                Ok(None) => problems.push(problem(
+                    "mail.max_queue_time",
+                    "must be longer than 0".into(),
+                )),
+                Err(reason) => problems.push(problem("mail.max_queue_time", reason)),
+            }
             for account in &self.mail.accounts {
                 let address = account.address.to_ascii_lowercase();
                 let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");

@@ -56,6 +56,8 @@ pub struct SmtpService {
     /// AUTH without TLS is allowed from loopback (development only).
     pub plaintext_auth_on_loopback: bool,
     pub policy: Policy,
+    /// Woken when a message enters the outbound queue.
+    pub outbound: Arc<tokio::sync::Notify>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     auth_failures: auth::FailureLimiter,
 }
@@ -141,6 +143,7 @@ impl SmtpService {
         tls: Option<tokio_rustls::TlsAcceptor>,
         plaintext_auth_on_loopback: bool,
         policy: Policy,
+        outbound: Arc<tokio::sync::Notify>,
     ) -> Self {
         Self {
             store,
@@ -150,6 +153,7 @@ impl SmtpService {
             tls,
             plaintext_auth_on_loopback,
             policy,
+            outbound,
             per_ip: Mutex::new(HashMap::new()),
             auth_failures: auth::FailureLimiter::default(),
         }
@@ -558,6 +562,10 @@ impl Session<'_> {
         )
         .into_bytes();
         raw.extend_from_slice(&body);
+        let queued = envelope
+            .targets
+            .iter()
+            .any(|t| matches!(t, Target::Queue { .. }));
         let delivery = Delivery {
             metadata: message::metadata(&raw),
             raw,
@@ -568,6 +576,9 @@ impl Session<'_> {
         match self.service.store.deliver(delivery).await {
             Ok(()) => {
                 tracing::debug!(%id, took = ?started.elapsed(), "message stored");
+                if queued {
+                    self.service.outbound.notify_one();
+                }
                 conn.reply(&format!("250 2.0.0 OK: queued as {id}\r\n"))
                     .await?;
             }

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod deliver;
+mod queue;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -19,6 +20,7 @@ use sqlx::sqlite::{
 
 pub use accounts::{Account, hash_password, verify_password};
 pub use deliver::{Delivery, Metadata, Target};
+pub use queue::QueuedRecipient;
 
 /// What can go wrong with the store.
 #[derive(Debug, thiserror::Error)]

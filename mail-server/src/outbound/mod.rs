@@ -1,0 +1,354 @@
+//! Delivery of the outbound queue with lettre: through the smarthost in `[mail.relay]`, or to
+//! each recipient domain's MX (hickory-resolver; the domain itself when it has no MX, nothing
+//! for a null MX). One SMTP transaction per recipient, so each has its own outcome: a 2xx is
+//! delivered, a 5xx fails at once, anything else is tried again after the next of
+//! `mail.retry_intervals` until `mail.max_queue_time`. A failure is reported to the sender
+//! from `<>` (a bounce is never bounced).
+
+pub mod bounce;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Delivery, Store, Target};
+
+/// Where outbound mail is handed over.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// A smarthost.
+    Relay {
+        host: String,
+        port: u16,
+        /// `starttls`, `tls` or `none`.
+        tls: String,
+        credentials: Option<(String, String)>,
+    },
+    /// Each domain's MX, on this port.
+    Mx { port: u16 },
+}
+
+/// The outcome of one attempt for one recipient.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered,
+    /// Try again later.
+    Temporary(String),
+    /// Give up and tell the sender.
+    Permanent(String),
+}
+
+/// The queue's deliverer.
+pub struct Outbound {
+    pub store: Store,
+    pub route: Route,
+    pub hostname: String,
+    /// Local domains: a bounce for a local sender goes straight to its mailbox.
+    pub domains: Vec<String>,
+    pub retry_intervals: Vec<Duration>,
+    pub max_queue_time: Duration,
+    /// Signalled when something is queued or a retry is asked for.
+    pub wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest wait between looks at the queue (a retry asked for from another process).
+const POLL: Duration = Duration::from_secs(30);
+
+impl Outbound {
+    /// Delivers until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            match self.store.due(100).await {
+                Ok(due) if !due.is_empty() => {
+                    for item in due {
+                        if stop.is_cancelled() {
+                            return;
+                        }
+                        self.attempt(item).await;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => tracing::error!(error = %err, "reading the outbound queue failed"),
+            }
+            let wait = match self.store.next_due().await {
+                Ok(Some(at)) => {
+                    let seconds = (at - common::clock::unix_now()).clamp(0, POLL.as_secs() as i64);
+                    Duration::from_secs(seconds as u64)
+                }
+                _ => POLL,
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
+            }
+        }
+    }
+
+    async fn attempt(&self, item: crate::store::QueuedRecipient) {
+        let raw = match self.store.body(item.body_id).await {
+            Ok(raw) => raw,
+            Err(err) => {
+                tracing::error!(error = %err, queue_id = item.queue_id, "queued message unreadable");
+                return;
+            }
+        };
+        let outcome = send(
+            &self.route,
+            &self.hostname,
+            &item.sender,
+            &item.recipient,
+            &raw,
+        )
+        .await;
+        let now = common::clock::unix_now();
+        let age = Duration::from_secs((now - item.created_at).max(0) as u64);
+        let (status, next, error, bounce) = match &outcome {
+            Attempt::Delivered => ("delivered", now, None, None),
+            Attempt::Permanent(error) => ("failed", now, Some(error.clone()), Some(error.clone())),
+            Attempt::Temporary(error) if age >= self.max_queue_time => {
+                let reason = format!("{error} (gave up after {}s in the queue)", age.as_secs());
+                ("failed", now, Some(error.clone()), Some(reason))
+            }
+            Attempt::Temporary(error) => {
+                let index =
+                    (item.attempts as usize).min(self.retry_intervals.len().saturating_sub(1));
+                let wait = self.retry_intervals.get(index).copied().unwrap_or(POLL);
+                (
+                    "pending",
+                    now + wait.as_secs() as i64,
+                    Some(error.clone()),
+                    None,
+                )
+            }
+        };
+        tracing::info!(
+            queue_id = item.queue_id,
+            recipient = %item.recipient,
+            attempt = item.attempts + 1,
+            status,
+            error = error.as_deref().unwrap_or(""),
+            "outbound delivery attempt"
+        );
+        if let Err(err) = self
+            .store
+            .record_attempt(
+                item.queue_id,
+                &item.recipient,
+                status,
+                next,
+                error.as_deref(),
+            )
+            .await
+        {
+            tracing::error!(error = %err, "recording a delivery attempt failed");
+            return;
+        }
+        if let Some(reason) = bounce {
+            self.bounce(&item, &reason, &raw).await;
+        }
+        if let Err(err) = self.store.finish(item.queue_id).await {
+            tracing::error!(error = %err, "closing a queue entry failed");
+        }
+    }
+
+    /// Tells the sender; nothing for the null sender (a bounce is never bounced).
+    async fn bounce(&self, item: &crate::store::QueuedRecipient, reason: &str, raw: &[u8]) {
+        if item.sender.is_empty() {
+            tracing::info!(recipient = %item.recipient, "a bounce could not be delivered; dropped");
+            return;
+        }
+        let report = bounce::report(
+            &self.hostname,
+            &item.sender,
+            &item.recipient,
+            reason,
+            item.created_at,
+            raw,
+        );
+        let local = item
+            .sender
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| self.domains.iter().any(|l| l.eq_ignore_ascii_case(d)));
+        let targets = if local {
+            match self.store.resolve(&item.sender).await {
+                Ok(accounts) => accounts.iter().map(|a| Target::inbox(a)).collect(),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            vec![Target::Queue {
+                recipient: item.sender.clone(),
+            }]
+        };
+        if targets.is_empty() {
+            tracing::info!(sender = %item.sender, "the sender of a failed message is gone; no bounce");
+            return;
+        }
+        let delivery = Delivery {
+            metadata: crate::message::metadata(&report),
+            raw: report,
+            envelope_from: String::new(),
+            targets,
+        };
+        match self.store.deliver(delivery).await {
+            Ok(()) => {
+                tracing::info!(sender = %item.sender, recipient = %item.recipient, "bounce sent");
+                self.wake.notify_one();
+            }
+            Err(err) => tracing::error!(error = %err, "a bounce could not be stored"),
+        }
+    }
+}
+
+/// One SMTP transaction for one recipient.
+pub async fn send(
+    route: &Route,
+    hostname: &str,
+    sender: &str,
+    recipient: &str,
+    raw: &[u8],
+) -> Attempt {
+    let from = if sender.is_empty() {
+        None
+    } else {
+        match sender.parse() {
+            Ok(address) => Some(address),
+            Err(err) => return Attempt::Permanent(format!("bad sender address {sender}: {err}")),
+        }
+    };
+    let to = match recipient.parse() {
+        Ok(address) => address,
+        Err(err) => return Attempt::Permanent(format!("bad recipient address {recipient}: {err}")),
+    };
+    let envelope = match Envelope::new(from, vec![to]) {
+        Ok(envelope) => envelope,
+        Err(err) => return Attempt::Permanent(err.to_string()),
+    };
+    let hosts = match route {
+        Route::Relay { host, .. } => vec![host.clone()],
+        Route::Mx { .. } => {
+            let domain = recipient.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            match mx_hosts(domain).await {
+                Ok(hosts) => hosts,
+                Err(attempt) => return attempt,
+            }
+        }
+    };
+    let mut last = Attempt::Temporary("no mail exchanger answered".into());
+    for host in hosts {
+        let transport = match transport(route, &host, hostname) {
+            Ok(transport) => transport,
+            Err(err) => return Attempt::Temporary(err),
+        };
+        match transport.send_raw(&envelope, raw).await {
+            Ok(_) => return Attempt::Delivered,
+            Err(err) if err.is_permanent() => {
+                return Attempt::Permanent(format!("{host}: {err}"));
+            }
+            // A transient reply or no connection: the next exchanger, then later.
+            Err(err) => last = Attempt::Temporary(format!("{host}: {err}")),
+        }
+    }
+    last
+}
+
+fn transport(
+    route: &Route,
+    host: &str,
+    hostname: &str,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let params = |verify: bool| {
+        TlsParameters::builder(host.to_owned())
+            .dangerous_accept_invalid_certs(!verify)
+            .build_rustls()
+            .map_err(|e| e.to_string())
+    };
+    let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .hello_name(ClientId::Domain(hostname.to_owned()))
+        .timeout(Some(Duration::from_secs(60)));
+    let builder = match route {
+        Route::Relay {
+            port,
+            tls,
+            credentials,
+            ..
+        } => {
+            let builder = builder.port(*port).tls(match tls.as_str() {
+                "tls" => Tls::Wrapper(params(true)?),
+                "none" => Tls::None,
+                _ => Tls::Required(params(true)?),
+            });
+            match credentials {
+                Some((user, password)) => {
+                    builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
+                        user.clone(),
+                        password.clone(),
+                    ))
+                }
+                None => builder,
+            }
+        }
+        // MX: STARTTLS when offered, without checking the certificate (as MTAs do by
+        // default: most MX certificates do not name the host they are reached by).
+        Route::Mx { port } => builder.port(*port).tls(Tls::Opportunistic(params(false)?)),
+    };
+    Ok(builder.build())
+}
+
+/// A domain's mail exchangers, best first; the domain itself without MX records (RFC 5321
+/// §5.1); a permanent failure for a null MX (RFC 7505) or a domain that does not exist.
+async fn mx_hosts(domain: &str) -> Result<Vec<String>, Attempt> {
+    use hickory_resolver::proto::rr::RData;
+    let resolver = hickory_resolver::TokioResolver::builder_tokio()
+        .and_then(|builder| builder.build())
+        .map_err(|e| Attempt::Temporary(format!("no DNS resolver: {e}")))?;
+    let lookup = match resolver.mx_lookup(format!("{domain}.")).await {
+        Ok(lookup) => lookup,
+        Err(err) if err.is_nx_domain() => {
+            return Err(Attempt::Permanent(format!(
+                "domain {domain} does not exist"
+            )));
+        }
+        Err(err) if err.is_no_records_found() => return Ok(vec![domain.to_owned()]),
+        Err(err) => return Err(Attempt::Temporary(format!("MX lookup for {domain}: {err}"))),
+    };
+    let mut exchangers: Vec<(u16, String)> = lookup
+        .answers()
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::MX(mx) => Some((mx.preference, mx.exchange.to_utf8())),
+            _ => None,
+        })
+        .collect();
+    if exchangers
+        .iter()
+        .any(|(_, host)| host == "." || host.is_empty())
+    {
+        return Err(Attempt::Permanent(format!(
+            "{domain} does not accept mail (null MX)"
+        )));
+    }
+    exchangers.sort();
+    if exchangers.is_empty() {
+        return Ok(vec![domain.to_owned()]);
+    }
+    Ok(exchangers
+        .into_iter()
+        .map(|(_, host)| host.trim_end_matches('.').to_owned())
+        .collect())
+}

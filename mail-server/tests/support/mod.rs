@@ -1,0 +1,174 @@
+//! What the mail-server tests share: Python's smtplib as the client, and a look into the
+//! store.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use common::testing::TestConfig;
+use mail_server::store::Store;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Runs a Python script (smtplib) with the given arguments; its stdout and whether it passed.
+pub fn python(script: &str, args: &[String]) -> (bool, String) {
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// Sends one message with smtplib and prints each recipient's refusal, or "sent".
+pub const SEND: &str = r#"
+import smtplib, ssl, sys
+port, mode, user, password, sender = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+ca = sys.argv[6]
+recipients = sys.argv[7].split(",")
+body = sys.argv[8] if len(sys.argv) > 8 else "Subject: Hello\r\nMessage-ID: <hello@test>\r\n\r\nHi there.\r\n"
+ctx = ssl.create_default_context(cafile=ca)
+if mode == "ssl":
+    smtp = smtplib.SMTP_SSL("localhost", int(port), context=ctx, timeout=10)
+else:
+    smtp = smtplib.SMTP("127.0.0.1", int(port), timeout=10)
+    smtp.ehlo("client.test")
+    if mode == "starttls":
+        smtp.starttls(context=ctx)
+        smtp.ehlo("client.test")
+try:
+    if user:
+        smtp.login(user, password)
+    refused = smtp.sendmail(sender, recipients, body)
+    print("sent", sorted(refused.items()))
+except smtplib.SMTPRecipientsRefused as e:
+    print("refused", sorted((k, v[0]) for k, v in e.recipients.items()))
+except smtplib.SMTPSenderRefused as e:
+    print("sender refused", e.smtp_code)
+except smtplib.SMTPAuthenticationError as e:
+    print("auth failed", e.smtp_code)
+except smtplib.SMTPDataError as e:
+    print("data refused", e.smtp_code)
+except smtplib.SMTPNotSupportedError as e:
+    print("not supported", e)
+smtp.close()
+"#;
+
+#[allow(clippy::too_many_arguments)]
+pub fn send(
+    port: SocketAddr,
+    mode: &str,
+    login: Option<(&str, &str)>,
+    from: &str,
+    to: &[&str],
+    ca: &Path,
+    body: Option<&str>,
+) -> String {
+    let (user, password) = login.unwrap_or(("", ""));
+    let mut args = vec![
+        port.port().to_string(),
+        mode.to_owned(),
+        user.to_owned(),
+        password.to_owned(),
+        from.to_owned(),
+        ca.display().to_string(),
+        to.join(","),
+    ];
+    if let Some(body) = body {
+        args.push(body.to_owned());
+    }
+    let (_, out) = python(SEND, &args);
+    out.trim().to_owned()
+}
+
+pub async fn inbox(test: &TestConfig, account: &str, mailbox: &str) -> Vec<String> {
+    let store = Store::open(&test.data_dir().join("mail")).await.unwrap();
+    let messages = store.messages(account, mailbox).await.unwrap();
+    store.close().await;
+    messages
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.raw).into_owned())
+        .collect()
+}
+
+/// What the sink received: envelope sender, recipient, message.
+pub type Received = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// A minimal SMTP server: `temp…@` recipients get 451, `perm…@` 550, the rest are taken.
+pub async fn sink() -> (std::net::SocketAddr, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received: Received = Arc::default();
+    let store = Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read);
+                let _ = write.write_all(b"220 sink.test ESMTP\r\n").await;
+                let (mut from, mut to) = (String::new(), String::new());
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                        b"250 sink.test\r\n"
+                    } else if upper.starts_with("MAIL FROM:") {
+                        from = line[10..].trim().trim_matches(['<', '>']).to_owned();
+                        b"250 2.1.0 ok\r\n"
+                    } else if upper.starts_with("RCPT TO:") {
+                        to = line[8..].trim().trim_matches(['<', '>']).to_owned();
+                        if to.starts_with("temp") {
+                            b"451 4.3.0 try again later\r\n"
+                        } else if to.starts_with("perm") {
+                            b"550 5.1.1 no such user here\r\n"
+                        } else {
+                            b"250 2.1.5 ok\r\n"
+                        }
+                    } else if upper.starts_with("DATA") {
+                        let _ = write.write_all(b"354 go\r\n").await;
+                        let mut message = String::new();
+                        loop {
+                            line.clear();
+                            if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == ".\r\n" {
+                                break;
+                            }
+                            message.push_str(&line);
+                        }
+                        store
+                            .lock()
+                            .unwrap()
+                            .push((from.clone(), to.clone(), message));
+                        b"250 2.0.0 taken\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
