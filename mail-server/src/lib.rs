@@ -40,6 +40,8 @@ pub enum MailError {
     Tls(#[from] common::tls::TlsError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("mail.dkim.private_key: {0}")]
+    Dkim(String),
 }
 
 /// The name in greetings and trace headers: `mail.hostname`, else this machine's.
@@ -52,6 +54,27 @@ pub fn hostname(config: &Config) -> String {
         .ok()
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The DKIM key from `[mail.dkim]`, if one is configured.
+pub fn dkim_signer(config: &Config) -> Result<Option<Arc<outbound::dkim::Signer>>, MailError> {
+    let dkim = &config.mail.dkim;
+    if dkim.private_key.is_empty() {
+        return Ok(None);
+    }
+    let domain = if dkim.domain.is_empty() {
+        config.mail.domains.first().cloned().unwrap_or_default()
+    } else {
+        dkim.domain.clone()
+    };
+    let signer = outbound::dkim::Signer::load(
+        std::path::Path::new(&dkim.private_key),
+        &domain,
+        &dkim.selector,
+    )
+    .map_err(MailError::Dkim)?;
+    tracing::info!(%domain, selector = %dkim.selector, "outbound mail is DKIM-signed");
+    Ok(Some(Arc::new(signer)))
 }
 
 /// `[mail.relay]` when it names a host, else each domain's MX.
@@ -144,6 +167,7 @@ pub async fn run(
             .flatten()
             .unwrap_or(Duration::from_secs(5 * 86_400)),
         wake: Arc::clone(&wake),
+        dkim: dkim_signer(&config)?,
     };
     tokio::spawn(outbound.run(server.shutdown.token().clone()));
     let service = Arc::new(smtp::SmtpService::new(

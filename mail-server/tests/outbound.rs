@@ -13,20 +13,66 @@ use mail_server::store::Store;
 mod support;
 use support::{inbox, send, sink};
 
-fn production(relay_port: u16) -> (TestConfig, std::path::PathBuf) {
+/// Production with a relay on `relay_port`, a short retry schedule and an Ed25519 DKIM key;
+/// returns the DNS TXT record for the key too.
+fn production(relay_port: u16) -> (TestConfig, std::path::PathBuf, String) {
+    use base64::Engine as _;
     let hash = mail_server::store::hash_password("alice-pw").unwrap();
     let test = TestConfig::new(Environment::Production);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let key_file = test.dir.path().join("dkim.pem");
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let record = format!(
+        "v=DKIM1; k=ed25519; p={}",
+        base64::engine::general_purpose::STANDARD.encode(key.public_key_raw())
+    );
     std::fs::write(
         test.config_dir().join("default.toml"),
         format!(
             "[mail]\ndomains = [\"example.test\"]\nhostname = \"mx.example.test\"\n\
              retry_intervals = [\"1s\"]\nmax_queue_time = \"4s\"\n\
              [mail.relay]\nhost = \"127.0.0.1\"\nport = {relay_port}\ntls = \"none\"\n\
-             [[mail.accounts]]\naddress = \"alice@example.test\"\npassword_hash = \"{hash}\"\n"
+             [mail.dkim]\nselector = \"q1\"\nprivate_key = \"{}\"\n\
+             [[mail.accounts]]\naddress = \"alice@example.test\"\npassword_hash = \"{hash}\"\n",
+            key_file.display()
         ),
     )
     .unwrap();
-    test.set("db.admin_password", "unused").with_generated_tls()
+    let (test, ca) = test.set("db.admin_password", "unused").with_generated_tls();
+    (test, ca, record)
+}
+
+/// dkimpy's verdict on `message`, with `record` as the TXT record of q1._domainkey.example.test.
+fn dkim_verifies(message: &str, record: &str) -> String {
+    const VERIFY: &str = r#"
+import dkim, sys
+message, record = sys.stdin.buffer.read(), sys.argv[1].encode()
+def dns(name, timeout=5):
+    return record if name == b"q1._domainkey.example.test." else None
+print("valid" if dkim.verify(message, dnsfunc=dns) else "invalid")
+"#;
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(VERIFY)
+        .arg(record)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout).trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    )
 }
 
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
@@ -47,7 +93,7 @@ async fn queue(test: &TestConfig) -> Vec<mail_server::store::QueuedRecipient> {
 #[tokio::test(flavor = "multi_thread")]
 async fn delivery_retries_bounces_and_a_queue_that_survives_restarts() {
     let (relay, received) = sink().await;
-    let (test, ca) = production(relay.port());
+    let (test, ca, record) = production(relay.port());
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let submission = role.addr("submission");
     let ca2 = ca.clone();
@@ -79,12 +125,24 @@ async fn delivery_retries_bounces_and_a_queue_that_survives_restarts() {
         ("alice@example.test", "ok@far.test")
     );
     assert!(
-        message.starts_with("Received: from client.test"),
+        message.contains("\r\nReceived: from client.test"),
         "{message}"
     );
     assert!(
         !message.contains("Return-Path"),
         "queued copies carry no Return-Path"
+    );
+    // Production signs what leaves; an independent verifier (dkimpy) agrees.
+    assert!(
+        message.starts_with("DKIM-Signature: v=1; a=ed25519-sha256"),
+        "{message}"
+    );
+    assert!(message.contains("d=example.test") && message.contains("s=q1"));
+    assert_eq!(dkim_verifies(message, &record), "valid");
+    assert_eq!(
+        dkim_verifies(&message.replace("Subject: out", "Subject: 0ut"), &record),
+        "invalid",
+        "a changed header breaks the signature"
     );
 
     // 550: bounced at once; 451: retried every second, bounced after max_queue_time.
@@ -110,7 +168,7 @@ async fn delivery_retries_bounces_and_a_queue_that_survives_restarts() {
     role.stop().await.unwrap();
 
     // With the smarthost down, mail waits in the queue, across a restart.
-    let (test, ca) = production(1); // nothing listens on port 1
+    let (test, ca, _) = production(1); // nothing listens on port 1
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let submission = role.addr("submission");
     let ca2 = ca.clone();

@@ -111,6 +111,9 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
             list(&["1m", "5m", "15m", "30m", "1h", "2h", "4h"]),
         ),
         ("mail.max_queue_time", ValueKind::from("5d")),
+        ("mail.dkim.domain", ValueKind::from("")),
+        ("mail.dkim.selector", ValueKind::from("")),
+        ("mail.dkim.private_key", ValueKind::from("")),
         ("app.api_listen", pick("127.0.0.1:7070", "0.0.0.0:7070")),
         ("app.api_tls", ValueKind::from(!dev)),
         // Apps are reached through the web role's reverse proxy, so loopback everywhere.

@@ -204,6 +204,20 @@ pub struct MailConfig {
     pub retry_intervals: Vec<String>,
     /// A message still undelivered after this long is bounced.
     pub max_queue_time: String,
+    /// `[mail.dkim]`: outbound mail is signed (required in production).
+    pub dkim: MailDkim,
+}
+
+/// `[mail.dkim]`: the key outbound mail is signed with, published in DNS as
+/// `{selector}._domainkey.{domain}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailDkim {
+    /// The signing domain (`d=`); empty = the first of `mail.domains`.
+    pub domain: String,
+    pub selector: String,
+    /// A PEM file: an Ed25519 or RSA private key.
+    pub private_key: String,
 }
 
 /// `[mail.relay]`: where outbound mail goes when it does not go to the recipient's MX.

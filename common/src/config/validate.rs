@@ -269,6 +269,19 @@ impl Config {
                     format!("credentials for {} would cross the network in the clear: use starttls or tls in {env}", relay.host),
                 ));
             }
+            let dkim = &self.mail.dkim;
+            if dkim.private_key.is_empty() != dkim.selector.is_empty() {
+                problems.push(problem(
+                    "mail.dkim",
+                    "give both selector and private_key (or neither)".into(),
+                ));
+            }
+            if env == crate::Environment::Production && dkim.private_key.is_empty() {
+                problems.push(problem(
+                    "mail.dkim.private_key",
+                    "required in production: outbound mail is DKIM-signed (set selector and private_key)".into(),
+                ));
+            }
             if self.mail.retry_intervals.is_empty() {
                 problems.push(problem(
                     "mail.retry_intervals",

@@ -6,6 +6,7 @@
 //! from `<>` (a bounce is never bounced).
 
 pub mod bounce;
+pub mod dkim;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,8 @@ pub struct Outbound {
     pub max_queue_time: Duration,
     /// Signalled when something is queued or a retry is asked for.
     pub wake: Arc<Notify>,
+    /// Signs what leaves (production requires it).
+    pub dkim: Option<Arc<dkim::Signer>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -108,12 +111,22 @@ impl Outbound {
                 return;
             }
         };
+        let signed = match &self.dkim {
+            Some(signer) => match signer.sign(&raw) {
+                Ok(signed) => Some(signed),
+                Err(err) => {
+                    tracing::error!(error = %err, queue_id = item.queue_id, "DKIM signing failed");
+                    None
+                }
+            },
+            None => None,
+        };
         let outcome = send(
             &self.route,
             &self.hostname,
             &item.sender,
             &item.recipient,
-            &raw,
+            signed.as_deref().unwrap_or(&raw),
         )
         .await;
         let now = common::clock::unix_now();
