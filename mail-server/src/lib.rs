@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod delivery;
+pub mod http;
 pub mod message;
 pub mod outbound;
 pub mod smtp;
@@ -133,8 +134,16 @@ pub async fn run(
     sync_accounts(&config, &store).await?;
     let http_tls = mail.http_tls;
     let mut server = RoleServer::new(Role::Mail, Arc::clone(&config), shutdown);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let api = http::Api {
+        store: store.clone(),
+        open: config.environment == Environment::Development,
+        outbound: Arc::clone(&wake),
+        failures: Arc::new(smtp::auth::FailureLimiter::default()),
+    };
     let router = server
         .health_routes()
+        .merge(http::router(api))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     server.serve_http(listeners.take("http")?, router, http_tls)?;
     let tls = server.tls()?.acceptor(&[])?.rustls();
@@ -151,7 +160,6 @@ pub async fn run(
             smtp::data::BareLf::Reject
         },
     };
-    let wake = Arc::new(tokio::sync::Notify::new());
     let outbound = outbound::Outbound {
         store: store.clone(),
         route: route(&config),

@@ -190,7 +190,77 @@ async fn delivery_retries_bounces_and_a_queue_that_survives_restarts() {
         queue(&test).await.first().is_some_and(|q| q.attempts >= 1)
     })
     .await;
+    // The queue over HTTP: Basic with the account (its own entries only), TLS in production.
+    let port = role.addr("http").port();
+    let api = format!("https://localhost:{port}/api/v1/queue");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let ca_text = ca.to_str().unwrap().to_owned();
+    let (listing, anonymous, wrong, retried, missing) = tokio::task::spawn_blocking(move || {
+        let call = |args: &[&str]| {
+            let mut all = vec!["--cacert", &ca_text, "--resolve", &resolve];
+            all.extend_from_slice(args);
+            common::testing::curl(&all)
+        };
+        (
+            call(&["-u", "alice@example.test:alice-pw", &api]),
+            call(&[&api]),
+            call(&["-u", "alice@example.test:nope", &api]),
+            call(&[
+                "-u",
+                "alice@example.test:alice-pw",
+                "-X",
+                "POST",
+                &format!("{api}/1/retry"),
+            ]),
+            call(&[
+                "-u",
+                "alice@example.test:alice-pw",
+                "-X",
+                "DELETE",
+                &format!("{api}/999"),
+            ]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(listing.0, 200, "{}", listing.1);
+    assert!(
+        listing.1.contains("\"recipient\":\"later@far.test\"")
+            && listing.1.contains("\"status\":\"pending\""),
+        "{}",
+        listing.1
+    );
+    assert_eq!(anonymous.0, 401);
+    assert_eq!(wrong.0, 401);
+    assert_eq!(retried.0, 200, "{}", retried.1);
+    assert_eq!(missing.0, 404);
     role.stop().await.unwrap();
+    // The same queue from the command line, with the server stopped.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mail-server"))
+            .args(args)
+            .env_clear()
+            .envs(test.child_env())
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (ok, out) = cli(&["queue", "list"]);
+    assert!(
+        ok && out.contains("pending\talice@example.test -> later@far.test"),
+        "{out}"
+    );
+    let (ok, out) = cli(&["queue", "retry", "1"]);
+    assert!(ok && out.contains("due now"), "{out}");
+    let (ok, out) = cli(&["queue", "delete", "42"]);
+    assert!(!ok && out.contains("no entry 42"), "{out}");
     let waiting = queue(&test).await;
     assert_eq!(waiting.len(), 1);
     assert_eq!(waiting[0].status, "pending");
