@@ -140,7 +140,7 @@ async fn run(command: Command, config: common::Config) -> Result<String, StoreEr
     if let Command::Accounts(AccountCommand::Hash) = command {
         return store::hash_password(&read_password()?);
     }
-    let store = Store::open(&config.data_dir.join("mail")).await?;
+    let store = Store::open_backend(&config.data_dir.join("mail"), &config.mail.store).await?;
     let in_domains = |address: &str| {
         let address = address.to_ascii_lowercase();
         let domain = address

@@ -130,7 +130,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), MailError> {
     let mail = &config.mail;
-    let store = store::Store::open(&config.data_dir.join("mail")).await?;
+    let store = store::Store::open_backend(&config.data_dir.join("mail"), &mail.store).await?;
     sync_accounts(&config, &store).await?;
     let http_tls = mail.http_tls;
     let mut server = RoleServer::new(Role::Mail, Arc::clone(&config), shutdown);

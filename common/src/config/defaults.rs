@@ -111,6 +111,7 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
             list(&["1m", "5m", "15m", "30m", "1h", "2h", "4h"]),
         ),
         ("mail.max_queue_time", ValueKind::from("5d")),
+        ("mail.store", ValueKind::from("sqlite")),
         ("mail.dkim.domain", ValueKind::from("")),
         ("mail.dkim.selector", ValueKind::from("")),
         ("mail.dkim.private_key", ValueKind::from("")),

@@ -206,6 +206,8 @@ pub struct MailConfig {
     pub max_queue_time: String,
     /// `[mail.dkim]`: outbound mail is signed (required in production).
     pub dkim: MailDkim,
+    /// `sqlite` (under `data_dir/mail/`) or a `postgres://` URL several mail-servers share.
+    pub store: Backend,
 }
 
 /// `[mail.dkim]`: the key outbound mail is signed with, published in DNS as

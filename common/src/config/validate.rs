@@ -269,6 +269,12 @@ impl Config {
                     format!("credentials for {} would cross the network in the clear: use starttls or tls in {env}", relay.host),
                 ));
             }
+            if let Some(Err(reason)) = self.mail.store.postgres() {
+                problems.push(problem(
+                    "mail.store",
+                    format!("neither \"sqlite\" nor a usable PostgreSQL URL: {reason}"),
+                ));
+            }
             let dkim = &self.mail.dkim;
             if dkim.private_key.is_empty() != dkim.selector.is_empty() {
                 problems.push(problem(

@@ -69,25 +69,25 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO accounts (address, password_hash, from_config, created_at)
-             VALUES (?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4)
              ON CONFLICT(address) DO UPDATE SET password_hash = excluded.password_hash,
                 from_config = excluded.from_config",
         )
         .bind(&address)
         .bind(password_hash)
-        .bind(from_config)
+        .bind(i64::from(from_config))
         .bind(now())
         .execute(&mut *tx)
         .await?;
-        let id: i64 = sqlx::query("SELECT id FROM accounts WHERE address = ?")
+        let id: i64 = sqlx::query("SELECT id FROM accounts WHERE address = $1")
             .bind(&address)
             .fetch_one(&mut *tx)
             .await?
             .get(0);
         for (name, special_use) in STANDARD_MAILBOXES {
             sqlx::query(
-                "INSERT OR IGNORE INTO mailboxes (account_id, name, special_use, uidvalidity)
-                 VALUES (?, ?, ?, ?)",
+                "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             )
             .bind(id)
             .bind(name)
@@ -101,7 +101,7 @@ impl Store {
     }
 
     pub async fn remove_account(&self, address: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM accounts WHERE address = ?")
+        let done = sqlx::query("DELETE FROM accounts WHERE address = $1")
             .bind(address.trim().to_ascii_lowercase())
             .execute(self.pool())
             .await?;
@@ -124,7 +124,7 @@ impl Store {
     /// The password hash of the account `address` (exact, after lowercasing).
     pub async fn password_hash(&self, address: &str) -> Result<Option<String>, StoreError> {
         Ok(
-            sqlx::query("SELECT password_hash FROM accounts WHERE address = ?")
+            sqlx::query("SELECT password_hash FROM accounts WHERE address = $1")
                 .bind(address.trim().to_ascii_lowercase())
                 .fetch_optional(self.pool())
                 .await?
@@ -158,7 +158,7 @@ impl Store {
                 "{alias:?} is not an address (or @domain for a catch-all)"
             )));
         }
-        sqlx::query("INSERT OR IGNORE INTO aliases (address, target) VALUES (?, ?)")
+        sqlx::query("INSERT INTO aliases (address, target) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(alias)
             .bind(target)
             .execute(self.pool())
@@ -167,7 +167,7 @@ impl Store {
     }
 
     pub async fn remove_alias(&self, alias: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM aliases WHERE address = ?")
+        let done = sqlx::query("DELETE FROM aliases WHERE address = $1")
             .bind(alias.trim().to_ascii_lowercase())
             .execute(self.pool())
             .await?;
@@ -200,7 +200,7 @@ impl Store {
     async fn alias_targets(&self, alias: &str) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
             "SELECT a.target FROM aliases a JOIN accounts c ON c.address = a.target
-             WHERE a.address = ? ORDER BY a.target",
+             WHERE a.address = $1 ORDER BY a.target",
         )
         .bind(alias)
         .fetch_all(self.pool())

@@ -1,9 +1,10 @@
 //! The writer task: deliveries from every session, written in batches, each batch made durable
-//! by one fsync of the WAL before any of its messages is acknowledged.
+//! before any of its messages is acknowledged (SQLite: one fsync of the WAL; PostgreSQL: its
+//! COMMIT, durable with `synchronous_commit` on).
 
 use std::path::{Path, PathBuf};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::AnyConnection;
 use sqlx::{Connection as _, Row as _};
 use tokio::sync::{mpsc, oneshot};
 
@@ -77,18 +78,17 @@ impl Store {
     }
 }
 
-pub(crate) async fn start_writer(
-    path: &Path,
-    options: SqliteConnectOptions,
-) -> Result<mpsc::Sender<Job>, StoreError> {
-    let connection = SqliteConnection::connect_with(&options).await?;
-    let wal = PathBuf::from(format!("{}-wal", path.display()));
+pub(crate) fn start_writer(connection: AnyConnection, wal: Option<PathBuf>) -> mpsc::Sender<Job> {
     let (sender, receiver) = mpsc::channel(1024);
     tokio::spawn(writer(connection, wal, receiver));
-    Ok(sender)
+    sender
 }
 
-async fn writer(mut connection: SqliteConnection, wal: PathBuf, mut jobs: mpsc::Receiver<Job>) {
+async fn writer(
+    mut connection: AnyConnection,
+    wal: Option<PathBuf>,
+    mut jobs: mpsc::Receiver<Job>,
+) {
     let mut poisoned = false;
     while let Some(first) = jobs.recv().await {
         let mut bytes = first.delivery.raw.len();
@@ -110,7 +110,10 @@ async fn writer(mut connection: SqliteConnection, wal: PathBuf, mut jobs: mpsc::
         }
         let outcomes = write_batch(&mut connection, &batch).await;
         // Nothing is acknowledged before the fsync that covers it.
-        let synced = sync(&wal).await;
+        let synced = match &wal {
+            Some(wal) => sync(wal).await,
+            None => Ok(()),
+        };
         if let Err(err) = &synced {
             tracing::error!(error = %err, "fsync of the mail store failed; refusing mail from now on");
             poisoned = true;
@@ -140,10 +143,7 @@ async fn sync(wal: &Path) -> Result<(), StoreError> {
 
 /// The batch in one transaction; if that fails, each delivery alone, so one bad message
 /// does not fail the others.
-async fn write_batch(
-    connection: &mut SqliteConnection,
-    batch: &[Job],
-) -> Vec<Result<(), StoreError>> {
+async fn write_batch(connection: &mut AnyConnection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
     let together = async {
         let mut tx = connection.begin().await?;
         for job in batch {
@@ -173,9 +173,9 @@ async fn write_batch(
     outcomes
 }
 
-async fn insert_body(tx: &mut SqliteConnection, raw: &[u8]) -> Result<i64, StoreError> {
+async fn insert_body(tx: &mut AnyConnection, raw: &[u8]) -> Result<i64, StoreError> {
     Ok(
-        sqlx::query("INSERT INTO bodies (raw) VALUES (?) RETURNING id")
+        sqlx::query("INSERT INTO bodies (raw) VALUES ($1) RETURNING id")
             .bind(raw)
             .fetch_one(&mut *tx)
             .await?
@@ -183,7 +183,7 @@ async fn insert_body(tx: &mut SqliteConnection, raw: &[u8]) -> Result<i64, Store
     )
 }
 
-async fn write_one(tx: &mut SqliteConnection, delivery: &Delivery) -> Result<(), StoreError> {
+async fn write_one(tx: &mut AnyConnection, delivery: &Delivery) -> Result<(), StoreError> {
     let mut local: Option<(i64, i64)> = None;
     let meta = &delivery.metadata;
     let mut queued: Vec<&str> = Vec::new();
@@ -209,7 +209,7 @@ async fn write_one(tx: &mut SqliteConnection, delivery: &Delivery) -> Result<(),
         sqlx::query(
             "INSERT INTO messages (mailbox_id, uid, body_id, internal_date, size, envelope_from,
                 from_addr, to_addrs, subject, date, message_id, has_attachments)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(mailbox_id)
         .bind(uid)
@@ -222,14 +222,14 @@ async fn write_one(tx: &mut SqliteConnection, delivery: &Delivery) -> Result<(),
         .bind(&meta.subject)
         .bind(meta.date)
         .bind(&meta.message_id)
-        .bind(meta.has_attachments)
+        .bind(i64::from(meta.has_attachments))
         .execute(&mut *tx)
         .await?;
     }
     if !queued.is_empty() {
         let body_id = insert_body(tx, &delivery.raw).await?;
         let queue_id: i64 = sqlx::query(
-            "INSERT INTO queue (body_id, sender, created_at) VALUES (?, ?, ?) RETURNING id",
+            "INSERT INTO queue (body_id, sender, created_at) VALUES ($1, $2, $3) RETURNING id",
         )
         .bind(body_id)
         .bind(&delivery.envelope_from)
@@ -239,8 +239,8 @@ async fn write_one(tx: &mut SqliteConnection, delivery: &Delivery) -> Result<(),
         .get(0);
         for recipient in queued {
             sqlx::query(
-                "INSERT OR IGNORE INTO queue_recipients (queue_id, recipient, next_attempt)
-                 VALUES (?, ?, ?)",
+                "INSERT INTO queue_recipients (queue_id, recipient, next_attempt)
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             )
             .bind(queue_id)
             .bind(recipient)
@@ -255,14 +255,14 @@ async fn write_one(tx: &mut SqliteConnection, delivery: &Delivery) -> Result<(),
 /// The mailbox's id and the next UID, taken; a missing mailbox (the capture mailbox) is
 /// created first.
 async fn take_uid(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     account: &str,
     mailbox: &str,
 ) -> Result<(i64, i64), StoreError> {
     let take = || {
         sqlx::query(
             "UPDATE mailboxes SET uidnext = uidnext + 1
-             WHERE account_id = (SELECT id FROM accounts WHERE address = ?) AND name = ?
+             WHERE account_id = (SELECT id FROM accounts WHERE address = $1) AND name = $2
              RETURNING id, uidnext - 1",
         )
         .bind(account)
@@ -273,7 +273,7 @@ async fn take_uid(
     }
     let created = sqlx::query(
         "INSERT INTO mailboxes (account_id, name, uidvalidity)
-         SELECT id, ?, ? FROM accounts WHERE address = ?",
+         SELECT id, $1, $2 FROM accounts WHERE address = $3",
     )
     .bind(mailbox)
     .bind(now())

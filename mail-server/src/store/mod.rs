@@ -1,5 +1,8 @@
-//! The mail store: accounts, aliases, mailboxes and messages in one SQLite file under
-//! `data_dir/mail/` (through sqlx, WAL).
+//! The mail store: accounts, aliases, mailboxes, messages and the outbound queue, through
+//! sqlx's `Any` driver: one SQLite file under `data_dir/mail/` (WAL) by default, or a
+//! PostgreSQL database (`mail.store = "postgres://…"`) that several mail-servers share. The SQL
+//! is written once (`$N` parameters, `ON CONFLICT`, `RETURNING`: both speak them); only the
+//! table definitions differ.
 //!
 //! Writes of received mail go through one writer task that takes every delivery waiting, writes
 //! them in one transaction and makes it durable with one fsync of the WAL before any of them is
@@ -11,12 +14,10 @@ mod deliver;
 mod queue;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool};
+use sqlx::{Connection as _, Executor as _};
 
 pub use accounts::{Account, hash_password, verify_password};
 pub use deliver::{Delivery, Metadata, Target};
@@ -52,13 +53,14 @@ pub const STANDARD_MAILBOXES: [(&str, Option<&str>); 5] = [
 /// Where development and staging keep outbound mail they do not send.
 pub const CAPTURE_MAILBOX: &str = "Captured";
 
+/// Tables, with `{id}`, `{int}` and `{blob}` for what the dialects write differently.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS accounts (
-        id INTEGER PRIMARY KEY,
+        id {id},
         address TEXT NOT NULL UNIQUE,
         password_hash TEXT NOT NULL,
-        from_config INTEGER NOT NULL DEFAULT 0,
-        created_at INTEGER NOT NULL
+        from_config {int} NOT NULL DEFAULT 0,
+        created_at {int} NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS aliases (
         address TEXT NOT NULL,
@@ -66,49 +68,49 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (address, target)
     )",
     "CREATE TABLE IF NOT EXISTS mailboxes (
-        id INTEGER PRIMARY KEY,
-        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        id {id},
+        account_id {int} NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
         name TEXT NOT NULL,
         special_use TEXT,
-        uidvalidity INTEGER NOT NULL,
-        uidnext INTEGER NOT NULL DEFAULT 1,
-        subscribed INTEGER NOT NULL DEFAULT 1,
+        uidvalidity {int} NOT NULL,
+        uidnext {int} NOT NULL DEFAULT 1,
+        subscribed {int} NOT NULL DEFAULT 1,
         UNIQUE (account_id, name)
     )",
     "CREATE TABLE IF NOT EXISTS bodies (
-        id INTEGER PRIMARY KEY,
-        raw BLOB NOT NULL
+        id {id},
+        raw {blob} NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS messages (
-        id INTEGER PRIMARY KEY,
-        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
-        uid INTEGER NOT NULL,
-        body_id INTEGER NOT NULL REFERENCES bodies(id),
+        id {id},
+        mailbox_id {int} NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        uid {int} NOT NULL,
+        body_id {int} NOT NULL REFERENCES bodies(id),
         flags TEXT NOT NULL DEFAULT '',
-        internal_date INTEGER NOT NULL,
-        size INTEGER NOT NULL,
+        internal_date {int} NOT NULL,
+        size {int} NOT NULL,
         envelope_from TEXT NOT NULL,
         from_addr TEXT,
         to_addrs TEXT,
         subject TEXT,
-        date INTEGER,
+        date {int},
         message_id TEXT,
-        has_attachments INTEGER NOT NULL DEFAULT 0,
+        has_attachments {int} NOT NULL DEFAULT 0,
         UNIQUE (mailbox_id, uid)
     )",
     "CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id)",
     "CREATE TABLE IF NOT EXISTS queue (
-        id INTEGER PRIMARY KEY,
-        body_id INTEGER NOT NULL REFERENCES bodies(id),
+        id {id},
+        body_id {int} NOT NULL REFERENCES bodies(id),
         sender TEXT NOT NULL,
-        created_at INTEGER NOT NULL
+        created_at {int} NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS queue_recipients (
-        queue_id INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+        queue_id {int} NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
         recipient TEXT NOT NULL,
         status TEXT NOT NULL DEFAULT 'pending',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt INTEGER NOT NULL,
+        attempts {int} NOT NULL DEFAULT 0,
+        next_attempt {int} NOT NULL,
         last_error TEXT,
         PRIMARY KEY (queue_id, recipient)
     )",
@@ -117,44 +119,110 @@ const SCHEMA: &[&str] = &[
 /// The store of one mail-server.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
     writer: tokio::sync::mpsc::Sender<deliver::Job>,
 }
 
-fn options(path: &Path) -> Result<SqliteConnectOptions, StoreError> {
-    Ok(SqliteConnectOptions::from_str("sqlite:")?
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        // Durability comes from the writer's own fsync of the WAL after each batch.
-        .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10)))
+/// Where the store lives.
+#[derive(Debug, Clone)]
+enum Location {
+    /// `dir/mail.db`; its WAL is fsynced by the writer.
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    fn url(&self) -> String {
+        match self {
+            Location::Sqlite(path) => {
+                // A path in a URL: the few characters that would end it are escaped.
+                let path = path
+                    .display()
+                    .to_string()
+                    .replace('%', "%25")
+                    .replace(' ', "%20")
+                    .replace('?', "%3F")
+                    .replace('#', "%23");
+                format!("sqlite://{path}?mode=rwc")
+            }
+            Location::Postgres(url) => url.clone(),
+        }
+    }
+
+    fn table(&self, statement: &str) -> String {
+        let (id, int, blob) = match self {
+            Location::Sqlite(_) => ("INTEGER PRIMARY KEY", "INTEGER", "BLOB"),
+            Location::Postgres(_) => ("BIGSERIAL PRIMARY KEY", "BIGINT", "BYTEA"),
+        };
+        statement
+            .replace("{id}", id)
+            .replace("{int}", int)
+            .replace("{blob}", blob)
+    }
+}
+
+/// SQLite settings every connection gets: WAL, foreign keys, waiting for the writer's lock.
+/// Durability comes from the writer's own fsync of the WAL after each batch.
+const SQLITE_SETTINGS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+    PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+async fn connect(location: &Location) -> Result<AnyConnection, StoreError> {
+    let mut connection = AnyConnection::connect(&location.url()).await?;
+    if let Location::Sqlite(_) = location {
+        connection.execute(SQLITE_SETTINGS).await?;
+    }
+    Ok(connection)
 }
 
 impl Store {
-    /// Opens (creating) `dir/mail.db` and starts the writer task.
+    /// Opens (creating) the SQLite store `dir/mail.db` and starts the writer task.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = dir.join("mail.db");
-        let pool = SqlitePoolOptions::new()
+        Self::open_backend(dir, &common::config::Backend::new("sqlite")).await
+    }
+
+    /// Opens the store `mail.store` names: SQLite under `dir`, or a PostgreSQL URL.
+    pub async fn open_backend(
+        dir: &Path,
+        backend: &common::config::Backend,
+    ) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let location = if backend.is_sqlite() {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            Location::Sqlite(dir.join("mail.db"))
+        } else {
+            Location::Postgres(backend.expose().to_owned())
+        };
+        let sqlite = matches!(location, Location::Sqlite(_));
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(options(&path)?)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        connection.execute(SQLITE_SETTINGS).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&location.url())
             .await?;
         for statement in SCHEMA {
             // Fixed text from this file.
-            sqlx::query(sqlx::AssertSqlSafe(*statement))
+            sqlx::query(sqlx::AssertSqlSafe(location.table(statement)))
                 .execute(&pool)
                 .await?;
         }
-        let writer = deliver::start_writer(&path, options(&path)?).await?;
+        let wal = match &location {
+            Location::Sqlite(path) => Some(PathBuf::from(format!("{}-wal", path.display()))),
+            Location::Postgres(_) => None,
+        };
+        let writer = deliver::start_writer(connect(&location).await?, wal);
         Ok(Self { pool, writer })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
@@ -192,7 +260,7 @@ impl Store {
              JOIN mailboxes x ON x.id = m.mailbox_id
              JOIN accounts a ON a.id = x.account_id
              JOIN bodies b ON b.id = m.body_id
-             WHERE a.address = ? AND x.name = ?
+             WHERE a.address = $1 AND x.name = $2
              ORDER BY m.uid",
         )
         .bind(account.to_ascii_lowercase())

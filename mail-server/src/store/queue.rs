@@ -21,7 +21,7 @@ pub struct QueuedRecipient {
     pub body_id: i64,
 }
 
-fn recipient(row: &sqlx::sqlite::SqliteRow) -> QueuedRecipient {
+fn recipient(row: &sqlx::any::AnyRow) -> QueuedRecipient {
     QueuedRecipient {
         queue_id: row.get("queue_id"),
         recipient: row.get("recipient"),
@@ -53,8 +53,8 @@ impl Store {
     /// Pending recipients whose next attempt is due.
     pub async fn due(&self, limit: i64) -> Result<Vec<QueuedRecipient>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SELECT} WHERE r.status = 'pending' AND r.next_attempt <= ?
-             ORDER BY r.next_attempt LIMIT ?"
+            "{SELECT} WHERE r.status = 'pending' AND r.next_attempt <= $1
+             ORDER BY r.next_attempt LIMIT $2"
         )))
         .bind(now())
         .bind(limit)
@@ -74,7 +74,7 @@ impl Store {
     }
 
     pub async fn body(&self, body_id: i64) -> Result<Vec<u8>, StoreError> {
-        Ok(sqlx::query("SELECT raw FROM bodies WHERE id = ?")
+        Ok(sqlx::query("SELECT raw FROM bodies WHERE id = $1")
             .bind(body_id)
             .fetch_one(self.pool())
             .await?
@@ -91,9 +91,9 @@ impl Store {
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE queue_recipients SET status = ?, attempts = attempts + 1, next_attempt = ?,
-                last_error = coalesce(?, last_error)
-             WHERE queue_id = ? AND recipient = ?",
+            "UPDATE queue_recipients SET status = $1, attempts = attempts + 1, next_attempt = $2,
+                last_error = coalesce($3, last_error)
+             WHERE queue_id = $4 AND recipient = $5",
         )
         .bind(status)
         .bind(next)
@@ -108,7 +108,7 @@ impl Store {
     /// Removes the entry once nobody in it is pending (its body too, unless a mailbox holds it).
     pub async fn finish(&self, queue_id: i64) -> Result<bool, StoreError> {
         let pending: i64 = sqlx::query(
-            "SELECT count(*) FROM queue_recipients WHERE queue_id = ? AND status = 'pending'",
+            "SELECT count(*) FROM queue_recipients WHERE queue_id = $1 AND status = 'pending'",
         )
         .bind(queue_id)
         .fetch_one(self.pool())
@@ -123,7 +123,7 @@ impl Store {
     /// Deletes a queue entry (all its recipients); `false` if there was none.
     pub async fn delete_queued(&self, queue_id: i64) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let body: Option<i64> = sqlx::query("SELECT body_id FROM queue WHERE id = ?")
+        let body: Option<i64> = sqlx::query("SELECT body_id FROM queue WHERE id = $1")
             .bind(queue_id)
             .fetch_optional(&mut *tx)
             .await?
@@ -131,13 +131,13 @@ impl Store {
         let Some(body) = body else {
             return Ok(false);
         };
-        sqlx::query("DELETE FROM queue WHERE id = ?")
+        sqlx::query("DELETE FROM queue WHERE id = $1")
             .bind(queue_id)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "DELETE FROM bodies WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages WHERE body_id = ?)
-                AND NOT EXISTS (SELECT 1 FROM queue WHERE body_id = ?)",
+            "DELETE FROM bodies WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM messages WHERE body_id = $2)
+                AND NOT EXISTS (SELECT 1 FROM queue WHERE body_id = $3)",
         )
         .bind(body)
         .bind(body)
@@ -151,7 +151,7 @@ impl Store {
     /// Makes the entry's pending recipients due now; `false` if there is no such entry.
     pub async fn retry_now(&self, queue_id: i64) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE queue_recipients SET next_attempt = ? WHERE queue_id = ? AND status = 'pending'",
+            "UPDATE queue_recipients SET next_attempt = $1 WHERE queue_id = $2 AND status = 'pending'",
         )
         .bind(now())
         .bind(queue_id)
