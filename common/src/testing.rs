@@ -540,3 +540,171 @@ mod tests {
         assert_eq!(found["mail smtp"].port(), 2526);
     }
 }
+
+/// A PostgreSQL cluster of a test's own: `initdb` in a temporary directory (Debian's
+/// postgresql package), SCRAM logins, TLS with a test CA, a loopback port picked at run time.
+/// Stopped (fast shutdown) when dropped. As root, the cluster belongs to the `postgres` user.
+#[derive(Debug)]
+pub struct PostgresCluster {
+    _dir: TempDir,
+    server: Child,
+    pub port: u16,
+    /// The CA that signed the server's certificate (for `sslmode=verify-full`).
+    pub ca: PathBuf,
+}
+
+impl PostgresCluster {
+    pub const ADMIN: &'static str = "pgadmin";
+    pub const PASSWORD: &'static str = "pg-secret";
+
+    pub fn start() -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server package (scripts/install-test-deps installs it)")
+            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+            .filter(|bin| bin.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let root = dir.path().to_path_buf();
+        let id = |args: &[&str]| {
+            let output = Command::new("id").args(args).output().expect("id");
+            String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse::<u32>()
+                .ok()
+        };
+        // PostgreSQL refuses to run as root: the cluster then belongs to `postgres`.
+        let as_root = id(&["-u"]) == Some(0);
+        let owner = as_root.then(|| {
+            (
+                id(&["-u", "postgres"]).expect("the postgres user (Debian's postgresql package)"),
+                id(&["-g", "postgres"]).expect("the postgres group"),
+            )
+        });
+        let give = |path: &Path| {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+            }
+        };
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let certs = crate::tls::ensure_dev_certificates(&root.join("certs")).expect("test PKI");
+        let tls_dir = root.join("pgtls");
+        std::fs::create_dir(&tls_dir).expect("mkdir");
+        std::fs::copy(&certs.cert, tls_dir.join("server.crt")).expect("copy");
+        std::fs::copy(&certs.key, tls_dir.join("server.key")).expect("copy");
+        std::fs::set_permissions(
+            tls_dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+        for path in [
+            &tls_dir,
+            &tls_dir.join("server.crt"),
+            &tls_dir.join("server.key"),
+        ] {
+            give(path);
+        }
+        let data = root.join("data");
+        std::fs::create_dir(&data).expect("mkdir");
+        give(&data);
+        let pwfile = root.join("pwfile");
+        std::fs::write(&pwfile, Self::PASSWORD).expect("write");
+        give(&pwfile);
+        let command = |program: &str| {
+            // setpriv execs (no process in between), so signals reach PostgreSQL itself.
+            let mut command = if as_root {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--reuid=postgres",
+                    "--regid=postgres",
+                    "--init-groups",
+                    "--",
+                ])
+                .arg(bin.join(program));
+                c
+            } else {
+                Command::new(bin.join(program))
+            };
+            command.current_dir(&root);
+            command
+        };
+        let initdb = command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", Self::ADMIN, "--auth=scram-sha-256", "--pwfile"])
+            .arg(&pwfile)
+            .stdout(Stdio::null())
+            .output()
+            .expect("initdb");
+        assert!(
+            initdb.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = command("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&data)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
+            .arg("-c")
+            .arg(format!(
+                "ssl_cert_file={}",
+                tls_dir.join("server.crt").display()
+            ))
+            .arg("-c")
+            .arg(format!(
+                "ssl_key_file={}",
+                tls_dir.join("server.key").display()
+            ))
+            .args(["-c", "max_connections=60", "-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres");
+        let cluster = Self {
+            ca: certs.ca_cert.clone(),
+            _dir: dir,
+            server,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// A URL for database `database`: TLS, certificate and host name checked.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{}:{}@localhost:{}/{database}?sslmode=verify-full&sslrootcert={}",
+            Self::ADMIN,
+            Self::PASSWORD,
+            self.port,
+            self.ca.display()
+        )
+    }
+}
+
+impl Drop for PostgresCluster {
+    fn drop(&mut self) {
+        // SIGINT: PostgreSQL's fast shutdown.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.server.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while let Ok(None) = self.server.try_wait() {
+            if Instant::now() > deadline {
+                let _ = self.server.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -5,182 +5,12 @@
 #![allow(clippy::unwrap_used)] // helpers outside #[test] functions
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-use common::testing::{RunningRole, TestConfig, curl};
+use common::testing::{PostgresCluster as Cluster, RunningRole, TestConfig, curl};
 use common::{Environment, Role};
-
-/// The directory of PostgreSQL's server programs (`initdb`, `postgres`).
-fn postgres_bin() -> PathBuf {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL's server package (scripts/install-test-deps installs it)")
-        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-        .filter(|bin| bin.join("initdb").exists())
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .expect("an initdb under /usr/lib/postgresql/*/bin")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A PostgreSQL cluster of its own, stopped when dropped.
-struct Cluster {
-    _dir: tempfile::TempDir,
-    server: Child,
-    port: u16,
-    ca: PathBuf,
-}
-
-const PG_ADMIN: &str = "pgadmin";
-const PG_PASSWORD: &str = "pg-secret";
-
-impl Cluster {
-    fn start() -> Self {
-        let bin = postgres_bin();
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        // PostgreSQL refuses to run as root: the cluster then belongs to `postgres`.
-        let as_root = nix::unistd::Uid::effective().is_root();
-        let owner = as_root.then(|| {
-            nix::unistd::User::from_name("postgres")
-                .unwrap()
-                .expect("the postgres user (from Debian's postgresql package)")
-        });
-        let give = |path: &Path| {
-            if let Some(user) = &owner {
-                std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-                    .unwrap();
-            }
-        };
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        // TLS: a CA and a leaf for localhost/127.0.0.1.
-        let certs = common::tls::ensure_dev_certificates(&root.join("certs")).unwrap();
-        let tls_dir = root.join("pgtls");
-        std::fs::create_dir(&tls_dir).unwrap();
-        std::fs::copy(&certs.cert, tls_dir.join("server.crt")).unwrap();
-        std::fs::copy(&certs.key, tls_dir.join("server.key")).unwrap();
-        std::fs::set_permissions(
-            tls_dir.join("server.key"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-        for path in [
-            &tls_dir,
-            &tls_dir.join("server.crt"),
-            &tls_dir.join("server.key"),
-        ] {
-            give(path);
-        }
-        let data = root.join("data");
-        std::fs::create_dir(&data).unwrap();
-        give(&data);
-        let pwfile = root.join("pwfile");
-        std::fs::write(&pwfile, PG_PASSWORD).unwrap();
-        give(&pwfile);
-        let command = |program: &str| {
-            // setpriv execs (no process in between), so signals reach PostgreSQL itself.
-            let mut command = if as_root {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    "--reuid=postgres",
-                    "--regid=postgres",
-                    "--init-groups",
-                    "--",
-                ])
-                .arg(bin.join(program));
-                c
-            } else {
-                Command::new(bin.join(program))
-            };
-            command.current_dir(root);
-            command
-        };
-        let initdb = command("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", PG_ADMIN, "--auth=scram-sha-256", "--pwfile"])
-            .arg(&pwfile)
-            .stdout(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            initdb.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&initdb.stderr)
-        );
-        let port = free_port();
-        let server = command("postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(&data)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
-            .arg("-c")
-            .arg(format!(
-                "ssl_cert_file={}",
-                tls_dir.join("server.crt").display()
-            ))
-            .arg("-c")
-            .arg(format!(
-                "ssl_key_file={}",
-                tls_dir.join("server.key").display()
-            ))
-            .args(["-c", "max_connections=40", "-c", "fsync=off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let cluster = Self {
-            ca: certs.ca_cert.clone(),
-            _dir: dir,
-            server,
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "PostgreSQL did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        cluster
-    }
-
-    /// The backend URL for db-server: TLS, certificate and host name checked.
-    fn url(&self) -> String {
-        format!(
-            "postgres://{PG_ADMIN}:{PG_PASSWORD}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
-            self.port,
-            self.ca.display()
-        )
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SIGINT: PostgreSQL's fast shutdown.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.server.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while let Ok(None) = self.server.try_wait() {
-            if Instant::now() > deadline {
-                let _ = self.server.kill();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 fn psql(
     addr: SocketAddr,
@@ -241,7 +71,7 @@ fn code(err: &tokio_postgres::Error) -> String {
 async fn a_real_postgresql_behind_the_same_front_ends() {
     let cluster = Cluster::start();
     let test = TestConfig::new(Environment::Development)
-        .set("db.backend", cluster.url())
+        .set("db.backend", cluster.url("postgres"))
         .set("db.backend_pool_size", "4")
         .set("db.statement_timeout_secs", "3");
     let role = RunningRole::start(Role::Db, &test, db_server::run).await;
