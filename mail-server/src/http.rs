@@ -6,7 +6,7 @@
 //!
 //! Development needs no login and shows everything (as Mailpit does). Staging and production
 //! need HTTP Basic with an account's address and password, and show only what that account
-//! sent (as itself or one of its aliases).
+//! submitted.
 
 use std::sync::Arc;
 
@@ -94,8 +94,7 @@ async fn caller(
         .await
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"))?;
     if crate::smtp::auth::check(hash, password.to_owned()).await {
-        api.failures.forget(peer);
-        Ok(Some(user.to_ascii_lowercase()))
+        Ok(Some(user.trim().to_ascii_lowercase()))
     } else {
         let delay = api.failures.failed(peer);
         tokio::time::sleep(delay).await;
@@ -113,18 +112,11 @@ async fn visible(api: &Api, account: Option<&str>) -> Result<Vec<QueuedRecipient
     let Some(account) = account else {
         return Ok(all);
     };
-    let mut mine = Vec::new();
-    for entry in all {
-        if api
-            .store
-            .may_send_as(account, &entry.sender)
-            .await
-            .unwrap_or(false)
-        {
-            mine.push(entry);
-        }
-    }
-    Ok(mine)
+    // By who submitted it, not by the sender address (which aliases share).
+    Ok(all
+        .into_iter()
+        .filter(|entry| entry.account.as_deref() == Some(account))
+        .collect())
 }
 
 async fn list_queue(

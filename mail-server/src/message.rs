@@ -18,6 +18,13 @@ pub fn received_header(
         .take(255)
         .collect();
     let date = rfc5322_date(common::clock::unix_now());
+    // The recipient as written by the client: nothing that could end the clause or the line.
+    let recipient: Option<String> = recipient.map(|to| {
+        to.chars()
+            .filter(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | ';' | '(' | ')'))
+            .take(255)
+            .collect()
+    });
     match recipient {
         Some(to) => format!(
             "Received: from {helo} ([{peer}])\r\n\tby {hostname} with {protocol} id {id}\r\n\tfor <{to}>; {date}\r\n"

@@ -200,6 +200,12 @@ fn accounts_and_aliases_are_managed_while_the_server_runs() {
     assert!(ok, "{out}");
     let (ok, out) = manage(
         &test,
+        &["accounts", "add", "carol+x@example.test"],
+        Some("x\n"),
+    );
+    assert!(!ok && out.contains("sub-addressing"), "{out}");
+    let (ok, out) = manage(
+        &test,
         &["accounts", "add", "carol@elsewhere.test"],
         Some("x\n"),
     );
@@ -242,6 +248,26 @@ fn accounts_and_aliases_are_managed_while_the_server_runs() {
         run("carol@example.test", "wrong", "nobody@example.test"),
         "login failed 535\nrefused 550\n"
     );
+    // RCPT TO:<postmaster> is the first local domain's postmaster, once someone is.
+    assert_eq!(
+        run("carol@example.test", "carol-pw", "postmaster"),
+        "login ok\nrefused 550\n"
+    );
+    let (ok, out) = manage(
+        &test,
+        &[
+            "aliases",
+            "add",
+            "postmaster@localhost",
+            "alice@example.test",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        run("carol@example.test", "carol-pw", "postmaster"),
+        "login ok\ndelivered\n"
+    );
     // A catch-all takes what no account or alias does.
     let (ok, out) = manage(
         &test,
@@ -280,7 +306,11 @@ fn accounts_and_aliases_are_managed_while_the_server_runs() {
         messages
     });
     // The catch-all got nobody@ and, once carol was gone, sales@.
-    assert_eq!(alice.len(), 2);
+    assert_eq!(
+        alice.len(),
+        3,
+        "postmaster, then nobody@ and sales@ by the catch-all"
+    );
     server.signal("TERM");
     server.wait_exit(std::time::Duration::from_secs(15));
 }

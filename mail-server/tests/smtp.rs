@@ -274,26 +274,14 @@ async fn smuggling_pipelining_and_garbage() {
     })
     .await
     .unwrap();
-    // Bare LF (reject mode): refused, connection closed, nothing stored, nothing smuggled.
-    for outcome in &outcomes[..3] {
-        assert!(outcome.contains("554 5.5.2 Bare <LF>"), "{outcome}");
+    // Bare LF or CR (reject mode): refused, connection closed, nothing stored or smuggled.
+    for outcome in &outcomes[..4] {
+        assert!(outcome.contains("554 5.5.2 Bare <LF> or <CR>"), "{outcome}");
         assert!(
-            !outcome.contains("221"),
+            !outcome.contains("221") && !outcome.contains("250 2.0.0 OK"),
             "closed, not answered further: {outcome}"
         );
     }
-    // `\r.\r\n` is no terminator: the "smuggled" commands are text of the first message.
-    assert!(
-        outcomes[3].contains("250 2.0.0 OK: queued as"),
-        "{}",
-        outcomes[3]
-    );
-    assert_eq!(
-        outcomes[3].matches("250 2.0.0 OK").count(),
-        1,
-        "{}",
-        outcomes[3]
-    );
     let piped: Vec<&str> = outcomes[4].lines().map(|l| &l[..3]).collect();
     assert_eq!(
         piped
@@ -323,12 +311,7 @@ async fn smuggling_pipelining_and_garbage() {
     assert!(outcomes[5].contains("221 2.0.0"), "{}", outcomes[5]);
 
     let alice = inbox(&test, "alice@example.test", "INBOX").await;
-    assert_eq!(alice.len(), 2, "the \\r.\\r message and the pipelined one");
-    assert!(
-        alice[0].contains("MAIL FROM:<admin@example.test>"),
-        "{}",
-        alice[0]
-    );
+    assert_eq!(alice.len(), 1, "the pipelined one only");
     assert!(
         inbox(&test, "bob@example.test", "INBOX").await.is_empty(),
         "nothing smuggled to bob"
@@ -340,7 +323,7 @@ async fn smuggling_pipelining_and_garbage() {
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let smtp = role.addr("smtp");
     let outcomes = tokio::task::spawn_blocking(move || {
-        ["\n.\n", "\r\n.\n", "\n.\r\n"]
+        ["\n.\n", "\r\n.\n", "\n.\r\n", "\r.\r\n"]
             .iter()
             .map(|separator| {
                 let input =
@@ -359,7 +342,7 @@ async fn smuggling_pipelining_and_garbage() {
         );
     }
     let alice = inbox(&test, "alice@example.test", "INBOX").await;
-    assert_eq!(alice.len(), 3);
+    assert_eq!(alice.len(), 4);
     for message in &alice {
         assert!(
             !message.contains('\n') || !message.replace("\r\n", "").contains('\n'),

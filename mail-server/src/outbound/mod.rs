@@ -70,6 +70,8 @@ impl std::fmt::Debug for Outbound {
 
 /// Longest wait between looks at the queue (a retry asked for from another process).
 const POLL: Duration = Duration::from_secs(30);
+/// The pause after the store failed to record an attempt.
+const STORE_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Outbound {
     /// Delivers until `stop`.
@@ -77,11 +79,20 @@ impl Outbound {
         loop {
             match self.store.due(100).await {
                 Ok(due) if !due.is_empty() => {
+                    let mut store_failed = false;
                     for item in due {
                         if stop.is_cancelled() {
                             return;
                         }
-                        self.attempt(item).await;
+                        store_failed |= !self.attempt(item).await;
+                    }
+                    if store_failed {
+                        // The store refused an update: what it could not record is still due,
+                        // so wait instead of sending it again at once.
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(STORE_BACKOFF) => {}
+                        }
                     }
                     continue;
                 }
@@ -103,12 +114,13 @@ impl Outbound {
         }
     }
 
-    async fn attempt(&self, item: crate::store::QueuedRecipient) {
+    /// One attempt; `false` when the store could not be read or updated.
+    async fn attempt(&self, item: crate::store::QueuedRecipient) -> bool {
         let raw = match self.store.body(item.body_id).await {
             Ok(raw) => raw,
             Err(err) => {
                 tracing::error!(error = %err, queue_id = item.queue_id, "queued message unreadable");
-                return;
+                return false;
             }
         };
         let signed = match &self.dkim {
@@ -158,7 +170,7 @@ impl Outbound {
             error = error.as_deref().unwrap_or(""),
             "outbound delivery attempt"
         );
-        if let Err(err) = self
+        match self
             .store
             .record_attempt(
                 item.queue_id,
@@ -169,22 +181,44 @@ impl Outbound {
             )
             .await
         {
-            tracing::error!(error = %err, "recording a delivery attempt failed");
-            return;
+            Ok(true) => {}
+            // Deleted meanwhile (`queue delete`): neither recorded nor bounced.
+            Ok(false) => return true,
+            Err(err) => {
+                tracing::error!(error = %err, "recording a delivery attempt failed");
+                return false;
+            }
         }
-        if let Some(reason) = bounce {
-            self.bounce(&item, &reason, &raw).await;
+        if let Some(reason) = bounce
+            && !self.bounce(&item, &reason, &raw).await
+        {
+            // The sender must hear of it: the recipient waits and is tried (and reported) again.
+            let retry = common::clock::unix_now() + STORE_BACKOFF.as_secs() as i64 * 6;
+            let kept = self
+                .store
+                .record_attempt(
+                    item.queue_id,
+                    &item.recipient,
+                    "pending",
+                    retry,
+                    Some("the bounce could not be stored"),
+                )
+                .await;
+            return kept.is_ok();
         }
         if let Err(err) = self.store.finish(item.queue_id).await {
             tracing::error!(error = %err, "closing a queue entry failed");
+            return false;
         }
+        true
     }
 
-    /// Tells the sender; nothing for the null sender (a bounce is never bounced).
-    async fn bounce(&self, item: &crate::store::QueuedRecipient, reason: &str, raw: &[u8]) {
+    /// Tells the sender; nothing for the null sender (a bounce is never bounced). `false` when
+    /// the report could not be stored.
+    async fn bounce(&self, item: &crate::store::QueuedRecipient, reason: &str, raw: &[u8]) -> bool {
         if item.sender.is_empty() {
             tracing::info!(recipient = %item.recipient, "a bounce could not be delivered; dropped");
-            return;
+            return true;
         }
         let report = bounce::report(
             &self.hostname,
@@ -210,20 +244,25 @@ impl Outbound {
         };
         if targets.is_empty() {
             tracing::info!(sender = %item.sender, "the sender of a failed message is gone; no bounce");
-            return;
+            return true;
         }
         let delivery = Delivery {
             metadata: crate::message::metadata(&report),
             raw: report,
             envelope_from: String::new(),
             targets,
+            account: None,
         };
         match self.store.deliver(delivery).await {
             Ok(()) => {
                 tracing::info!(sender = %item.sender, recipient = %item.recipient, "bounce sent");
                 self.wake.notify_one();
+                true
             }
-            Err(err) => tracing::error!(error = %err, "a bounce could not be stored"),
+            Err(err) => {
+                tracing::error!(error = %err, "a bounce could not be stored");
+                false
+            }
         }
     }
 }

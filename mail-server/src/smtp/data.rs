@@ -1,13 +1,29 @@
 //! Reading lines and the DATA section.
 //!
 //! Only a line that is exactly `.` followed by CRLF, after a line that ended in CRLF, ends a
-//! message. A bare LF is refused (or, when configured, made CRLF) — it never ends anything,
-//! so `<LF>.<LF>` or `<CRLF>.<LF>` cannot start a second message inside the first (SMTP
-//! smuggling). Lines may be of any length; the message may not exceed its limit.
+//! message. A bare LF or bare CR is refused (or, when configured, made CRLF) — it never ends
+//! anything, so `<LF>.<LF>`, `<CRLF>.<LF>` or `<CR>.<CR>` cannot start a second message inside
+//! the first, here or at the next server (SMTP smuggling). Lines may be of any length; the
+//! message may not exceed its limit, and all sessions together hold at most a [`Budget`].
 
 use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Memory for messages being received, shared by every session, in [`UNIT`] pieces: a
+/// thousand connections sending large messages slowly cannot take more than this.
+#[derive(Debug, Clone)]
+pub struct Budget(std::sync::Arc<Semaphore>);
+
+/// The budget's granularity.
+const UNIT: usize = 64 * 1024;
+
+impl Budget {
+    pub fn new(bytes: usize) -> Self {
+        Self(std::sync::Arc::new(Semaphore::new((bytes / UNIT).max(1))))
+    }
+}
 
 /// What to do with a bare LF in a message (`mail.bare_lf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,14 +33,30 @@ pub enum BareLf {
 }
 
 /// How the DATA section ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Data {
-    /// The message, dot-unstuffed, every line ending in CRLF.
-    Complete(Vec<u8>),
+    /// The message after `prefix`, dot-unstuffed, every line ending in CRLF, and the memory
+    /// it holds.
+    Complete(Vec<u8>, Vec<OwnedSemaphorePermit>),
     /// It was read to its end but is larger than allowed.
     TooLarge,
-    /// A bare LF under `reject`: the rest was not read.
+    /// It was read to its end, but the server had no memory left for it.
+    NoMemory,
+    /// A bare LF or CR under `reject`: the rest was not read.
     BareLf,
+}
+
+impl PartialEq for Data {
+    /// Equal outcomes, and for messages equal bytes (what tests compare).
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Data::Complete(a, _), Data::Complete(b, _)) => a == b,
+            (Data::TooLarge, Data::TooLarge)
+            | (Data::NoMemory, Data::NoMemory)
+            | (Data::BareLf, Data::BareLf) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Longest piece of a line held at once (longer lines are taken in pieces).
@@ -61,11 +93,15 @@ pub async fn read_capped<R: AsyncBufRead + Unpin>(
 /// Reads the DATA section up to its terminating `.` line.
 pub async fn read_data<R: AsyncBufRead + Unpin>(
     reader: &mut R,
+    prefix: Vec<u8>,
     max_bytes: usize,
     bare_lf: BareLf,
     idle: Duration,
+    budget: &Budget,
 ) -> std::io::Result<Data> {
-    let mut message = Vec::new();
+    let mut message = prefix;
+    let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
+    let mut starved = false;
     let mut line = Vec::with_capacity(1024);
     let mut line_start = true;
     // Whether the line before ended in a CRLF the client sent (not one made from a bare LF):
@@ -101,6 +137,27 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
                 }
             }
         }
+        // A CR inside the line (not the one before its LF) is a bare CR.
+        let body_end = if ends_in_lf {
+            line.len().saturating_sub(2)
+        } else {
+            line.len()
+        };
+        if line[..body_end].contains(&b'\r') {
+            match bare_lf {
+                BareLf::Reject => return Ok(Data::BareLf),
+                BareLf::Normalize => {
+                    let mut fixed = Vec::with_capacity(line.len() + 8);
+                    for (at, &byte) in line.iter().enumerate() {
+                        fixed.push(byte);
+                        if byte == b'\r' && at < body_end && line.get(at + 1) != Some(&b'\n') {
+                            fixed.push(b'\n');
+                        }
+                    }
+                    line = fixed;
+                }
+            }
+        }
         let content = if line_start && line.first() == Some(&b'.') {
             &line[1..]
         } else {
@@ -109,9 +166,25 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
         if message.len() + content.len() > max_bytes {
             too_large = true;
             message = Vec::new();
+            held.clear();
         }
-        if !too_large {
-            message.extend_from_slice(content);
+        if !too_large && !starved {
+            // Memory from the shared budget before the message grows past what it holds.
+            while held.len() * UNIT < message.len() + content.len() {
+                let semaphore = std::sync::Arc::clone(&budget.0);
+                match tokio::time::timeout(idle, semaphore.acquire_owned()).await {
+                    Ok(Ok(permit)) => held.push(permit),
+                    _ => {
+                        starved = true;
+                        message = Vec::new();
+                        held.clear();
+                        break;
+                    }
+                }
+            }
+            if !starved {
+                message.extend_from_slice(content);
+            }
         }
         previous_cr = line.last() == Some(&b'\r');
         line_start = ends_in_lf;
@@ -119,8 +192,10 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
     }
     Ok(if too_large {
         Data::TooLarge
+    } else if starved {
+        Data::NoMemory
     } else {
-        Data::Complete(message)
+        Data::Complete(message, held)
     })
 }
 
@@ -130,9 +205,20 @@ mod tests {
 
     async fn data(input: &[u8], bare_lf: BareLf) -> (Data, Vec<u8>) {
         let mut reader = tokio::io::BufReader::new(input);
-        let outcome = read_data(&mut reader, 1000, bare_lf, Duration::from_secs(1))
-            .await
-            .expect("reads");
+        let budget = Budget::new(1 << 20);
+        let outcome = read_data(
+            &mut reader,
+            Vec::new(),
+            1000,
+            bare_lf,
+            Duration::from_secs(1),
+            &budget,
+        )
+        .await
+        .expect("reads");
+        if let Data::Complete(message, held) = &outcome {
+            assert!(held.len() * UNIT >= message.len(), "memory is accounted");
+        }
         let mut rest = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut rest)
             .await
@@ -149,7 +235,7 @@ mod tests {
         .await;
         assert_eq!(
             outcome,
-            Data::Complete(b"Subject: a\r\n\r\n.dot\r\nend\r\n".to_vec())
+            Data::Complete(b"Subject: a\r\n\r\n.dot\r\nend\r\n".to_vec(), Vec::new())
         );
         assert_eq!(rest, b"QUIT\r\n");
     }
@@ -164,17 +250,50 @@ mod tests {
             &b"a\n.\r\nMAIL FROM:<x@evil.test>\r\n.\r\n"[..],
         ] {
             let (outcome, rest) = data(payload, BareLf::Normalize).await;
-            let Data::Complete(message) = outcome else {
+            let Data::Complete(message, _) = outcome else {
                 panic!("{payload:?}: {outcome:?}");
             };
             assert!(message.windows(9).any(|w| w == b"MAIL FROM"), "{message:?}");
             assert!(rest.is_empty());
-            // Under `reject`, a bare LF refuses the message.
-            if payload.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r') {
+            // Under `reject`, a bare LF or CR refuses the message.
+            if payload
+                .windows(2)
+                .any(|w| (w[1] == b'\n' && w[0] != b'\r') || (w[0] == b'\r' && w[1] != b'\n'))
+            {
                 let (outcome, _) = data(payload, BareLf::Reject).await;
                 assert_eq!(outcome, Data::BareLf);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_shared_memory_budget_refuses_what_does_not_fit() {
+        // One 64 KiB unit for everyone, held by another session: a second message waits for
+        // it, then is read to its end and refused, and the next command is intact.
+        let budget = Budget::new(64 * 1024);
+        let held = std::sync::Arc::clone(&budget.0)
+            .acquire_owned()
+            .await
+            .expect("unit");
+        let input = b"Subject: x\r\n\r\nbody\r\n.\r\nNOOP\r\n";
+        let mut reader = tokio::io::BufReader::new(&input[..]);
+        let outcome = read_data(
+            &mut reader,
+            Vec::new(),
+            1000,
+            BareLf::Reject,
+            Duration::from_millis(100),
+            &budget,
+        )
+        .await
+        .expect("reads");
+        assert_eq!(outcome, Data::NoMemory);
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut rest)
+            .await
+            .expect("rest");
+        assert_eq!(rest, b"NOOP\r\n");
+        drop(held);
     }
 
     #[tokio::test]

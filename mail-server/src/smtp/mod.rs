@@ -25,6 +25,9 @@ use data::{BareLf, Data};
 /// Longest command line (RFC 5321 allows 512; AUTH responses and long addresses need more).
 const MAX_LINE: usize = 4096;
 
+/// Memory for messages being received, all sessions together (452 4.3.1 when it runs out).
+const MESSAGE_MEMORY: usize = 512 * 1024 * 1024;
+
 /// Which port a session came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Port {
@@ -58,6 +61,8 @@ pub struct SmtpService {
     pub policy: Policy,
     /// Woken when a message enters the outbound queue.
     pub outbound: Arc<tokio::sync::Notify>,
+    /// Memory all sessions' messages may take while they are received.
+    budget: data::Budget,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     auth_failures: auth::FailureLimiter,
 }
@@ -154,6 +159,7 @@ impl SmtpService {
             plaintext_auth_on_loopback,
             policy,
             outbound,
+            budget: data::Budget::new(MESSAGE_MEMORY),
             per_ip: Mutex::new(HashMap::new()),
             auth_failures: auth::FailureLimiter::default(),
         }
@@ -317,7 +323,11 @@ impl Session<'_> {
                 // Over-long: skip to the end of the line, then refuse it.
                 loop {
                     line.clear();
-                    data::read_capped(&mut conn.reader, &mut line, MAX_LINE).await?;
+                    let skip = data::read_capped(&mut conn.reader, &mut line, MAX_LINE);
+                    match tokio::time::timeout(self.service.limits.command_timeout, skip).await {
+                        Ok(read) => read?,
+                        Err(_) => return Ok(Flow::Close),
+                    }
                     if line.is_empty() || line.last() == Some(&b'\n') {
                         break;
                     }
@@ -480,7 +490,14 @@ impl Session<'_> {
         if self.envelope.recipients.len() >= self.service.limits.max_recipients {
             return "452 4.5.3 Too many recipients\r\n".into();
         }
-        let address = to.to_ascii_lowercase();
+        let mut address = to.to_ascii_lowercase();
+        if address.is_empty() {
+            // `RCPT TO:<postmaster>` (RFC 5321 §4.5.1): the first local domain's postmaster.
+            match (self.port, self.service.domains.first()) {
+                (Port::Relay, Some(domain)) => address = format!("postmaster@{domain}"),
+                _ => return "501 5.1.3 Empty recipient address\r\n".into(),
+            }
+        }
         if self.service.is_local(&address) {
             match self.service.store.resolve(&address).await {
                 Ok(accounts) if accounts.is_empty() => {
@@ -525,16 +542,36 @@ impl Session<'_> {
             .await?;
         conn.writer.flush().await?;
         let limits = &self.service.limits;
+        let id = message_id();
+        let recipient =
+            (self.envelope.recipients.len() == 1).then(|| self.envelope.recipients[0].as_str());
+        // The trace header first, so that the message is read into its final buffer.
+        let received = message::received_header(
+            self.helo.as_deref().unwrap_or("unknown"),
+            self.peer.ip(),
+            &self.service.hostname,
+            self.protocol(),
+            &id,
+            recipient,
+        )
+        .into_bytes();
         let data = data::read_data(
             &mut conn.reader,
+            received,
             limits.max_message_bytes,
             limits.bare_lf,
             limits.command_timeout,
+            &self.service.budget,
         )
         .await?;
         let envelope = std::mem::take(&mut self.envelope);
-        let body = match data {
-            Data::Complete(body) => body,
+        let (raw, _memory) = match data {
+            Data::Complete(raw, memory) => (raw, memory),
+            Data::NoMemory => {
+                conn.reply("452 4.3.1 Insufficient system storage, try again later\r\n")
+                    .await?;
+                return Ok(Flow::Continue);
+            }
             Data::TooLarge => {
                 conn.reply(&format!(
                     "552 5.3.4 Message size exceeds the limit of {} bytes\r\n",
@@ -545,23 +582,13 @@ impl Session<'_> {
             }
             Data::BareLf => {
                 // The rest of the message cannot be told apart from commands: end here.
-                conn.reply("554 5.5.2 Bare <LF> in message: lines must end with <CR><LF>\r\n")
-                    .await?;
+                conn.reply(
+                    "554 5.5.2 Bare <LF> or <CR> in message: lines must end with <CR><LF>\r\n",
+                )
+                .await?;
                 return Ok(Flow::Close);
             }
         };
-        let id = message_id();
-        let recipient = (envelope.recipients.len() == 1).then(|| envelope.recipients[0].as_str());
-        let mut raw = message::received_header(
-            self.helo.as_deref().unwrap_or("unknown"),
-            self.peer.ip(),
-            &self.service.hostname,
-            self.protocol(),
-            &id,
-            recipient,
-        )
-        .into_bytes();
-        raw.extend_from_slice(&body);
         let queued = envelope
             .targets
             .iter()
@@ -571,6 +598,7 @@ impl Session<'_> {
             raw,
             envelope_from: from,
             targets: envelope.targets,
+            account: self.authenticated.clone(),
         };
         let started = Instant::now();
         match self.service.store.deliver(delivery).await {
@@ -606,14 +634,23 @@ impl Session<'_> {
         if self.authenticated.is_some() {
             return Ok("503 5.5.1 Already authenticated\r\n".into());
         }
+        if self.helo.is_none() || self.envelope.from.is_some() {
+            return Ok("503 5.5.1 AUTH goes after EHLO and before MAIL\r\n".into());
+        }
         if self.service.auth_failures.blocked(self.peer.ip()) {
             return Ok("454 4.7.0 Too many failed logins, try again later\r\n".into());
         }
-        let credentials = match auth::read_credentials(conn, mechanism, initial).await? {
-            Ok(credentials) => credentials,
-            Err(reply) => return Ok(reply.into()),
-        };
-        let hash = match self.service.store.password_hash(&credentials.user).await {
+        let exchange = auth::read_credentials(conn, mechanism, initial);
+        let credentials =
+            match tokio::time::timeout(self.service.limits.command_timeout, exchange).await {
+                Ok(outcome) => match outcome? {
+                    Ok(credentials) => credentials,
+                    Err(reply) => return Ok(reply.into()),
+                },
+                Err(_) => return Ok("421 4.4.2 Idle too long during AUTH\r\n".into()),
+            };
+        let user = credentials.user.trim().to_ascii_lowercase();
+        let hash = match self.service.store.password_hash(&user).await {
             Ok(hash) => hash,
             Err(err) => {
                 tracing::error!(error = %err, "account lookup failed");
@@ -621,12 +658,13 @@ impl Session<'_> {
             }
         };
         if auth::check(hash, credentials.password).await {
-            self.authenticated = Some(credentials.user.to_ascii_lowercase());
-            self.service.auth_failures.forget(self.peer.ip());
+            // Failures are not forgotten on success: one account's login must not reset the
+            // count of guesses at others from the same address.
+            self.authenticated = Some(user);
             Ok("235 2.7.0 Authentication successful\r\n".into())
         } else {
             let delay = self.service.auth_failures.failed(self.peer.ip());
-            tracing::info!(peer = %self.peer, user = %credentials.user, "failed SMTP login");
+            tracing::info!(peer = %self.peer, %user, "failed SMTP login");
             tokio::time::sleep(delay).await;
             Ok("535 5.7.8 Authentication credentials invalid\r\n".into())
         }

@@ -66,6 +66,15 @@ impl Store {
                 "{address:?} is not an address"
             )));
         }
+        if address
+            .split('@')
+            .next()
+            .is_some_and(|local| local.contains('+'))
+        {
+            return Err(StoreError::Invalid(format!(
+                "{address}: '+' is for sub-addressing (alice+tag@ reaches alice@), not account names"
+            )));
+        }
         let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO accounts (address, password_hash, from_config, created_at)

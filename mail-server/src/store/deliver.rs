@@ -55,6 +55,8 @@ pub struct Delivery {
     pub envelope_from: String,
     pub targets: Vec<Target>,
     pub metadata: Metadata,
+    /// The account that submitted it (none for mail received or generated here).
+    pub account: Option<String>,
 }
 
 pub(crate) struct Job {
@@ -229,11 +231,13 @@ async fn write_one(tx: &mut AnyConnection, delivery: &Delivery) -> Result<(), St
     if !queued.is_empty() {
         let body_id = insert_body(tx, &delivery.raw).await?;
         let queue_id: i64 = sqlx::query(
-            "INSERT INTO queue (body_id, sender, created_at) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO queue (body_id, sender, created_at, account) VALUES ($1, $2, $3, $4)
+             RETURNING id",
         )
         .bind(body_id)
         .bind(&delivery.envelope_from)
         .bind(now())
+        .bind(&delivery.account)
         .fetch_one(&mut *tx)
         .await?
         .get(0);

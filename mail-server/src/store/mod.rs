@@ -103,7 +103,8 @@ const SCHEMA: &[&str] = &[
         id {id},
         body_id {int} NOT NULL REFERENCES bodies(id),
         sender TEXT NOT NULL,
-        created_at {int} NOT NULL
+        created_at {int} NOT NULL,
+        account TEXT
     )",
     "CREATE TABLE IF NOT EXISTS queue_recipients (
         queue_id {int} NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
@@ -214,6 +215,10 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
+        // Stores made before the queue knew who submitted each entry.
+        let _ = sqlx::query("ALTER TABLE queue ADD COLUMN account TEXT")
+            .execute(&pool)
+            .await;
         let wal = match &location {
             Location::Sqlite(path) => Some(PathBuf::from(format!("{}-wal", path.display()))),
             Location::Postgres(_) => None,

@@ -17,6 +17,8 @@ pub struct QueuedRecipient {
     pub next_attempt: i64,
     pub created_at: i64,
     pub last_error: Option<String>,
+    /// The account that submitted it.
+    pub account: Option<String>,
     #[serde(skip)]
     pub body_id: i64,
 }
@@ -31,12 +33,13 @@ fn recipient(row: &sqlx::any::AnyRow) -> QueuedRecipient {
         next_attempt: row.get("next_attempt"),
         created_at: row.get("created_at"),
         last_error: row.get("last_error"),
+        account: row.get("account"),
         body_id: row.get("body_id"),
     }
 }
 
 const SELECT: &str = "SELECT r.queue_id, r.recipient, q.sender, r.status, r.attempts,
-    r.next_attempt, q.created_at, r.last_error, q.body_id
+    r.next_attempt, q.created_at, r.last_error, q.body_id, q.account
     FROM queue_recipients r JOIN queue q ON q.id = r.queue_id";
 
 impl Store {
@@ -81,7 +84,8 @@ impl Store {
             .get(0))
     }
 
-    /// Records an attempt's outcome: `delivered`, `failed`, or `pending` again at `next`.
+    /// Records an attempt's outcome: `delivered`, `failed`, or `pending` again at `next`;
+    /// `false` when the recipient is no longer queued.
     pub async fn record_attempt(
         &self,
         queue_id: i64,
@@ -89,8 +93,8 @@ impl Store {
         status: &str,
         next: i64,
         error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
             "UPDATE queue_recipients SET status = $1, attempts = attempts + 1, next_attempt = $2,
                 last_error = coalesce($3, last_error)
              WHERE queue_id = $4 AND recipient = $5",
@@ -102,7 +106,7 @@ impl Store {
         .bind(recipient)
         .execute(self.pool())
         .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     /// Removes the entry once nobody in it is pending (its body too, unless a mailbox holds it).
