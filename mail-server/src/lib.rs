@@ -43,6 +43,8 @@ pub enum MailError {
     Store(#[from] store::StoreError),
     #[error("mail.dkim.private_key: {0}")]
     Dkim(String),
+    #[error("mail.dns_server: {0}")]
+    Dns(String),
 }
 
 /// The name in greetings and trace headers: `mail.hostname`, else this machine's.
@@ -79,20 +81,23 @@ pub fn dkim_signer(config: &Config) -> Result<Option<Arc<outbound::dkim::Signer>
 }
 
 /// `[mail.relay]` when it names a host, else each domain's MX.
-pub fn route(config: &Config) -> outbound::Route {
+pub fn route(config: &Config) -> Result<outbound::Route, MailError> {
     let relay = &config.mail.relay;
     if relay.host.is_empty() {
-        return outbound::Route::Mx {
+        let server = config.mail.dns_server.parse().ok();
+        let resolver = outbound::resolver(server).map_err(MailError::Dns)?;
+        return Ok(outbound::Route::Mx {
             port: config.mail.mx_port,
-        };
+            resolver: Arc::new(resolver),
+        });
     }
-    outbound::Route::Relay {
+    Ok(outbound::Route::Relay {
         host: relay.host.clone(),
         port: relay.port,
         tls: relay.tls.clone(),
         credentials: (!relay.username.is_empty())
             .then(|| (relay.username.clone(), relay.password.expose().to_owned())),
-    }
+    })
 }
 
 /// Accounts from configuration into the store (development adds `dev@localhost`/`dev`).
@@ -162,7 +167,7 @@ pub async fn run(
     };
     let outbound = outbound::Outbound {
         store: store.clone(),
-        route: route(&config),
+        route: route(&config)?,
         hostname: hostname(&config),
         domains: mail.domains.clone(),
         retry_intervals: mail

@@ -292,3 +292,83 @@ async fn delivery_retries_bounces_and_a_queue_that_survives_restarts() {
     wait_for("an empty queue", async || queue(&test).await.is_empty()).await;
     role.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivery_to_each_domains_mx() {
+    use support::{Answer, dns};
+    let (mx, received) = sink().await;
+    let resolver = dns(
+        vec![
+            ("far.test", 15, Answer::Mx(10, "mx1.far.test")),
+            ("mx1.far.test", 1, Answer::A([127, 0, 0, 1])),
+            // No MX: the domain itself is the exchanger (RFC 5321 §5.1).
+            ("nomx.test", 1, Answer::A([127, 0, 0, 1])),
+            // Null MX (RFC 7505): no mail, at once.
+            ("nullmx.test", 15, Answer::Mx(0, ".")),
+        ],
+        vec!["gone.test"],
+    )
+    .await;
+    let (test, ca, _) = production(1);
+    // No relay: each domain's MX, found through the test's DNS server, on the sink's port.
+    let config = test.config_dir().join("default.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "[mail.relay]\nhost = \"127.0.0.1\"\nport = 1\ntls = \"none\"\n",
+        "",
+    );
+    std::fs::write(&config, text).unwrap();
+    let test = test
+        .set("mail.dns_server", resolver.to_string())
+        .set("mail.mx_port", mx.port().to_string());
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    let submission = role.addr("submission");
+    let outcome = tokio::task::spawn_blocking(move || {
+        send(
+            submission,
+            "starttls",
+            Some(("alice@example.test", "alice-pw")),
+            "alice@example.test",
+            &["a@far.test", "b@nomx.test", "c@nullmx.test", "d@gone.test"],
+            &ca,
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome, "sent []");
+    wait_for("two deliveries", async || {
+        received.lock().unwrap().len() == 2
+    })
+    .await;
+    let mut delivered: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, to, _)| to.clone())
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["a@far.test", "b@nomx.test"]);
+    wait_for("two bounces", async || {
+        inbox(&test, "alice@example.test", "INBOX").await.len() == 2
+    })
+    .await;
+    let bounces = inbox(&test, "alice@example.test", "INBOX").await.join("\n");
+    assert!(
+        bounces.contains("Final-Recipient: rfc822; c@nullmx.test"),
+        "{bounces}"
+    );
+    assert!(
+        bounces.contains("does not accept mail (null MX)"),
+        "{bounces}"
+    );
+    assert!(
+        bounces.contains("Final-Recipient: rfc822; d@gone.test"),
+        "{bounces}"
+    );
+    assert!(
+        bounces.contains("domain gone.test does not exist"),
+        "{bounces}"
+    );
+    role.stop().await.unwrap();
+}

@@ -13,7 +13,7 @@ use common::{Environment, Role};
 use mail_server::store::Store;
 
 mod support;
-use support::{inbox, send, sink};
+use support::{inbox, python, send, sink};
 
 const ACCOUNTS: &str = r#"
 [mail]
@@ -421,6 +421,23 @@ async fn swaks_and_the_staging_rules() {
                 "--auth-password",
                 "carol-pw",
             ]),
+            // AUTH LOGIN, to a captured recipient.
+            swaks(&[
+                "--from",
+                "carol@example.test",
+                "--to",
+                "frank@else.test",
+                "--tls",
+                "--tls-ca-path",
+                ca.to_str().unwrap(),
+                "--tls-verify",
+                "--auth",
+                "LOGIN",
+                "--auth-user",
+                "carol@example.test",
+                "--auth-password",
+                "carol-pw",
+            ]),
         ]
     })
     .await
@@ -433,6 +450,11 @@ async fn swaks_and_the_staging_rules() {
         outcomes[0]
     );
     assert!(outcomes[1].contains("235 2.7.0"), "{}", outcomes[1]);
+    assert!(
+        outcomes[2].contains("334 VXNlcm5hbWU6") && outcomes[2].contains("235 2.7.0"),
+        "{}",
+        outcomes[2]
+    );
     assert!(
         outcomes[1].contains("250 2.0.0 OK: queued as"),
         "{}",
@@ -455,6 +477,80 @@ async fn swaks_and_the_staging_rules() {
         .collect();
     assert_eq!(sent, ["dan@partner.test"]);
     let captured = inbox(&test, "carol@example.test", "Captured").await;
-    assert_eq!(captured.len(), 1, "eve@else.test is not on the allowlist");
+    assert_eq!(
+        captured.len(),
+        2,
+        "eve@ and frank@else.test are not on the allowlist"
+    );
+    role.stop().await.unwrap();
+}
+
+/// Commands pipelined after STARTTLS, before the handshake, must not count once TLS is on.
+const STARTTLS_INJECTION: &str = r#"
+import socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+f = sock.makefile("rb")
+f.readline()
+sock.sendall(b"EHLO client.test\r\nSTARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
+while True:
+    line = f.readline()
+    if line.startswith(b"220 "):
+        break
+ctx = ssl.create_default_context(cafile=ca)
+tls = ctx.wrap_socket(sock, server_hostname="localhost")
+t = tls.makefile("rb")
+tls.sendall(b"EHLO client.test\r\n")
+while not t.readline().startswith(b"250 "):
+    pass
+tls.sendall(b"RCPT TO:<alice@example.test>\r\n")
+print(t.readline().decode().strip())
+tls.sendall(b"QUIT\r\n")
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starttls_injection_connection_and_error_limits() {
+    let test = test_config(Environment::Development, "")
+        .set("mail.max_connections_per_ip", "2")
+        .set("mail.max_errors", "3");
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    let smtp = role.addr("smtp");
+    let ca = test.data_dir().join("tls/ca.pem");
+    let (injection, third, errors) = tokio::task::spawn_blocking(move || {
+        let (_, injection) = python(
+            STARTTLS_INJECTION,
+            &[smtp.port().to_string(), ca.display().to_string()],
+        );
+        // Two connections held open; the third from the same address is turned away.
+        let first = TcpStream::connect(smtp).unwrap();
+        let second = TcpStream::connect(smtp).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let third = raw(smtp, b"", Duration::from_secs(2));
+        drop((first, second));
+        std::thread::sleep(Duration::from_millis(300));
+        // Three errors end a session.
+        let errors = raw(
+            smtp,
+            b"BOGUS\r\nBOGUS\r\nBOGUS\r\nNOOP\r\n",
+            Duration::from_secs(2),
+        );
+        (injection, third, errors)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        injection.trim(),
+        "503 5.5.1 Need MAIL before RCPT",
+        "the MAIL sent before the handshake was dropped"
+    );
+    assert!(
+        third.starts_with("421 4.7.0 Too many connections"),
+        "{third}"
+    );
+    assert!(errors.contains("421 4.7.0 Too many errors"), "{errors}");
+    assert!(
+        !errors.contains("250 2.0.0 OK"),
+        "NOOP after the limit: {errors}"
+    );
     role.stop().await.unwrap();
 }

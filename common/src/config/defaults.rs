@@ -106,6 +106,7 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
         ("mail.relay.username", ValueKind::from("")),
         ("mail.relay.password", ValueKind::from("")),
         ("mail.mx_port", ValueKind::from(25u64)),
+        ("mail.dns_server", ValueKind::from("")),
         (
             "mail.retry_intervals",
             list(&["1m", "5m", "15m", "30m", "1h", "2h", "4h"]),

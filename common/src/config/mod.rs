@@ -199,6 +199,8 @@ pub struct MailConfig {
     pub relay: MailRelay,
     /// The port of a domain's MX (25; another for test setups).
     pub mx_port: u16,
+    /// The DNS server MX and address lookups ask (`IP:port`); empty = the system's.
+    pub dns_server: String,
     /// Waits between delivery attempts after a temporary failure; the last repeats.
     #[serde(deserialize_with = "deserialize_list")]
     pub retry_intervals: Vec<String>,

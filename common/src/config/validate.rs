@@ -288,6 +288,18 @@ impl Config {
                     "required in production: outbound mail is DKIM-signed (set selector and private_key)".into(),
                 ));
             }
+            if !self.mail.dns_server.is_empty()
+                && self
+                    .mail
+                    .dns_server
+                    .parse::<std::net::SocketAddr>()
+                    .is_err()
+            {
+                problems.push(problem(
+                    "mail.dns_server",
+                    format!("{:?} is not IP:port", self.mail.dns_server),
+                ));
+            }
             if self.mail.retry_intervals.is_empty() {
                 problems.push(problem(
                     "mail.retry_intervals",

@@ -31,8 +31,34 @@ pub enum Route {
         tls: String,
         credentials: Option<(String, String)>,
     },
-    /// Each domain's MX, on this port.
-    Mx { port: u16 },
+    /// Each domain's MX, on this port, found through `resolver`.
+    Mx {
+        port: u16,
+        resolver: Arc<hickory_resolver::TokioResolver>,
+    },
+}
+
+/// A DNS resolver: the system's, or the one server `mail.dns_server` names.
+pub fn resolver(
+    server: Option<std::net::SocketAddr>,
+) -> Result<hickory_resolver::TokioResolver, String> {
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    match server {
+        None => hickory_resolver::TokioResolver::builder_tokio()
+            .and_then(|builder| builder.build())
+            .map_err(|e| format!("the system's DNS configuration: {e}")),
+        Some(server) => {
+            let mut name_server = NameServerConfig::udp_and_tcp(server.ip());
+            for connection in &mut name_server.connections {
+                connection.port = server.port();
+            }
+            let config = ResolverConfig::from_parts(None, Vec::new(), vec![name_server]);
+            hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+                .build()
+                .map_err(|e| format!("DNS server {server}: {e}"))
+        }
+    }
 }
 
 /// The outcome of one attempt for one recipient.
@@ -291,19 +317,33 @@ pub async fn send(
         Ok(envelope) => envelope,
         Err(err) => return Attempt::Permanent(err.to_string()),
     };
-    let hosts = match route {
-        Route::Relay { host, .. } => vec![host.clone()],
-        Route::Mx { .. } => {
+    // (name for TLS, where to connect) in order of preference.
+    let hosts: Vec<(String, String)> = match route {
+        Route::Relay { host, .. } => vec![(host.clone(), host.clone())],
+        Route::Mx { resolver, .. } => {
             let domain = recipient.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-            match mx_hosts(domain).await {
+            let exchangers = match mx_hosts(resolver, domain).await {
                 Ok(hosts) => hosts,
                 Err(attempt) => return attempt,
+            };
+            // Addresses through the same resolver, so that what MX said is what is used.
+            let mut addresses = Vec::new();
+            for exchanger in exchangers {
+                match resolver.lookup_ip(format!("{exchanger}.")).await {
+                    Ok(ips) => {
+                        addresses.extend(ips.iter().map(|ip| (exchanger.clone(), ip.to_string())))
+                    }
+                    Err(err) => {
+                        tracing::debug!(%exchanger, error = %err, "no address for a mail exchanger")
+                    }
+                }
             }
+            addresses
         }
     };
     let mut last = Attempt::Temporary("no mail exchanger answered".into());
-    for host in hosts {
-        let transport = match transport(route, &host, hostname) {
+    for (name, host) in hosts {
+        let transport = match transport(route, &host, &name, hostname) {
             Ok(transport) => transport,
             Err(err) => return Attempt::Temporary(err),
         };
@@ -322,10 +362,11 @@ pub async fn send(
 fn transport(
     route: &Route,
     host: &str,
+    name: &str,
     hostname: &str,
 ) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     let params = |verify: bool| {
-        TlsParameters::builder(host.to_owned())
+        TlsParameters::builder(name.to_owned())
             .dangerous_accept_invalid_certs(!verify)
             .build_rustls()
             .map_err(|e| e.to_string())
@@ -357,18 +398,18 @@ fn transport(
         }
         // MX: STARTTLS when offered, without checking the certificate (as MTAs do by
         // default: most MX certificates do not name the host they are reached by).
-        Route::Mx { port } => builder.port(*port).tls(Tls::Opportunistic(params(false)?)),
+        Route::Mx { port, .. } => builder.port(*port).tls(Tls::Opportunistic(params(false)?)),
     };
     Ok(builder.build())
 }
 
 /// A domain's mail exchangers, best first; the domain itself without MX records (RFC 5321
 /// §5.1); a permanent failure for a null MX (RFC 7505) or a domain that does not exist.
-async fn mx_hosts(domain: &str) -> Result<Vec<String>, Attempt> {
+async fn mx_hosts(
+    resolver: &hickory_resolver::TokioResolver,
+    domain: &str,
+) -> Result<Vec<String>, Attempt> {
     use hickory_resolver::proto::rr::RData;
-    let resolver = hickory_resolver::TokioResolver::builder_tokio()
-        .and_then(|builder| builder.build())
-        .map_err(|e| Attempt::Temporary(format!("no DNS resolver: {e}")))?;
     let lookup = match resolver.mx_lookup(format!("{domain}.")).await {
         Ok(lookup) => lookup,
         Err(err) if err.is_nx_domain() => {
@@ -403,4 +444,69 @@ async fn mx_hosts(domain: &str) -> Result<Vec<String>, Attempt> {
         .into_iter()
         .map(|(_, host)| host.trim_end_matches('.').to_owned())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::QueuedRecipient;
+
+    #[tokio::test]
+    async fn a_bounce_is_never_bounced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).await.expect("store");
+        let outbound = Outbound {
+            store: store.clone(),
+            route: Route::Relay {
+                host: "127.0.0.1".into(),
+                port: 1,
+                tls: "none".into(),
+                credentials: None,
+            },
+            hostname: "mx.example.test".into(),
+            domains: vec!["example.test".into()],
+            retry_intervals: vec![Duration::from_secs(1)],
+            max_queue_time: Duration::from_secs(1),
+            wake: Arc::new(Notify::new()),
+            dkim: None,
+        };
+        let failed_bounce = QueuedRecipient {
+            queue_id: 1,
+            recipient: "someone@far.test".into(),
+            sender: String::new(),
+            status: "failed".into(),
+            attempts: 1,
+            next_attempt: 0,
+            created_at: 0,
+            last_error: None,
+            account: None,
+            body_id: 1,
+        };
+        assert!(
+            outbound
+                .bounce(&failed_bounce, "550 no", b"Subject: x\r\n\r\n")
+                .await
+        );
+        assert!(
+            store.queue().await.expect("queue").is_empty(),
+            "nothing queued"
+        );
+        // A foreign sender's failure is reported through the queue, from <>.
+        let foreign = QueuedRecipient {
+            sender: "ann@remote.test".into(),
+            ..failed_bounce
+        };
+        assert!(
+            outbound
+                .bounce(&foreign, "550 no", b"Subject: x\r\n\r\n")
+                .await
+        );
+        let queue = store.queue().await.expect("queue");
+        assert_eq!(queue.len(), 1);
+        assert_eq!(
+            (queue[0].sender.as_str(), queue[0].recipient.as_str()),
+            ("", "ann@remote.test")
+        );
+        store.close().await;
+    }
 }

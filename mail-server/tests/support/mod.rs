@@ -172,3 +172,81 @@ pub async fn sink() -> (std::net::SocketAddr, Received) {
     });
     (addr, received)
 }
+
+/// A DNS answer the test server gives.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Mx(u16, &'static str),
+    A([u8; 4]),
+}
+
+/// A minimal DNS server on UDP: `records` by (name, type: 15 MX, 1 A), names in `missing`
+/// answer NXDOMAIN, anything else an empty NOERROR.
+pub async fn dns(
+    records: Vec<(&'static str, u16, Answer)>,
+    missing: Vec<&'static str>,
+) -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
+            let query = &buf[..len];
+            if len < 12 {
+                continue;
+            }
+            // The question: labels, then type and class.
+            let mut at = 12;
+            let mut labels = Vec::new();
+            while at < len && query[at] != 0 {
+                let size = query[at] as usize;
+                labels.push(String::from_utf8_lossy(&query[at + 1..at + 1 + size]).to_lowercase());
+                at += 1 + size;
+            }
+            let name = labels.join(".");
+            let question_end = at + 5;
+            let qtype = u16::from_be_bytes([query[at + 1], query[at + 2]]);
+            let answers: Vec<&Answer> = records
+                .iter()
+                .filter(|(n, t, _)| *n == name && *t == qtype)
+                .map(|(_, _, a)| a)
+                .collect();
+            let nxdomain = missing.contains(&name.as_str());
+            let mut out = Vec::new();
+            out.extend_from_slice(&query[..2]);
+            out.extend_from_slice(if nxdomain {
+                &[0x81, 0x83]
+            } else {
+                &[0x81, 0x80]
+            });
+            out.extend_from_slice(&[0, 1]);
+            out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0]);
+            out.extend_from_slice(&query[12..question_end]);
+            for answer in answers {
+                out.extend_from_slice(&[0xc0, 0x0c]);
+                let rdata = match answer {
+                    Answer::Mx(preference, exchange) => {
+                        let mut rdata = preference.to_be_bytes().to_vec();
+                        for label in exchange.split('.').filter(|l| !l.is_empty()) {
+                            rdata.push(label.len() as u8);
+                            rdata.extend_from_slice(label.as_bytes());
+                        }
+                        rdata.push(0);
+                        out.extend_from_slice(&15u16.to_be_bytes());
+                        rdata
+                    }
+                    Answer::A(ip) => {
+                        out.extend_from_slice(&1u16.to_be_bytes());
+                        ip.to_vec()
+                    }
+                };
+                out.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
+                out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                out.extend_from_slice(&rdata);
+            }
+            let _ = socket.send_to(&out, peer).await;
+        }
+    });
+    addr
+}
