@@ -512,11 +512,12 @@ tls.sendall(b"QUIT\r\n")
 async fn starttls_injection_connection_and_error_limits() {
     let test = test_config(Environment::Development, "")
         .set("mail.max_connections_per_ip", "2")
-        .set("mail.max_errors", "3");
+        .set("mail.max_errors", "3")
+        .set("mail.command_timeout_secs", "1");
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let smtp = role.addr("smtp");
     let ca = test.data_dir().join("tls/ca.pem");
-    let (injection, third, errors) = tokio::task::spawn_blocking(move || {
+    let (injection, third, errors, idle) = tokio::task::spawn_blocking(move || {
         let (_, injection) = python(
             STARTTLS_INJECTION,
             &[smtp.port().to_string(), ca.display().to_string()],
@@ -534,7 +535,17 @@ async fn starttls_injection_connection_and_error_limits() {
             b"BOGUS\r\nBOGUS\r\nBOGUS\r\nNOOP\r\n",
             Duration::from_secs(2),
         );
-        (injection, third, errors)
+        // A client silent past mail.command_timeout_secs is told and disconnected.
+        let idle = {
+            let mut stream = TcpStream::connect(smtp).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut all = Vec::new();
+            let _ = stream.read_to_end(&mut all);
+            String::from_utf8_lossy(&all).into_owned()
+        };
+        (injection, third, errors, idle)
     })
     .await
     .unwrap();
@@ -551,6 +562,10 @@ async fn starttls_injection_connection_and_error_limits() {
     assert!(
         !errors.contains("250 2.0.0 OK"),
         "NOOP after the limit: {errors}"
+    );
+    assert!(
+        idle.starts_with("220 ") && idle.contains("421 4.4.2 Idle too long"),
+        "{idle}"
     );
     role.stop().await.unwrap();
 }

@@ -412,3 +412,37 @@ fn a_remote_postgresql_backend_needs_tls_outside_development() {
     let text = problems_text(&load(&opts, &[Role::Db]).unwrap_err());
     assert!(!text.contains("db.backend"), "{text}");
 }
+
+#[test]
+fn mail_accounts_follow_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "[mail]\ndomains = [\"localhost\", \"example.test\"]\n\
+         [[mail.accounts]]\naddress = \"dev@localhost\"\npassword = \"dev\"\n\
+         [[mail.accounts]]\naddress = \"ann@elsewhere.test\"\npassword_hash = \"$argon2id$v=19$x\"\n\
+         [[mail.accounts]]\naddress = \"bob@example.test\"\npassword_hash = \"plain-text\"\n",
+    )
+    .unwrap();
+    let text = problems_text(
+        &load(&options(Environment::Staging, dir.path()), &[Role::Mail]).unwrap_err(),
+    );
+    for expected in [
+        "dev@localhost: a plain password is refused in staging",
+        "the development account dev@localhost is refused in staging",
+        "\"ann@elsewhere.test\" is not an address in mail.domains",
+        "bob@example.test: password_hash must be an argon2 PHC string",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    // Development accepts the plain password and the development account.
+    let text = problems_text(
+        &load(
+            &options(Environment::Development, dir.path()),
+            &[Role::Mail],
+        )
+        .unwrap_err(),
+    );
+    assert!(!text.contains("dev@localhost"), "{text}");
+    assert!(text.contains("ann@elsewhere.test"), "{text}");
+}
