@@ -45,6 +45,8 @@ pub enum MailError {
     Dkim(String),
     #[error("mail.dns_server: {0}")]
     Dns(String),
+    #[error("mail.relay.ca_file: {0}")]
+    Relay(String),
 }
 
 /// The name in greetings and trace headers: `mail.hostname`, else this machine's.
@@ -91,7 +93,16 @@ pub fn route(config: &Config) -> Result<outbound::Route, MailError> {
             resolver: Arc::new(resolver),
         });
     }
+    let ca = if relay.ca_file.is_empty() {
+        None
+    } else {
+        Some(
+            std::fs::read(&relay.ca_file)
+                .map_err(|e| MailError::Relay(format!("{}: {e}", relay.ca_file)))?,
+        )
+    };
     Ok(outbound::Route::Relay {
+        ca,
         host: relay.host.clone(),
         port: relay.port,
         tls: relay.tls.clone(),

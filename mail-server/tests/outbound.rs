@@ -372,3 +372,77 @@ async fn delivery_to_each_domains_mx() {
     );
     role.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_smarthost_with_starttls_or_tls_and_credentials() {
+    // The smarthost is another mail-server: its submission ports, AUTH, its own CA.
+    let smarthost = TestConfig::new(Environment::Development);
+    std::fs::write(
+        smarthost.config_dir().join("default.toml"),
+        "[mail]\ndomains = [\"relay.test\"]\n\
+         [[mail.accounts]]\naddress = \"relayuser@relay.test\"\npassword = \"relay-pw\"\n\
+         [[mail.accounts]]\naddress = \"carol@relay.test\"\npassword = \"carol-pw\"\n",
+    )
+    .unwrap();
+    let relay = RunningRole::start(Role::Mail, &smarthost, mail_server::run).await;
+    let relay_ca = smarthost.data_dir().join("tls/ca.pem");
+    // The smarthost lets its user send as alice@example.test (submission checks the sender).
+    let store = Store::open(&smarthost.data_dir().join("mail")).await.unwrap();
+    store
+        .add_alias("alice@example.test", "relayuser@relay.test")
+        .await
+        .unwrap();
+    store.close().await;
+    for (port, tls) in [
+        (relay.addr("submission").port(), "starttls"),
+        (relay.addr("submissions").port(), "tls"),
+    ] {
+        let (test, ca, _) = production(1);
+        let config = test.config_dir().join("default.toml");
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[mail.relay]\nhost = \"127.0.0.1\"\nport = 1\ntls = \"none\"\n",
+            &format!(
+                "[mail.relay]\nhost = \"localhost\"\nport = {port}\ntls = \"{tls}\"\n\
+                 username = \"relayuser@relay.test\"\npassword = \"relay-pw\"\nca_file = \"{}\"\n",
+                relay_ca.display()
+            ),
+        );
+        std::fs::write(&config, text).unwrap();
+        let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+        let submission = role.addr("submission");
+        let outcome = tokio::task::spawn_blocking(move || {
+            send(
+                submission,
+                "starttls",
+                Some(("alice@example.test", "alice-pw")),
+                "alice@example.test",
+                &["carol@relay.test"],
+                &ca,
+                Some(&format!("Subject: via {tls}\r\n\r\nhello\r\n")),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(outcome, "sent []");
+        let expected = format!("Subject: via {tls}");
+        wait_for("the relayed message", async || {
+            inbox(&smarthost, "carol@relay.test", "INBOX")
+                .await
+                .iter()
+                .any(|m| m.contains(&expected))
+        })
+        .await;
+        role.stop().await.unwrap();
+    }
+    // Both arrived authenticated and encrypted, signed by the sending server.
+    let carol = inbox(&smarthost, "carol@relay.test", "INBOX").await;
+    assert_eq!(carol.len(), 2);
+    for message in &carol {
+        assert!(message.contains("with ESMTPSA id "), "{message}");
+        assert!(
+            message.contains("DKIM-Signature: v=1; a=ed25519-sha256"),
+            "{message}"
+        );
+    }
+    relay.stop().await.unwrap();
+}

@@ -105,6 +105,7 @@ pub fn defaults(environment: Environment) -> Vec<(&'static str, ValueKind)> {
         ("mail.relay.tls", ValueKind::from("starttls")),
         ("mail.relay.username", ValueKind::from("")),
         ("mail.relay.password", ValueKind::from("")),
+        ("mail.relay.ca_file", ValueKind::from("")),
         ("mail.mx_port", ValueKind::from(25u64)),
         ("mail.dns_server", ValueKind::from("")),
         (

@@ -235,6 +235,8 @@ pub struct MailRelay {
     pub tls: String,
     pub username: String,
     pub password: Secret,
+    /// A PEM file with the CA the relay's certificate must chain to; empty = the web PKI.
+    pub ca_file: String,
 }
 
 /// `[[mail.accounts]]`: an address and its password, as an argon2 PHC string

@@ -30,6 +30,8 @@ pub enum Route {
         /// `starttls`, `tls` or `none`.
         tls: String,
         credentials: Option<(String, String)>,
+        /// A PEM CA the relay's certificate is checked against (else the web PKI's roots).
+        ca: Option<Vec<u8>>,
     },
     /// Each domain's MX, on this port, found through `resolver`.
     Mx {
@@ -366,10 +368,14 @@ fn transport(
     hostname: &str,
 ) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     let params = |verify: bool| {
-        TlsParameters::builder(name.to_owned())
-            .dangerous_accept_invalid_certs(!verify)
-            .build_rustls()
-            .map_err(|e| e.to_string())
+        let mut builder =
+            TlsParameters::builder(name.to_owned()).dangerous_accept_invalid_certs(!verify);
+        if let Route::Relay { ca: Some(pem), .. } = route {
+            let ca = lettre::transport::smtp::client::Certificate::from_pem(pem)
+                .map_err(|e| format!("mail.relay.ca_file: {e}"))?;
+            builder = builder.add_root_certificate(ca);
+        }
+        builder.build_rustls().map_err(|e| e.to_string())
     };
     let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
         .hello_name(ClientId::Domain(hostname.to_owned()))
@@ -462,6 +468,7 @@ mod tests {
                 port: 1,
                 tls: "none".into(),
                 credentials: None,
+                ca: None,
             },
             hostname: "mx.example.test".into(),
             domains: vec!["example.test".into()],
