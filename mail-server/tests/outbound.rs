@@ -387,7 +387,9 @@ async fn a_smarthost_with_starttls_or_tls_and_credentials() {
     let relay = RunningRole::start(Role::Mail, &smarthost, mail_server::run).await;
     let relay_ca = smarthost.data_dir().join("tls/ca.pem");
     // The smarthost lets its user send as alice@example.test (submission checks the sender).
-    let store = Store::open(&smarthost.data_dir().join("mail")).await.unwrap();
+    let store = Store::open(&smarthost.data_dir().join("mail"))
+        .await
+        .unwrap();
     store
         .add_alias("alice@example.test", "relayuser@relay.test")
         .await
