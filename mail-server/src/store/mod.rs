@@ -299,3 +299,53 @@ impl Store {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Row as _;
+
+    #[tokio::test]
+    async fn the_sqlite_store_is_in_wal_mode_with_foreign_keys() {
+        // The writer's durability is an fsync of the WAL: the store must be in WAL mode.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).await.expect("store");
+        let mode: String = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(store.pool())
+            .await
+            .expect("pragma")
+            .get(0);
+        assert_eq!(mode, "wal");
+        let keys: i64 = sqlx::query("PRAGMA foreign_keys")
+            .fetch_one(store.pool())
+            .await
+            .expect("pragma")
+            .get(0);
+        assert_eq!(keys, 1);
+        store
+            .put_account("ann@example.test", "$argon2id$x", false)
+            .await
+            .expect("account");
+        store
+            .deliver(Delivery {
+                raw: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+                envelope_from: "bob@far.test".into(),
+                targets: vec![Target::inbox("ann@example.test")],
+                metadata: Metadata::default(),
+                account: None,
+            })
+            .await
+            .expect("delivered");
+        assert!(
+            dir.path().join("mail.db-wal").exists(),
+            "the WAL the writer fsyncs"
+        );
+        let messages = store
+            .messages("ann@example.test", "INBOX")
+            .await
+            .expect("read");
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].uid, 1);
+        store.close().await;
+    }
+}
