@@ -184,3 +184,49 @@ where
         }
     })
 }
+
+/// A role binary's maintenance command (`db-server backup …`, `mail-server accounts …`):
+/// loads the configuration for `role` as the server would, runs `command` on a small runtime,
+/// prints what it returns, or reports its error as `program: error` with a non-zero status.
+pub fn run_command<F, Fut, E>(
+    program: &str,
+    role: Role,
+    env_flag: Option<&str>,
+    files: Vec<PathBuf>,
+    command: F,
+) -> ExitCode
+where
+    F: FnOnce(crate::Config) -> Fut,
+    Fut: std::future::Future<Output = Result<String, E>>,
+    E: std::fmt::Display,
+{
+    let loaded = match load_from_process(env_flag, files, &[role], &[no_checks]) {
+        Ok((_, loaded)) => loaded,
+        Err(err) => {
+            eprintln!("{program}: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{program}: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command(loaded.config)) {
+        Ok(output) => {
+            if !output.is_empty() {
+                println!("{output}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{program}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -37,38 +37,13 @@ enum SnapshotCommand {
 /// Runs `db-server backup|restore …`.
 pub fn main() -> ExitCode {
     let cli = SnapshotCli::parse();
-    let loaded = match common::cli::load_from_process(
+    common::cli::run_command(
+        "db-server",
+        common::Role::Db,
         cli.env.as_deref(),
         cli.config.clone(),
-        &[common::Role::Db],
-        &[common::cli::no_checks],
-    ) {
-        Ok((_, loaded)) => loaded,
-        Err(err) => {
-            eprintln!("db-server: {err}");
-            return ExitCode::from(common::cli::EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("db-server: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli.command, loaded.config)) {
-        Ok(message) => {
-            println!("{message}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("db-server: {err}");
-            ExitCode::FAILURE
-        }
-    }
+        |config| run(cli.command, config),
+    )
 }
 
 async fn run(command: SnapshotCommand, config: common::Config) -> Result<String, engine::SqlError> {

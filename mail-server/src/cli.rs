@@ -100,40 +100,13 @@ fn read_password() -> Result<String, StoreError> {
 /// Runs `mail-server accounts|aliases …`.
 pub fn main() -> ExitCode {
     let cli = ManageCli::parse();
-    let loaded = match common::cli::load_from_process(
+    common::cli::run_command(
+        "mail-server",
+        common::Role::Mail,
         cli.env.as_deref(),
         cli.config.clone(),
-        &[common::Role::Mail],
-        &[common::cli::no_checks],
-    ) {
-        Ok((_, loaded)) => loaded,
-        Err(err) => {
-            eprintln!("mail-server: {err}");
-            return ExitCode::from(common::cli::EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("mail-server: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli.command, loaded.config)) {
-        Ok(output) => {
-            if !output.is_empty() {
-                println!("{output}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("mail-server: {err}");
-            ExitCode::FAILURE
-        }
-    }
+        |config| run(cli.command, config),
+    )
 }
 
 async fn run(command: Command, config: common::Config) -> Result<String, StoreError> {
