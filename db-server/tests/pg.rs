@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use common::testing::{RunningRole, TestConfig};
 use common::{Environment, Role};
 
+mod support;
+use support::{connect, sqlstate};
+
 /// `psql` with `args` as `user`/`password` on `database`, TLS verified against the test's CA.
 fn psql(
     addr: SocketAddr,
@@ -37,30 +40,6 @@ fn psql(
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-async fn connect(
-    addr: SocketAddr,
-    user: &str,
-    password: &str,
-    database: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(addr.port())
-        .user(user)
-        .password(password)
-        .dbname(database)
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-fn sqlstate(err: &tokio_postgres::Error) -> String {
-    err.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no SQLSTATE: {err}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,6 +12,9 @@ use std::time::Duration;
 use common::testing::{PostgresCluster as Cluster, RunningRole, TestConfig, curl};
 use common::{Environment, Role};
 
+mod support;
+use support::{connect, sqlstate as code};
+
 fn psql(
     addr: SocketAddr,
     ca: &Path,
@@ -41,30 +44,6 @@ fn psql(
             String::from_utf8_lossy(&output.stderr)
         ),
     )
-}
-
-async fn connect(
-    addr: SocketAddr,
-    user: &str,
-    password: &str,
-    database: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(addr.port())
-        .user(user)
-        .password(password)
-        .dbname(database)
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-fn code(err: &tokio_postgres::Error) -> String {
-    err.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no SQLSTATE: {err}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
