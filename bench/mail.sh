@@ -108,28 +108,7 @@ done
 
 # Durability: acknowledged Message-IDs recorded by the client, SIGKILL, restart, count.
 echo "durability run" >&2
-python3 - "$Q_SMTP" "$work/acknowledged.txt" <<'EOF' &
-import smtplib, sys, threading
-port, path = int(sys.argv[1]), sys.argv[2]
-out, lock = open(path, "a"), threading.Lock()
-def worker(n):
-    try:
-        smtp = smtplib.SMTP("127.0.0.1", port, timeout=5)
-        smtp.ehlo("durable.test")
-        i = 0
-        while True:
-            mid = "<%d-%d@durable.test>" % (n, i)
-            smtp.sendmail("ann@remote.test", ["alice@example.test"],
-                          "Message-ID: %s\r\nSubject: durable\r\n\r\nx\r\n" % mid)
-            with lock:
-                out.write(mid + "\n"); out.flush()
-            i += 1
-    except Exception:
-        pass
-threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-for t in threads: t.start()
-for t in threads: t.join()
-EOF
+python3 mail-server/tests/clients/send_until_killed.py "$Q_SMTP" "$work/acknowledged.txt" &
 CLIENT=$!
 sleep 3
 kill -9 "$SERVER"; wait "$SERVER" 2>/dev/null || true

@@ -57,32 +57,6 @@ fn binds_every_listener_serves_health_and_stops_on_sigterm() {
     });
 }
 
-/// Sends messages from 8 connections until the server goes away, writing each Message-ID
-/// that got its 250 to a file.
-const SEND_UNTIL_KILLED: &str = r#"
-import smtplib, sys, threading
-port, path = int(sys.argv[1]), sys.argv[2]
-out, lock = open(path, "a"), threading.Lock()
-def worker(n):
-    try:
-        smtp = smtplib.SMTP("127.0.0.1", port, timeout=5)
-        smtp.ehlo("durable.test")
-        i = 0
-        while True:
-            mid = "<%d-%d@durable.test>" % (n, i)
-            smtp.sendmail("ann@remote.test", ["alice@example.test"],
-                          "Message-ID: %s\r\nSubject: durable\r\n\r\nx\r\n" % mid)
-            with lock:
-                out.write(mid + "\n")
-                out.flush()
-            i += 1
-    except Exception:
-        pass
-threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-for t in threads: t.start()
-for t in threads: t.join()
-"#;
-
 fn accounts_config(test: &TestConfig) {
     std::fs::write(
         test.config_dir().join("default.toml"),
@@ -101,8 +75,10 @@ fn every_acknowledged_message_survives_kill_9() {
     let addrs = server.wait_for_listeners(8);
     let acknowledged = test.dir.path().join("acknowledged.txt");
     let mut client = std::process::Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(SEND_UNTIL_KILLED)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/send_until_killed.py"
+        ))
         .arg(addrs["mail smtp"].port().to_string())
         .arg(&acknowledged)
         .spawn()

@@ -195,34 +195,42 @@ async fn delivery_retries_bounces_and_a_queue_that_survives_restarts() {
     let api = format!("https://localhost:{port}/api/v1/queue");
     let resolve = format!("localhost:{port}:127.0.0.1");
     let ca_text = ca.to_str().unwrap().to_owned();
-    let (listing, anonymous, wrong, retried, missing) = tokio::task::spawn_blocking(move || {
-        let call = |args: &[&str]| {
-            let mut all = vec!["--cacert", &ca_text, "--resolve", &resolve];
-            all.extend_from_slice(args);
-            common::testing::curl(&all)
-        };
-        (
-            call(&["-u", "alice@example.test:alice-pw", &api]),
-            call(&[&api]),
-            call(&["-u", "alice@example.test:nope", &api]),
-            call(&[
-                "-u",
-                "alice@example.test:alice-pw",
-                "-X",
-                "POST",
-                &format!("{api}/1/retry"),
-            ]),
-            call(&[
-                "-u",
-                "alice@example.test:alice-pw",
-                "-X",
-                "DELETE",
-                &format!("{api}/999"),
-            ]),
-        )
-    })
-    .await
-    .unwrap();
+    let (listing, anonymous, wrong, retried, missing, garbage) =
+        tokio::task::spawn_blocking(move || {
+            let call = |args: &[&str]| {
+                let mut all = vec!["--cacert", &ca_text, "--resolve", &resolve];
+                all.extend_from_slice(args);
+                common::testing::curl(&all)
+            };
+            (
+                call(&["-u", "alice@example.test:alice-pw", &api]),
+                call(&[&api]),
+                call(&["-u", "alice@example.test:nope", &api]),
+                call(&[
+                    "-u",
+                    "alice@example.test:alice-pw",
+                    "-X",
+                    "POST",
+                    &format!("{api}/1/retry"),
+                ]),
+                call(&[
+                    "-u",
+                    "alice@example.test:alice-pw",
+                    "-X",
+                    "DELETE",
+                    &format!("{api}/999"),
+                ]),
+                call(&[
+                    "-u",
+                    "alice@example.test:alice-pw",
+                    "-X",
+                    "POST",
+                    &format!("{api}/not-a-number/retry"),
+                ]),
+            )
+        })
+        .await
+        .unwrap();
     assert_eq!(listing.0, 200, "{}", listing.1);
     assert!(
         listing.1.contains("\"recipient\":\"later@far.test\"")
@@ -234,6 +242,7 @@ async fn delivery_retries_bounces_and_a_queue_that_survives_restarts() {
     assert_eq!(wrong.0, 401);
     assert_eq!(retried.0, 200, "{}", retried.1);
     assert_eq!(missing.0, 404);
+    assert_eq!(garbage.0, 400, "{}", garbage.1);
     role.stop().await.unwrap();
     // The same queue from the command line, with the server stopped.
     let cli = |args: &[&str]| {
