@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::smtp::auth::FailureLimiter;
+use crate::auth::{Login, Logins};
 use crate::store::{QueuedRecipient, Store};
 
 #[derive(Clone)]
@@ -27,7 +27,7 @@ pub struct Api {
     /// Development: no login, everything visible.
     pub open: bool,
     pub outbound: Arc<tokio::sync::Notify>,
-    pub failures: Arc<FailureLimiter>,
+    pub logins: Arc<Logins>,
 }
 
 impl std::fmt::Debug for Api {
@@ -71,7 +71,7 @@ async fn caller(
             "log in with your address and password",
         )
     };
-    if api.failures.blocked(peer) {
+    if api.logins.blocked(peer) {
         return Err(error(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed logins, try later",
@@ -88,17 +88,21 @@ async fn caller(
         .and_then(|raw| String::from_utf8(raw).ok())
         .ok_or_else(unauthorized)?;
     let (user, password) = decoded.split_once(':').ok_or_else(unauthorized)?;
-    let hash = api
-        .store
-        .password_hash(user)
+    match api
+        .logins
+        .login(peer, "http", user, password.to_owned())
         .await
-        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable"))?;
-    if crate::smtp::auth::check(hash, password.to_owned()).await {
-        Ok(Some(user.trim().to_ascii_lowercase()))
-    } else {
-        let delay = api.failures.failed(peer);
-        tokio::time::sleep(delay).await;
-        Err(unauthorized())
+    {
+        Login::Accepted(account) => Ok(Some(account)),
+        Login::Refused => Err(unauthorized()),
+        Login::Blocked => Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins, try later",
+        )),
+        Login::Unavailable => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store is unavailable",
+        )),
     }
 }
 

@@ -10,7 +10,9 @@
 //!
 //! IMAP and POP3 listeners answer with their protocol's "not available yet" until issue #6.
 
+pub mod auth;
 pub mod cli;
+pub mod connection;
 pub mod delivery;
 pub mod http;
 pub mod message;
@@ -151,11 +153,12 @@ pub async fn run(
     let http_tls = mail.http_tls;
     let mut server = RoleServer::new(Role::Mail, Arc::clone(&config), shutdown);
     let wake = Arc::new(tokio::sync::Notify::new());
+    let logins = Arc::new(auth::Logins::new(store.clone()));
     let api = http::Api {
         store: store.clone(),
         open: config.environment == Environment::Development,
         outbound: Arc::clone(&wake),
-        failures: Arc::new(smtp::auth::FailureLimiter::default()),
+        logins: Arc::clone(&logins),
     };
     let router = server
         .health_routes()
@@ -207,6 +210,7 @@ pub async fn run(
             &mail.staging_allowlist,
         ),
         wake,
+        Arc::clone(&logins),
     ));
     for (name, port) in [
         ("smtp", smtp::Port::Relay),

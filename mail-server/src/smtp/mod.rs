@@ -8,15 +8,16 @@
 pub mod auth;
 pub mod data;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smtp_proto::{EhloResponse, Request};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
+use crate::auth::{Login, Logins};
+use crate::connection::{BoxIo, PerIp};
 use crate::delivery::Policy;
 use crate::message;
 use crate::store::{Delivery, Store, Target};
@@ -63,8 +64,8 @@ pub struct SmtpService {
     pub outbound: Arc<tokio::sync::Notify>,
     /// Memory all sessions' messages may take while they are received.
     budget: data::Budget,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    auth_failures: auth::FailureLimiter,
+    per_ip: PerIp,
+    logins: Arc<Logins>,
 }
 
 impl std::fmt::Debug for SmtpService {
@@ -75,10 +76,6 @@ impl std::fmt::Debug for SmtpService {
             .finish_non_exhaustive()
     }
 }
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
-type BoxIo = Box<dyn Io>;
 
 struct Conn {
     reader: BufReader<ReadHalf<BoxIo>>,
@@ -101,25 +98,6 @@ impl Conn {
             self.writer.flush().await?;
         }
         Ok(())
-    }
-}
-
-/// Releases a client address's connection slot.
-struct Slot<'a> {
-    service: &'a SmtpService,
-    ip: IpAddr,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut per_ip) = self.service.per_ip.lock()
-            && let Some(count) = per_ip.get_mut(&self.ip)
-        {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -149,7 +127,9 @@ impl SmtpService {
         plaintext_auth_on_loopback: bool,
         policy: Policy,
         outbound: Arc<tokio::sync::Notify>,
+        logins: Arc<Logins>,
     ) -> Self {
+        let max_per_ip = limits.max_per_ip;
         Self {
             store,
             hostname,
@@ -160,8 +140,8 @@ impl SmtpService {
             policy,
             outbound,
             budget: data::Budget::new(MESSAGE_MEMORY),
-            per_ip: Mutex::new(HashMap::new()),
-            auth_failures: auth::FailureLimiter::default(),
+            per_ip: PerIp::new(max_per_ip),
+            logins,
         }
     }
 
@@ -174,19 +154,7 @@ impl SmtpService {
     /// Serves one connection to its end.
     pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, port: Port) {
         let _ = stream.set_nodelay(true);
-        let admitted = self
-            .per_ip
-            .lock()
-            .map(|mut per_ip| {
-                let count = per_ip.entry(peer.ip()).or_insert(0);
-                *count += 1;
-                *count <= self.limits.max_per_ip
-            })
-            .unwrap_or(false);
-        let _slot = Slot {
-            service: &self,
-            ip: peer.ip(),
-        };
+        let slot = self.per_ip.enter(peer.ip());
         let mut secure = false;
         let io: BoxIo = match (port, &self.tls) {
             (Port::Submission { implicit_tls: true }, Some(tls)) => {
@@ -202,7 +170,7 @@ impl SmtpService {
             _ => Box::new(stream),
         };
         let mut conn = Conn::new(io);
-        if !admitted {
+        if !slot.admitted {
             let _ = conn
                 .reply("421 4.7.0 Too many connections from your address, try again later\r\n")
                 .await;
@@ -637,7 +605,7 @@ impl Session<'_> {
         if self.helo.is_none() || self.envelope.from.is_some() {
             return Ok("503 5.5.1 AUTH goes after EHLO and before MAIL\r\n".into());
         }
-        if self.service.auth_failures.blocked(self.peer.ip()) {
+        if self.service.logins.blocked(self.peer.ip()) {
             return Ok("454 4.7.0 Too many failed logins, try again later\r\n".into());
         }
         let exchange = auth::read_credentials(conn, mechanism, initial);
@@ -649,25 +617,21 @@ impl Session<'_> {
                 },
                 Err(_) => return Ok("421 4.4.2 Idle too long during AUTH\r\n".into()),
             };
-        let user = credentials.user.trim().to_ascii_lowercase();
-        let hash = match self.service.store.password_hash(&user).await {
-            Ok(hash) => hash,
-            Err(err) => {
-                tracing::error!(error = %err, "account lookup failed");
-                return Ok("454 4.7.0 Temporary authentication failure\r\n".into());
+        let login = self.service.logins.login(
+            self.peer.ip(),
+            "smtp",
+            &credentials.user,
+            credentials.password,
+        );
+        Ok(match login.await {
+            Login::Accepted(user) => {
+                self.authenticated = Some(user);
+                "235 2.7.0 Authentication successful\r\n".into()
             }
-        };
-        if auth::check(hash, credentials.password).await {
-            // Failures are not forgotten on success: one account's login must not reset the
-            // count of guesses at others from the same address.
-            self.authenticated = Some(user);
-            Ok("235 2.7.0 Authentication successful\r\n".into())
-        } else {
-            let delay = self.service.auth_failures.failed(self.peer.ip());
-            tracing::info!(peer = %self.peer, %user, "failed SMTP login");
-            tokio::time::sleep(delay).await;
-            Ok("535 5.7.8 Authentication credentials invalid\r\n".into())
-        }
+            Login::Refused => "535 5.7.8 Authentication credentials invalid\r\n".into(),
+            Login::Blocked => "454 4.7.0 Too many failed logins, try again later\r\n".into(),
+            Login::Unavailable => "454 4.7.0 Temporary authentication failure\r\n".into(),
+        })
     }
 }
 

@@ -3,10 +3,11 @@
 //! COMMIT, durable with `synchronous_commit` on).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sqlx::AnyConnection;
 use sqlx::{Connection as _, Row as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{CAPTURE_MAILBOX, Store, StoreError, now};
 
@@ -80,9 +81,13 @@ impl Store {
     }
 }
 
-pub(crate) fn start_writer(connection: AnyConnection, wal: Option<PathBuf>) -> mpsc::Sender<Job> {
+pub(crate) fn start_writer(
+    connection: AnyConnection,
+    wal: Option<PathBuf>,
+    changes: Arc<watch::Sender<u64>>,
+) -> mpsc::Sender<Job> {
     let (sender, receiver) = mpsc::channel(1024);
-    tokio::spawn(writer(connection, wal, receiver));
+    tokio::spawn(writer(connection, wal, receiver, changes));
     sender
 }
 
@@ -90,6 +95,7 @@ async fn writer(
     mut connection: AnyConnection,
     wal: Option<PathBuf>,
     mut jobs: mpsc::Receiver<Job>,
+    changes: Arc<watch::Sender<u64>>,
 ) {
     let mut poisoned = false;
     while let Some(first) = jobs.recv().await {
@@ -119,6 +125,8 @@ async fn writer(
         if let Err(err) = &synced {
             tracing::error!(error = %err, "fsync of the mail store failed; refusing mail from now on");
             poisoned = true;
+        } else {
+            changes.send_modify(|count| *count = count.wrapping_add(1));
         }
         for (job, outcome) in batch.into_iter().zip(outcomes) {
             let answer = match (&synced, outcome) {
@@ -175,7 +183,7 @@ async fn write_batch(connection: &mut AnyConnection, batch: &[Job]) -> Vec<Resul
     outcomes
 }
 
-async fn insert_body(tx: &mut AnyConnection, raw: &[u8]) -> Result<i64, StoreError> {
+pub(super) async fn insert_body(tx: &mut AnyConnection, raw: &[u8]) -> Result<i64, StoreError> {
     Ok(
         sqlx::query("INSERT INTO bodies (raw) VALUES ($1) RETURNING id")
             .bind(raw)
@@ -208,24 +216,19 @@ async fn write_one(tx: &mut AnyConnection, delivery: &Delivery) -> Result<(), St
             }
         };
         let (mailbox_id, uid) = take_uid(tx, account, mailbox).await?;
-        sqlx::query(
-            "INSERT INTO messages (mailbox_id, uid, body_id, internal_date, size, envelope_from,
-                from_addr, to_addrs, subject, date, message_id, has_attachments)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        insert_message(
+            tx,
+            NewMessage {
+                mailbox_id,
+                uid,
+                body_id,
+                flags: "",
+                internal_date: now(),
+                size,
+                envelope_from: &delivery.envelope_from,
+                metadata: meta,
+            },
         )
-        .bind(mailbox_id)
-        .bind(uid)
-        .bind(body_id)
-        .bind(now())
-        .bind(size)
-        .bind(&delivery.envelope_from)
-        .bind(&meta.from)
-        .bind(&meta.to)
-        .bind(&meta.subject)
-        .bind(meta.date)
-        .bind(&meta.message_id)
-        .bind(i64::from(meta.has_attachments))
-        .execute(&mut *tx)
         .await?;
     }
     if !queued.is_empty() {
@@ -253,6 +256,46 @@ async fn write_one(tx: &mut AnyConnection, delivery: &Delivery) -> Result<(), St
             .await?;
         }
     }
+    Ok(())
+}
+
+/// A message row, for delivery and IMAP APPEND alike.
+pub(super) struct NewMessage<'a> {
+    pub mailbox_id: i64,
+    pub uid: i64,
+    pub body_id: i64,
+    pub flags: &'a str,
+    pub internal_date: i64,
+    pub size: i64,
+    pub envelope_from: &'a str,
+    pub metadata: &'a Metadata,
+}
+
+pub(super) async fn insert_message(
+    tx: &mut AnyConnection,
+    message: NewMessage<'_>,
+) -> Result<(), StoreError> {
+    let meta = message.metadata;
+    sqlx::query(
+        "INSERT INTO messages (mailbox_id, uid, body_id, flags, internal_date, size,
+            envelope_from, from_addr, to_addrs, subject, date, message_id, has_attachments)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(message.mailbox_id)
+    .bind(message.uid)
+    .bind(message.body_id)
+    .bind(message.flags)
+    .bind(message.internal_date)
+    .bind(message.size)
+    .bind(message.envelope_from)
+    .bind(&meta.from)
+    .bind(&meta.to)
+    .bind(&meta.subject)
+    .bind(meta.date)
+    .bind(&meta.message_id)
+    .bind(i64::from(meta.has_attachments))
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 
 mod accounts;
 mod deliver;
+mod mailboxes;
 mod queue;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use sqlx::{Connection as _, Executor as _};
 
 pub use accounts::{Account, hash_password, verify_password};
 pub use deliver::{Delivery, Metadata, Target};
+pub use mailboxes::{Entry, Mailbox, Summary, Version, canonical_name};
 pub use queue::QueuedRecipient;
 
 /// What can go wrong with the store.
@@ -99,6 +101,7 @@ const SCHEMA: &[&str] = &[
         UNIQUE (mailbox_id, uid)
     )",
     "CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id)",
+    "CREATE INDEX IF NOT EXISTS messages_body ON messages (body_id)",
     "CREATE TABLE IF NOT EXISTS queue (
         id {id},
         body_id {int} NOT NULL REFERENCES bodies(id),
@@ -115,6 +118,14 @@ const SCHEMA: &[&str] = &[
         last_error TEXT,
         PRIMARY KEY (queue_id, recipient)
     )",
+    "CREATE INDEX IF NOT EXISTS queue_body ON queue (body_id)",
+];
+
+/// Columns added after the first release, for stores made before them.
+const ADDED_COLUMNS: &[&str] = &[
+    "ALTER TABLE queue ADD COLUMN account TEXT",
+    "ALTER TABLE mailboxes ADD COLUMN modseq {int} NOT NULL DEFAULT 0",
+    "ALTER TABLE mailboxes ADD COLUMN recent_uid {int} NOT NULL DEFAULT 1",
 ];
 
 /// The store of one mail-server.
@@ -122,6 +133,9 @@ const SCHEMA: &[&str] = &[
 pub struct Store {
     pool: AnyPool,
     writer: tokio::sync::mpsc::Sender<deliver::Job>,
+    /// Counts changes to any mailbox, for sessions waiting to hear of them (IMAP IDLE, the
+    /// web inbox's live list).
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Where the store lives.
@@ -162,15 +176,20 @@ impl Location {
     }
 }
 
-/// SQLite settings every connection gets: WAL, foreign keys, waiting for the writer's lock.
-/// Durability comes from the writer's own fsync of the WAL after each batch.
-const SQLITE_SETTINGS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+/// SQLite settings every connection gets: WAL, foreign keys, waiting for the writer's lock,
+/// and each commit fsynced (IMAP's flag changes, moves and appends are acknowledged after it).
+const SQLITE_SETTINGS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+/// The writer's connection commits without an fsync: it fsyncs the WAL itself once per batch
+/// (group commit), before acknowledging any message of it.
+const SQLITE_WRITER_SETTINGS: &str = "PRAGMA synchronous = NORMAL;";
 
 async fn connect(location: &Location) -> Result<AnyConnection, StoreError> {
     let mut connection = AnyConnection::connect(&location.url()).await?;
     if let Location::Sqlite(_) = location {
         connection.execute(SQLITE_SETTINGS).await?;
+        connection.execute(SQLITE_WRITER_SETTINGS).await?;
     }
     Ok(connection)
 }
@@ -215,16 +234,37 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        // Stores made before the queue knew who submitted each entry.
-        let _ = sqlx::query("ALTER TABLE queue ADD COLUMN account TEXT")
-            .execute(&pool)
-            .await;
+        for statement in ADDED_COLUMNS {
+            // Fails when the column is there already.
+            let _ = sqlx::query(sqlx::AssertSqlSafe(location.table(statement)))
+                .execute(&pool)
+                .await;
+        }
         let wal = match &location {
             Location::Sqlite(path) => Some(PathBuf::from(format!("{}-wal", path.display()))),
             Location::Postgres(_) => None,
         };
-        let writer = deliver::start_writer(connect(&location).await?, wal);
-        Ok(Self { pool, writer })
+        let changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
+        let writer = deliver::start_writer(
+            connect(&location).await?,
+            wal,
+            std::sync::Arc::clone(&changes),
+        );
+        Ok(Self {
+            pool,
+            writer,
+            changes,
+        })
+    }
+
+    /// A receiver that wakes on every change to a mailbox made through this store.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     pub fn pool(&self) -> &AnyPool {

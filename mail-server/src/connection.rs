@@ -1,0 +1,88 @@
+//! What every mail listener needs around a connection: one stream type for plaintext and TLS,
+//! and a cap on connections from one client address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A client connection, plaintext or inside TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+pub type BoxIo = Box<dyn Io>;
+
+/// Connections open per client address, with a maximum.
+#[derive(Debug)]
+pub struct PerIp {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a connection from `ip`; the slot is released when dropped. `admitted` is false
+    /// when `ip` already has its maximum open.
+    pub fn enter(&self, ip: IpAddr) -> Slot<'_> {
+        let admitted = self
+            .open
+            .lock()
+            .map(|mut open| {
+                let count = open.entry(ip).or_insert(0);
+                *count += 1;
+                *count <= self.max
+            })
+            .unwrap_or(false);
+        Slot {
+            per_ip: self,
+            ip,
+            admitted,
+        }
+    }
+}
+
+/// One connection's place in [`PerIp`].
+#[derive(Debug)]
+pub struct Slot<'a> {
+    per_ip: &'a PerIp,
+    ip: IpAddr,
+    pub admitted: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.per_ip.open.lock()
+            && let Some(count) = open.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_counted_per_address_and_released() {
+        let per_ip = PerIp::new(2);
+        let ip: IpAddr = "192.0.2.7".parse().expect("ip");
+        let other: IpAddr = "192.0.2.8".parse().expect("ip");
+        let first = per_ip.enter(ip);
+        let second = per_ip.enter(ip);
+        assert!(first.admitted && second.admitted);
+        assert!(!per_ip.enter(ip).admitted);
+        assert!(per_ip.enter(other).admitted);
+        drop(second);
+        assert!(per_ip.enter(ip).admitted);
+    }
+}

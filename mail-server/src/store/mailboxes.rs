@@ -1,0 +1,589 @@
+//! Mailboxes and the messages in them, as IMAP, POP3 and the web inbox see them: listing,
+//! creating, renaming and deleting mailboxes; flags, copies, moves, appends and expunges.
+//!
+//! Every change bumps the mailbox's `modseq` (new mail bumps `uidnext`), so a session can
+//! tell cheaply whether it has anything to catch up on, and wakes the sessions waiting in
+//! [`Store::changes`]. Each change is one transaction that starts by writing the mailbox row:
+//! SQLite takes its write lock first (waiting on `busy_timeout`), and PostgreSQL locks the row,
+//! so that concurrent sessions and servers take UIDs one after the other.
+
+use sqlx::{AnyConnection, Row as _};
+
+use super::{Metadata, Store, StoreError, now};
+
+/// A mailbox of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub id: i64,
+    pub name: String,
+    /// `\Sent`, `\Trash`, … (RFC 6154).
+    pub special_use: Option<String>,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub subscribed: bool,
+}
+
+/// A message's place in its mailbox: what a session keeps of each message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub uid: u32,
+    /// Space-separated, as IMAP writes them (`\Seen \Flagged $label`).
+    pub flags: String,
+}
+
+/// What is known of a message without reading its bytes.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub uid: u32,
+    pub internal_date: i64,
+    pub size: u32,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub subject: Option<String>,
+    pub date: Option<i64>,
+    pub has_attachments: bool,
+}
+
+/// How far a mailbox has changed: new mail moves `uidnext`, anything else `modseq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub uidnext: u32,
+    pub modseq: i64,
+}
+
+/// Rows per query when a command names many messages.
+const CHUNK: usize = 500;
+
+fn mailbox_from_row(row: &sqlx::any::AnyRow) -> Mailbox {
+    Mailbox {
+        id: row.get(0),
+        name: row.get(1),
+        special_use: row.get(2),
+        uidvalidity: clamp_u32(row.get(3)),
+        uidnext: clamp_u32(row.get(4)),
+        subscribed: row.get::<i64, _>(5) != 0,
+    }
+}
+
+fn clamp_u32(value: i64) -> u32 {
+    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
+}
+
+/// `$first, $first+1, …` for `count` parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const MAILBOX_COLUMNS: &str = "id, name, special_use, uidvalidity, uidnext, subscribed";
+
+impl Store {
+    /// The id of the account `address`.
+    pub async fn account_id(&self, address: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query("SELECT id FROM accounts WHERE address = $1")
+            .bind(address.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| row.get(0)))
+    }
+
+    /// The account's mailboxes, by name.
+    pub async fn mailboxes(&self, account_id: i64) -> Result<Vec<Mailbox>, StoreError> {
+        let sql =
+            format!("SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = $1 ORDER BY name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(account_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(mailbox_from_row).collect())
+    }
+
+    /// The account's mailbox `name` (`INBOX` in any case).
+    pub async fn mailbox(
+        &self,
+        account_id: i64,
+        name: &str,
+    ) -> Result<Option<Mailbox>, StoreError> {
+        let sql =
+            format!("SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = $1 AND name = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(account_id)
+            .bind(canonical_name(name))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(mailbox_from_row))
+    }
+
+    /// Creates the mailbox `name`; `false` if it exists.
+    pub async fn create_mailbox(&self, account_id: i64, name: &str) -> Result<bool, StoreError> {
+        let created = sqlx::query(
+            "INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(account_id)
+        .bind(canonical_name(name))
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        self.changed();
+        Ok(created.rows_affected() == 1)
+    }
+
+    /// Deletes a mailbox and its messages; `false` if there was none.
+    pub async fn delete_mailbox(&self, account_id: i64, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(
+            "UPDATE mailboxes SET modseq = modseq + 1 WHERE account_id = $1 AND name = $2
+             RETURNING id",
+        )
+        .bind(account_id)
+        .bind(canonical_name(name))
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(false);
+        };
+        let id: i64 = row.get(0);
+        let bodies: Vec<i64> =
+            sqlx::query("SELECT DISTINCT body_id FROM messages WHERE mailbox_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+        sqlx::query("DELETE FROM messages WHERE mailbox_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM mailboxes WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        delete_orphan_bodies(&mut tx, &bodies).await?;
+        tx.commit().await?;
+        self.changed();
+        Ok(true)
+    }
+
+    /// Renames a mailbox and those below it (`from/…`). Renaming INBOX moves its messages to
+    /// a new mailbox and leaves INBOX empty (RFC 3501 §6.3.5).
+    pub async fn rename_mailbox(
+        &self,
+        account_id: i64,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StoreError> {
+        let (from, to) = (canonical_name(from), canonical_name(to));
+        let mut tx = self.pool.begin().await?;
+        let source = sqlx::query(
+            "UPDATE mailboxes SET modseq = modseq + 1 WHERE account_id = $1 AND name = $2
+             RETURNING id, uidnext",
+        )
+        .bind(account_id)
+        .bind(&from)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Invalid(format!("no mailbox {from}")))?;
+        let taken = sqlx::query("SELECT 1 FROM mailboxes WHERE account_id = $1 AND name = $2")
+            .bind(account_id)
+            .bind(&to)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::Invalid(format!("{to} already exists")));
+        }
+        if from == "INBOX" {
+            let (inbox, uidnext): (i64, i64) = (source.get(0), source.get(1));
+            let new_id: i64 = sqlx::query(
+                "INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(account_id)
+            .bind(&to)
+            .bind(now())
+            .bind(uidnext)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+            sqlx::query("UPDATE messages SET mailbox_id = $1 WHERE mailbox_id = $2")
+                .bind(new_id)
+                .bind(inbox)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            let below = sqlx::query(
+                "SELECT id, name FROM mailboxes WHERE account_id = $1 AND (name = $2 OR name LIKE $3)",
+            )
+            .bind(account_id)
+            .bind(&from)
+            .bind(format!("{}/%", like_escape(&from)))
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in below {
+                let (id, name): (i64, String) = (row.get(0), row.get(1));
+                if name != from && !name.starts_with(&format!("{from}/")) {
+                    continue;
+                }
+                let renamed = format!("{to}{}", &name[from.len()..]);
+                sqlx::query("UPDATE mailboxes SET name = $1, uidvalidity = $2 WHERE id = $3")
+                    .bind(renamed)
+                    .bind(now())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Marks a mailbox subscribed or not; `false` if there is no such mailbox.
+    pub async fn subscribe(
+        &self,
+        account_id: i64,
+        name: &str,
+        subscribed: bool,
+    ) -> Result<bool, StoreError> {
+        let updated =
+            sqlx::query("UPDATE mailboxes SET subscribed = $1 WHERE account_id = $2 AND name = $3")
+                .bind(i64::from(subscribed))
+                .bind(account_id)
+                .bind(canonical_name(name))
+                .execute(&self.pool)
+                .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// The mailbox's version, to tell whether a session has anything to catch up on.
+    pub async fn version(&self, mailbox_id: i64) -> Result<Option<Version>, StoreError> {
+        Ok(
+            sqlx::query("SELECT uidnext, modseq FROM mailboxes WHERE id = $1")
+                .bind(mailbox_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| Version {
+                    uidnext: clamp_u32(row.get(0)),
+                    modseq: row.get(1),
+                }),
+        )
+    }
+
+    /// Every message of the mailbox with its flags, by UID.
+    pub async fn entries(&self, mailbox_id: i64) -> Result<Vec<Entry>, StoreError> {
+        let rows =
+            sqlx::query("SELECT uid, flags FROM messages WHERE mailbox_id = $1 ORDER BY uid")
+                .bind(mailbox_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Entry {
+                uid: clamp_u32(row.get(0)),
+                flags: row.get(1),
+            })
+            .collect())
+    }
+
+    /// The messages with these UIDs that are still there, without their bytes.
+    pub async fn summaries(
+        &self,
+        mailbox_id: i64,
+        uids: &[u32],
+    ) -> Result<Vec<Summary>, StoreError> {
+        let mut found = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT uid, internal_date, size, from_addr, to_addrs, subject, date, has_attachments
+                 FROM messages WHERE mailbox_id = $1 AND uid IN ({}) ORDER BY uid",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id);
+            for uid in chunk {
+                query = query.bind(i64::from(*uid));
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                found.push(Summary {
+                    uid: clamp_u32(row.get(0)),
+                    internal_date: row.get(1),
+                    size: clamp_u32(row.get(2)),
+                    from: row.get(3),
+                    to: row.get(4),
+                    subject: row.get(5),
+                    date: row.get(6),
+                    has_attachments: row.get::<i64, _>(7) != 0,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// The bytes of the messages with these UIDs (at most [`CHUNK`] at a time is the caller's
+    /// business: all of them are held at once).
+    pub async fn raw_messages(
+        &self,
+        mailbox_id: i64,
+        uids: &[u32],
+    ) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        let mut found = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT m.uid, b.raw FROM messages m JOIN bodies b ON b.id = m.body_id
+                 WHERE m.mailbox_id = $1 AND m.uid IN ({}) ORDER BY m.uid",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id);
+            for uid in chunk {
+                query = query.bind(i64::from(*uid));
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                found.push((clamp_u32(row.get(0)), row.get(1)));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Sets the flags of messages (`(uid, flags)`); messages gone meanwhile are skipped.
+    pub async fn set_flags(
+        &self,
+        mailbox_id: i64,
+        flags: &[(u32, String)],
+    ) -> Result<(), StoreError> {
+        if flags.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        bump(&mut tx, mailbox_id).await?;
+        for (uid, flags) in flags {
+            sqlx::query("UPDATE messages SET flags = $1 WHERE mailbox_id = $2 AND uid = $3")
+                .bind(flags)
+                .bind(mailbox_id)
+                .bind(i64::from(*uid))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Removes messages for good.
+    pub async fn expunge(&self, mailbox_id: i64, uids: &[u32]) -> Result<(), StoreError> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        bump(&mut tx, mailbox_id).await?;
+        let bodies = remove(&mut tx, mailbox_id, uids).await?;
+        delete_orphan_bodies(&mut tx, &bodies).await?;
+        tx.commit().await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Copies messages into another mailbox (the bytes are shared, not duplicated); with
+    /// `remove`, a move. Returns `(old uid, new uid)` pairs and the target's UIDVALIDITY.
+    pub async fn copy_messages(
+        &self,
+        from: i64,
+        uids: &[u32],
+        to: i64,
+        remove_source: bool,
+    ) -> Result<(Vec<(u32, u32)>, u32), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The target's row first: the write lock before any read (see the module's comment).
+        bump(&mut tx, to).await?;
+        // Existing messages only, in UID order: they get consecutive new UIDs.
+        let mut present = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT uid FROM messages WHERE mailbox_id = $1 AND uid IN ({}) ORDER BY uid",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(from);
+            for uid in chunk {
+                query = query.bind(i64::from(*uid));
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                present.push(clamp_u32(row.get(0)));
+            }
+        }
+        let count = present.len() as i64;
+        let target = sqlx::query(
+            "UPDATE mailboxes SET uidnext = uidnext + $1, modseq = modseq + 1 WHERE id = $2
+             RETURNING uidnext - $1, uidvalidity",
+        )
+        .bind(count)
+        .bind(to)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Invalid("the target mailbox is gone".into()))?;
+        let (first, uidvalidity): (i64, i64) = (target.get(0), target.get(1));
+        let mut pairs = Vec::with_capacity(present.len());
+        for (offset, uid) in present.iter().enumerate() {
+            let new_uid = first + offset as i64;
+            sqlx::query(
+                "INSERT INTO messages (mailbox_id, uid, body_id, flags, internal_date, size,
+                    envelope_from, from_addr, to_addrs, subject, date, message_id, has_attachments)
+                 SELECT $1, $2, body_id, flags, internal_date, size, envelope_from, from_addr,
+                    to_addrs, subject, date, message_id, has_attachments
+                 FROM messages WHERE mailbox_id = $3 AND uid = $4",
+            )
+            .bind(to)
+            .bind(new_uid)
+            .bind(from)
+            .bind(i64::from(*uid))
+            .execute(&mut *tx)
+            .await?;
+            pairs.push((*uid, clamp_u32(new_uid)));
+        }
+        if remove_source && !present.is_empty() {
+            bump(&mut tx, from).await?;
+            // The bodies stay: the copies use them.
+            remove(&mut tx, from, &present).await?;
+        }
+        tx.commit().await?;
+        self.changed();
+        Ok((pairs, clamp_u32(uidvalidity)))
+    }
+
+    /// Adds a message to a mailbox (IMAP APPEND); returns its UID. Durable when this returns:
+    /// the pool's SQLite connections commit with `synchronous = FULL`.
+    pub async fn append(
+        &self,
+        mailbox_id: i64,
+        raw: &[u8],
+        flags: &str,
+        internal_date: i64,
+        metadata: &Metadata,
+    ) -> Result<u32, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let uid: i64 = sqlx::query(
+            "UPDATE mailboxes SET uidnext = uidnext + 1 WHERE id = $1 RETURNING uidnext - 1",
+        )
+        .bind(mailbox_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Invalid("the mailbox is gone".into()))?
+        .get(0);
+        let body_id = super::deliver::insert_body(&mut tx, raw).await?;
+        super::deliver::insert_message(
+            &mut tx,
+            super::deliver::NewMessage {
+                mailbox_id,
+                uid,
+                body_id,
+                flags,
+                internal_date,
+                size: raw.len() as i64,
+                envelope_from: "",
+                metadata,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.changed();
+        Ok(clamp_u32(uid))
+    }
+
+    /// The first UID not yet shown as \Recent to a session, moved past the mailbox's
+    /// messages: the session that calls this sees those from the returned UID on as \Recent,
+    /// later sessions do not (RFC 3501 §2.3.2).
+    pub async fn take_recent(&self, mailbox_id: i64) -> Result<u32, StoreError> {
+        let Some(row) = sqlx::query("SELECT recent_uid, uidnext FROM mailboxes WHERE id = $1")
+            .bind(mailbox_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(u32::MAX);
+        };
+        let (recent, uidnext): (i64, i64) = (row.get(0), row.get(1));
+        if recent >= uidnext {
+            return Ok(clamp_u32(uidnext));
+        }
+        let taken =
+            sqlx::query("UPDATE mailboxes SET recent_uid = $1 WHERE id = $2 AND recent_uid = $3")
+                .bind(uidnext)
+                .bind(mailbox_id)
+                .bind(recent)
+                .execute(&self.pool)
+                .await?;
+        // Another session took them first.
+        Ok(clamp_u32(if taken.rows_affected() == 1 {
+            recent
+        } else {
+            uidnext
+        }))
+    }
+}
+
+/// `INBOX` is case-insensitive; other names are kept as given.
+pub fn canonical_name(name: &str) -> String {
+    if name.eq_ignore_ascii_case("INBOX") {
+        "INBOX".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
+/// A name inside a LIKE pattern: its wildcards become `_`, so the pattern may match more than
+/// the name, and the caller checks the prefix exactly.
+fn like_escape(name: &str) -> String {
+    name.replace(['%', '_'], "_")
+}
+
+async fn bump(tx: &mut AnyConnection, mailbox_id: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE mailboxes SET modseq = modseq + 1 WHERE id = $1")
+        .bind(mailbox_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Deletes messages; returns the bodies they used.
+async fn remove(
+    tx: &mut AnyConnection,
+    mailbox_id: i64,
+    uids: &[u32],
+) -> Result<Vec<i64>, StoreError> {
+    let mut bodies = Vec::new();
+    for chunk in uids.chunks(CHUNK) {
+        let sql = format!(
+            "DELETE FROM messages WHERE mailbox_id = $1 AND uid IN ({}) RETURNING body_id",
+            placeholders(2, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id);
+        for uid in chunk {
+            query = query.bind(i64::from(*uid));
+        }
+        bodies.extend(
+            query
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.get::<i64, _>(0)),
+        );
+    }
+    Ok(bodies)
+}
+
+/// Of these bodies, those no message or queue entry refers to any more are deleted.
+async fn delete_orphan_bodies(tx: &mut AnyConnection, bodies: &[i64]) -> Result<(), StoreError> {
+    for chunk in bodies.chunks(CHUNK) {
+        let sql = format!(
+            "DELETE FROM bodies WHERE id IN ({})
+               AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.body_id = bodies.id)
+               AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.body_id = bodies.id)",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
