@@ -15,6 +15,7 @@ pub mod cli;
 pub mod connection;
 pub mod delivery;
 pub mod http;
+pub mod imap;
 pub mod message;
 pub mod outbound;
 pub mod smtp;
@@ -29,7 +30,6 @@ use common::listeners::AcceptLimits;
 use common::server::{RoleServer, StartError};
 use common::{Config, Environment, Listeners, Role, Shutdown};
 
-const IMAP_UNAVAILABLE: &[u8] = b"* BYE Quartet mail-server: IMAP is not available yet\r\n";
 const POP3_UNAVAILABLE: &[u8] = b"-ERR Quartet mail-server: POP3 is not available yet\r\n";
 
 /// Why the mail role could not run.
@@ -202,7 +202,7 @@ pub async fn run(
         hostname(&config),
         mail.domains.clone(),
         limits,
-        Some(tls),
+        Some(tls.clone()),
         config.environment == Environment::Development,
         delivery::Policy::new(
             config.environment,
@@ -231,9 +231,26 @@ pub async fn run(
             move |stream, peer| Arc::clone(&service).serve(stream, peer, port),
         );
     }
+    let imap = Arc::new(imap::ImapService::new(
+        store.clone(),
+        Arc::clone(&logins),
+        Some(tls.clone()),
+        config.environment == Environment::Development,
+        mail.max_message_bytes,
+        Duration::from_secs(mail.command_timeout_secs.max(1)),
+        mail.max_connections_per_ip,
+    ));
+    for (name, implicit_tls) in [("imap", false), ("imaps", true)] {
+        let imap = Arc::clone(&imap);
+        server.serve_connections(
+            listeners.take(name)?,
+            AcceptLimits {
+                max_connections: mail.max_connections,
+            },
+            move |stream, peer| Arc::clone(&imap).serve(stream, peer, implicit_tls),
+        );
+    }
     for (name, implicit_tls, reply) in [
-        ("imap", false, IMAP_UNAVAILABLE),
-        ("imaps", true, IMAP_UNAVAILABLE),
         ("pop3", false, POP3_UNAVAILABLE),
         ("pop3s", true, POP3_UNAVAILABLE),
     ] {

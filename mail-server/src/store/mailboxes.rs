@@ -21,6 +21,8 @@ pub struct Mailbox {
     pub uidvalidity: u32,
     pub uidnext: u32,
     pub subscribed: bool,
+    /// Messages from this UID on have not been seen by any session yet (\Recent).
+    pub recent_uid: u32,
 }
 
 /// A message's place in its mailbox: what a session keeps of each message.
@@ -62,6 +64,7 @@ fn mailbox_from_row(row: &sqlx::any::AnyRow) -> Mailbox {
         uidvalidity: clamp_u32(row.get(3)),
         uidnext: clamp_u32(row.get(4)),
         subscribed: row.get::<i64, _>(5) != 0,
+        recent_uid: clamp_u32(row.get(6)),
     }
 }
 
@@ -77,7 +80,7 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
-const MAILBOX_COLUMNS: &str = "id, name, special_use, uidvalidity, uidnext, subscribed";
+const MAILBOX_COLUMNS: &str = "id, name, special_use, uidvalidity, uidnext, subscribed, recent_uid";
 
 impl Store {
     /// The id of the account `address`.
