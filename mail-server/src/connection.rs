@@ -1,16 +1,45 @@
 //! What every mail listener needs around a connection: one stream type for plaintext and TLS,
-//! and a cap on connections from one client address.
+//! a line reader that never holds more than it was allowed, and a cap on connections from one
+//! client address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncWrite};
 
 /// A client connection, plaintext or inside TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 pub type BoxIo = Box<dyn Io>;
+
+/// Reads up to and including the next LF, or `cap` bytes, whichever comes first; nothing at
+/// the end of the stream.
+pub async fn read_capped<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    out: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<()> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(());
+        }
+        let room = cap.saturating_sub(out.len());
+        let window = &available[..available.len().min(room)];
+        if let Some(at) = window.iter().position(|&b| b == b'\n') {
+            out.extend_from_slice(&window[..=at]);
+            reader.consume(at + 1);
+            return Ok(());
+        }
+        let taken = window.len();
+        out.extend_from_slice(window);
+        reader.consume(taken);
+        if out.len() >= cap {
+            return Ok(());
+        }
+    }
+}
 
 /// Connections open per client address, with a maximum.
 #[derive(Debug)]

@@ -1,14 +1,18 @@
-//! mail-server: SMTP receive and submission into durable mailboxes (issue #5); IMAP, POP3 and
-//! a web inbox come with issue #6.
+//! mail-server: SMTP receive and submission into durable mailboxes, and IMAP, POP3 and an
+//! HTTP API over the same store.
 //!
 //! - [`smtp`]: the three SMTP ports (receive, submission with STARTTLS, submissions with TLS).
-//! - [`store`]: accounts, aliases, mailboxes, messages and the outbound queue in SQLite, with
-//!   group commit (a 250 means the message is on disk).
+//! - [`imap`]: IMAP4rev1 on 143 (STARTTLS) and 993 (TLS), with IDLE.
+//! - [`pop3`]: POP3 on 110 (STLS) and 995 (TLS).
+//! - [`http`]: the HTTP API (the outbound queue; the web inbox grows here).
+//! - [`store`]: accounts, aliases, mailboxes, messages and the outbound queue in SQLite or
+//!   PostgreSQL, with group commit (a 250 means the message is on disk).
+//! - [`auth`]: logins for every protocol, with one brake on guessing.
+//! - [`connection`]: what every listener needs around a connection.
+//! - [`outbound`]: the queue runner (smarthost or MX, retries, bounces, DKIM).
 //! - [`delivery`]: where mail for other domains goes in each environment.
 //! - [`message`]: trace headers and the metadata indexed for search.
-//! - [`cli`]: `mail-server accounts …` and `mail-server aliases …`.
-//!
-//! IMAP and POP3 listeners answer with their protocol's "not available yet" until issue #6.
+//! - [`cli`]: `mail-server accounts …`, `aliases …` and `queue …`.
 
 pub mod auth;
 pub mod cli;
@@ -18,6 +22,7 @@ pub mod http;
 pub mod imap;
 pub mod message;
 pub mod outbound;
+pub mod pop3;
 pub mod smtp;
 pub mod store;
 
@@ -29,8 +34,6 @@ use common::config::DEV_MAIL_ACCOUNT;
 use common::listeners::AcceptLimits;
 use common::server::{RoleServer, StartError};
 use common::{Config, Environment, Listeners, Role, Shutdown};
-
-const POP3_UNAVAILABLE: &[u8] = b"-ERR Quartet mail-server: POP3 is not available yet\r\n";
 
 /// Why the mail role could not run.
 #[derive(Debug, thiserror::Error)]
@@ -250,11 +253,23 @@ pub async fn run(
             move |stream, peer| Arc::clone(&imap).serve(stream, peer, implicit_tls),
         );
     }
-    for (name, implicit_tls, reply) in [
-        ("pop3", false, POP3_UNAVAILABLE),
-        ("pop3s", true, POP3_UNAVAILABLE),
-    ] {
-        server.refuse_connections(listeners.take(name)?, implicit_tls, reply)?;
+    let pop3 = Arc::new(pop3::Pop3Service::new(
+        store.clone(),
+        Arc::clone(&logins),
+        Some(tls.clone()),
+        config.environment == Environment::Development,
+        Duration::from_secs(mail.command_timeout_secs.max(1)),
+        mail.max_connections_per_ip,
+    ));
+    for (name, implicit_tls) in [("pop3", false), ("pop3s", true)] {
+        let pop3 = Arc::clone(&pop3);
+        server.serve_connections(
+            listeners.take(name)?,
+            AcceptLimits {
+                max_connections: mail.max_connections,
+            },
+            move |stream, peer| Arc::clone(&pop3).serve(stream, peer, implicit_tls),
+        );
     }
     server.run_until_shutdown().await;
     store.close().await;

@@ -386,3 +386,136 @@ async fn idle_pushes_new_mail_and_sessions_see_each_other() {
     .unwrap();
     role.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staging_wants_tls_and_brakes_on_wrong_passwords() {
+    let hash = mail_server::store::hash_password("alice-pw").unwrap();
+    let test = TestConfig::new(Environment::Staging);
+    std::fs::write(
+        test.config_dir().join("default.toml"),
+        format!(
+            "[mail]\ndomains = [\"example.test\"]\n\
+             [[mail.accounts]]\naddress = \"alice@example.test\"\npassword_hash = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let (test, ca) = test.set("db.admin_password", "unused").with_generated_tls();
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    let imap = role.addr("imap");
+    let imaps = role.addr("imaps");
+    tokio::task::spawn_blocking(move || {
+        // LOGINDISABLED and no AUTH=PLAIN before TLS; LOGIN refused.
+        let mut raw = Raw::connect(imap);
+        let capability = raw.command("a", "CAPABILITY");
+        assert!(
+            capability[0].contains("LOGINDISABLED") && capability[0].contains("STARTTLS"),
+            "{capability:?}"
+        );
+        assert!(!capability[0].contains("AUTH=PLAIN"), "{capability:?}");
+        let login = raw.command("b", "LOGIN alice@example.test alice-pw");
+        assert!(login.last().unwrap().starts_with("b NO"), "{login:?}");
+        let login = raw.command(
+            "c",
+            "AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABhbGljZS1wdw==",
+        );
+        assert!(login.last().unwrap().starts_with("c NO"), "{login:?}");
+    })
+    .await
+    .unwrap();
+
+    // Inside TLS (curl's imaps://, and imap:// with STARTTLS required), logins work; wrong
+    // passwords are refused, slower each time.
+    let ca_arg = ca.display().to_string();
+    let list = |url: String, password: &str| {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "--cacert", &ca_arg, "--ssl-reqd", "-u"])
+            .arg(format!("alice@example.test:{password}"))
+            .arg(url)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, out) = list(format!("imaps://localhost:{}/", imaps.port()), "alice-pw");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("INBOX") && out.contains("\\Sent"), "{out}");
+    let (code, out) = list(format!("imap://localhost:{}/", imap.port()), "alice-pw");
+    assert_eq!(code, Some(0), "{out}");
+    let started = Instant::now();
+    for _ in 0..3 {
+        let (code, _) = list(format!("imaps://localhost:{}/", imaps.port()), "wrong");
+        assert_eq!(code, Some(67), "login denied");
+    }
+    // 0.5 s + 1 s + 2 s of brakes.
+    assert!(
+        started.elapsed() >= Duration::from_millis(3000),
+        "{:?}",
+        started.elapsed()
+    );
+    role.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutt_in_batch_mode_sends_and_files_its_copy_over_imap() {
+    let test = test_config(Environment::Development);
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    let imaps = role.addr("imaps");
+    let submissions = role.addr("submissions");
+    let ca = test.data_dir().join("tls/ca.pem");
+    let home = tempfile::tempdir().unwrap();
+    let muttrc = home.path().join("muttrc");
+    std::fs::write(
+        &muttrc,
+        format!(
+            "set ssl_ca_certificates_file = \"{ca}\"\n\
+             set folder = \"imaps://alice%40example.test@localhost:{imaps}/\"\n\
+             set imap_pass = \"alice-pw\"\n\
+             set smtp_url = \"smtps://alice%40example.test@localhost:{submissions}/\"\n\
+             set smtp_pass = \"alice-pw\"\n\
+             set from = \"alice@example.test\"\n\
+             set record = \"=Sent\"\n\
+             set copy = yes\n",
+            ca = ca.display(),
+            imaps = imaps.port(),
+            submissions = submissions.port(),
+        ),
+    )
+    .unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("mutt")
+            .args(["-n", "-F"])
+            .arg(&muttrc)
+            .args(["-s", "Sent from mutt", "bob@example.test"])
+            .env("HOME", home.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"Hello Bob, from mutt.\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let received = support::inbox(&test, "bob@example.test", "INBOX").await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(
+        received[0].contains("Subject: Sent from mutt"),
+        "{}",
+        received[0]
+    );
+    assert!(received[0].contains("Hello Bob, from mutt."));
+    // mutt's copy, filed with APPEND over IMAP.
+    let sent = support::inbox(&test, "alice@example.test", "Sent").await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains("Subject: Sent from mutt"), "{}", sent[0]);
+    role.stop().await.unwrap();
+}

@@ -3,14 +3,14 @@
 use base64::Engine as _;
 use tokio::io::AsyncWriteExt as _;
 
-use super::{Conn, MAX_LINE, data};
+use super::{Conn, MAX_LINE};
 use crate::auth::{B64, Credentials, decode_plain};
 
 async fn read_response(conn: &mut Conn, prompt: &str) -> std::io::Result<Option<String>> {
     conn.reply(prompt).await?;
     conn.writer.flush().await?;
     let mut line = Vec::new();
-    data::read_capped(&mut conn.reader, &mut line, MAX_LINE).await?;
+    crate::connection::read_capped(&mut conn.reader, &mut line, MAX_LINE).await?;
     if line.is_empty() {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }

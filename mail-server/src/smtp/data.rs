@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::AsyncBufRead;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Memory for messages being received, shared by every session, in [`UNIT`] pieces: a
@@ -62,34 +62,6 @@ impl PartialEq for Data {
 /// Longest piece of a line held at once (longer lines are taken in pieces).
 const PIECE: usize = 64 * 1024;
 
-/// Reads up to and including the next LF, or `cap` bytes, whichever comes first; nothing at
-/// the end of the stream.
-pub async fn read_capped<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    out: &mut Vec<u8>,
-    cap: usize,
-) -> std::io::Result<()> {
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(());
-        }
-        let room = cap.saturating_sub(out.len());
-        let window = &available[..available.len().min(room)];
-        if let Some(at) = window.iter().position(|&b| b == b'\n') {
-            out.extend_from_slice(&window[..=at]);
-            reader.consume(at + 1);
-            return Ok(());
-        }
-        let taken = window.len();
-        out.extend_from_slice(window);
-        reader.consume(taken);
-        if out.len() >= cap {
-            return Ok(());
-        }
-    }
-}
-
 /// Reads the DATA section up to its terminating `.` line.
 pub async fn read_data<R: AsyncBufRead + Unpin>(
     reader: &mut R,
@@ -111,9 +83,12 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
     let mut too_large = false;
     loop {
         line.clear();
-        tokio::time::timeout(idle, read_capped(reader, &mut line, PIECE))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        tokio::time::timeout(
+            idle,
+            crate::connection::read_capped(reader, &mut line, PIECE),
+        )
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if line.is_empty() {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }

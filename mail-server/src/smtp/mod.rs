@@ -274,7 +274,7 @@ impl Session<'_> {
             line.clear();
             let read = tokio::time::timeout(
                 self.service.limits.command_timeout,
-                data::read_capped(&mut conn.reader, &mut line, MAX_LINE),
+                crate::connection::read_capped(&mut conn.reader, &mut line, MAX_LINE),
             )
             .await;
             match read {
@@ -291,7 +291,8 @@ impl Session<'_> {
                 // Over-long: skip to the end of the line, then refuse it.
                 loop {
                     line.clear();
-                    let skip = data::read_capped(&mut conn.reader, &mut line, MAX_LINE);
+                    let skip =
+                        crate::connection::read_capped(&mut conn.reader, &mut line, MAX_LINE);
                     match tokio::time::timeout(self.service.limits.command_timeout, skip).await {
                         Ok(read) => read?,
                         Err(_) => return Ok(Flow::Close),
