@@ -492,7 +492,9 @@ impl Session<'_> {
                     match words.next().and_then(|n| n.parse::<usize>().ok()) {
                         Some(lines) => Some(lines),
                         None => {
-                            return Ok(Some("-ERR TOP needs a message and a line count\r\n".into()));
+                            return Ok(Some(
+                                "-ERR TOP needs a message and a line count\r\n".into(),
+                            ));
                         }
                     }
                 } else {
