@@ -162,6 +162,8 @@ pub async fn run(
         open: config.environment == Environment::Development,
         outbound: Arc::clone(&wake),
         logins: Arc::clone(&logins),
+        sessions: Arc::new(http::Sessions::default()),
+        secure_cookies: http_tls,
     };
     let router = server
         .health_routes()

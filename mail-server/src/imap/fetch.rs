@@ -84,7 +84,16 @@ pub fn items(
     with_uid: bool,
 ) -> Option<Vec1<MessageDataItem<'static>>> {
     let raw = message.raw.unwrap_or_default();
-    let parsed = if needs_bytes(names) {
+    // Only these need the MIME structure; sections are cut from the bytes as needed.
+    let structured = names.iter().any(|name| {
+        matches!(
+            name,
+            MessageDataItemName::Envelope
+                | MessageDataItemName::Body
+                | MessageDataItemName::BodyStructure
+        )
+    });
+    let parsed = if structured {
         structure::parse(raw)
     } else {
         None

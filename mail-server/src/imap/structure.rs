@@ -366,18 +366,19 @@ fn find(raw: &[u8], path: &[NonZeroU32], want: Want<'_>, depth: usize) -> Option
     if depth > MAX_DEPTH {
         return None;
     }
-    let message = parse(raw)?;
-    let root = message.parts.first()?;
     let Some((&first, rest)) = path.split_first() else {
-        // No numbers: HEADER, TEXT or HEADER.FIELDS of this message itself.
-        let header = part_header_bytes(&message, root);
+        // No numbers: HEADER, TEXT or HEADER.FIELDS of this message itself, which need no
+        // MIME parsing (what clients fetch for every message of a mailbox).
+        let (header, text) = raw.split_at(header_end(raw));
         return match want {
             Want::Header => Some(header.to_vec()),
-            Want::Text => Some(part_bytes(&message, root).to_vec()),
+            Want::Text => Some(text.to_vec()),
             Want::Fields(names, include) => Some(header_fields(header, names, include)),
             Want::Content | Want::Mime => None,
         };
     };
+    let message = parse(raw)?;
+    let root = message.parts.first()?;
     // The numbered part: a child of the root multipart, or for a single-part message, part 1
     // is its body.
     let mut part: &MessagePart<'_> = match &root.body {
@@ -406,6 +407,18 @@ fn find(raw: &[u8], path: &[NonZeroU32], want: Want<'_>, depth: usize) -> Option
         }
         _ => None,
     }
+}
+
+/// Where the header ends: after the blank line (CRLF or bare LF), or the end of the message.
+pub fn header_end(raw: &[u8]) -> usize {
+    let mut at = 0;
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        at += line.len();
+        if line == b"\r\n" || line == b"\n" {
+            return at;
+        }
+    }
+    raw.len()
 }
 
 /// The header fields named (`include`) or all but those, followed by the blank line.

@@ -10,6 +10,7 @@
 //! busy server pays one fsync per batch, not per message.
 
 mod accounts;
+mod browse;
 mod deliver;
 mod mailboxes;
 mod queue;
@@ -21,6 +22,7 @@ use sqlx::{AnyConnection, AnyPool};
 use sqlx::{Connection as _, Executor as _};
 
 pub use accounts::{Account, hash_password, verify_password};
+pub use browse::{Filter, Listed};
 pub use deliver::{Delivery, Metadata, Target};
 pub use mailboxes::{Entry, Mailbox, Summary, Version, canonical_name};
 pub use queue::QueuedRecipient;
@@ -136,6 +138,8 @@ pub struct Store {
     /// Counts changes to any mailbox, for sessions waiting to hear of them (IMAP IDLE, the
     /// web inbox's live list).
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// PostgreSQL rather than SQLite (for the few SQL texts that differ).
+    postgres: bool,
 }
 
 /// Where the store lives.
@@ -254,6 +258,7 @@ impl Store {
             pool,
             writer,
             changes,
+            postgres: !sqlite,
         })
     }
 
