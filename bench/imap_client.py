@@ -37,6 +37,8 @@ class Client:
             line = self.file.readline()
             if not line:
                 raise RuntimeError("connection closed")
+            if line.startswith(b"* "):
+                untagged += 1
             # A line may end in a literal: skip its bytes and read on.
             while True:
                 match = LITERAL.search(line)
@@ -48,8 +50,6 @@ class Client:
                 if not line.startswith(tag + b" OK"):
                     raise RuntimeError(line.decode(errors="replace"))
                 return line, untagged
-            if line.startswith(b"* "):
-                untagged += 1
 
     def login(self, user, password):
         self.command('LOGIN "%s" "%s"' % (user, password))

@@ -236,6 +236,7 @@ mod tests {
             subject: None,
             date: Some(internal_date),
             has_attachments: false,
+            raw: None,
         }
     }
 

@@ -25,6 +25,24 @@ pub fn contains(set: &SequenceSet, number: u32, last: u32) -> bool {
     })
 }
 
+/// The set as inclusive `(low, high)` ranges, `*` being `last`.
+pub fn ranges(set: &SequenceSet, last: u32) -> Vec<(u32, u32)> {
+    set.0
+        .as_ref()
+        .iter()
+        .map(|sequence| match sequence {
+            Sequence::Single(bound) => {
+                let v = value(bound, last);
+                (v, v)
+            }
+            Sequence::Range(a, b) => {
+                let (a, b) = (value(a, last), value(b, last));
+                (a.min(b), a.max(b))
+            }
+        })
+        .collect()
+}
+
 /// UIDs as UIDPLUS writes them, runs folded into ranges (`4:7,9`).
 pub fn uid_set(uids: &[u32]) -> Option<UidSet> {
     let mut elements = Vec::new();
@@ -67,6 +85,8 @@ mod tests {
         let reversed: SequenceSet = "5:*".parse().expect("set");
         assert!(contains(&reversed, 3, 3));
         assert!(!contains(&reversed, 2, 3));
+        assert_eq!(ranges(&set, 14), vec![(2, 4), (9, 9), (12, 14)]);
+        assert_eq!(ranges(&reversed, 3), vec![(3, 5)]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
 
 use imap_next::imap_types::command::{Command, CommandBody};
 use imap_next::imap_types::core::{IString, NString, QuotedChar, Tag, Vec1};
@@ -85,6 +86,8 @@ struct Selected {
     /// Messages from this UID on are \Recent in this session.
     recent_from: u32,
     version: Version,
+    /// Expunges seen in the store but not told yet (not allowed during FETCH, STORE, SEARCH).
+    behind: bool,
 }
 
 impl Selected {
@@ -92,21 +95,38 @@ impl Selected {
         self.view.last().map_or(0, |entry| entry.uid)
     }
 
-    /// `(sequence number, index)` of the messages `set` names.
+    /// `(sequence number, index)` of the messages `set` names, in order. Each range is
+    /// found by binary search in the view (sorted by UID), so `FETCH 7` costs the same in a
+    /// mailbox of ten messages or of a million.
     fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<(u32, usize)> {
-        let last = if uid {
-            self.last_uid()
-        } else {
-            self.view.len() as u32
-        };
-        self.view
-            .iter()
-            .enumerate()
-            .filter(|(index, entry)| {
-                let number = if uid { entry.uid } else { *index as u32 + 1 };
-                sequence::contains(set, number, last)
-            })
-            .map(|(index, _)| (index as u32 + 1, index))
+        let mut indices: Vec<usize> = Vec::new();
+        for (low, high) in sequence::ranges(
+            set,
+            if uid {
+                self.last_uid()
+            } else {
+                self.view.len() as u32
+            },
+        ) {
+            let (start, end) = if uid {
+                (
+                    self.view.partition_point(|e| e.uid < low),
+                    self.view.partition_point(|e| e.uid <= high),
+                )
+            } else {
+                let len = self.view.len();
+                (
+                    (low as usize).saturating_sub(1).min(len),
+                    (high as usize).min(len),
+                )
+            };
+            indices.extend(start..end);
+        }
+        indices.sort_unstable();
+        indices.dedup();
+        indices
+            .into_iter()
+            .map(|index| (index as u32 + 1, index))
             .collect()
     }
 
@@ -125,7 +145,15 @@ pub(crate) struct Session<'s> {
     account: Option<(i64, String)>,
     selected: Option<Selected>,
     errors: usize,
+    /// Tells of changes made through this server's store.
+    changes: tokio::sync::watch::Receiver<u64>,
+    /// When the store was last asked for the selected mailbox's version.
+    last_check: Instant,
 }
+
+/// Without a notification, the store is asked at most this often whether the selected mailbox
+/// changed (for changes made by another mail-server sharing a PostgreSQL store).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
@@ -201,6 +229,8 @@ impl<'s> Session<'s> {
             account: None,
             selected: None,
             errors: 0,
+            changes: service.store.changes(),
+            last_check: Instant::now(),
         }
     }
 
@@ -621,6 +651,7 @@ impl<'s> Session<'s> {
             view,
             recent_from,
             version,
+            behind: false,
         };
         wire.data(Data::Flags(SYSTEM_FLAGS.to_vec()));
         let permanent = if read_only {
@@ -684,6 +715,12 @@ impl<'s> Session<'s> {
         let Some(selected) = self.selected.as_mut() else {
             return;
         };
+        let notified = self.changes.has_changed().unwrap_or(true);
+        if !notified && !selected.behind && self.last_check.elapsed() < CHECK_EVERY {
+            return;
+        }
+        self.changes.mark_unchanged();
+        self.last_check = Instant::now();
         let store = &self.service.store;
         let Ok(Some(version)) = store.version(selected.mailbox.id).await else {
             return;
@@ -738,6 +775,7 @@ impl<'s> Session<'s> {
                 .count();
             wire.data(Data::Recent(recent as u32));
         }
+        selected.behind = !all_applied;
         if all_applied {
             selected.version = version;
         }
@@ -978,19 +1016,14 @@ impl<'s> Session<'s> {
         let mut found = Vec::new();
         for (batch_index, batch) in selected.view.chunks(BATCH).enumerate() {
             let uids: Vec<u32> = batch.iter().map(|e| e.uid).collect();
-            let summaries = match store.summaries(selected.mailbox.id, &uids).await {
+            let summaries = match store
+                .summaries(selected.mailbox.id, &uids, with_bytes)
+                .await
+            {
                 Ok(summaries) => summaries,
                 Err(err) => return err.into(),
             };
             let summaries: HashMap<u32, _> = summaries.into_iter().map(|s| (s.uid, s)).collect();
-            let raws: HashMap<u32, Vec<u8>> = if with_bytes {
-                match store.raw_messages(selected.mailbox.id, &uids).await {
-                    Ok(raws) => raws.into_iter().collect(),
-                    Err(err) => return err.into(),
-                }
-            } else {
-                HashMap::new()
-            };
             for (offset, entry) in batch.iter().enumerate() {
                 let Some(summary) = summaries.get(&entry.uid) else {
                     continue;
@@ -1001,7 +1034,7 @@ impl<'s> Session<'s> {
                     flags: &entry.flags,
                     recent: selected.recent(entry.uid),
                     summary,
-                    raw: raws.get(&entry.uid).map(Vec::as_slice),
+                    raw: summary.raw.as_deref(),
                 };
                 if search::matches(&key, &candidate, bounds) {
                     found.push(nz(if uid { entry.uid } else { candidate.seq }));
@@ -1034,19 +1067,14 @@ impl<'s> Session<'s> {
         let targets = selected.resolve(set, uid);
         for batch in targets.chunks(BATCH) {
             let uids: Vec<u32> = batch.iter().map(|(_, i)| selected.view[*i].uid).collect();
-            let summaries = match store.summaries(selected.mailbox.id, &uids).await {
+            let summaries = match store
+                .summaries(selected.mailbox.id, &uids, with_bytes)
+                .await
+            {
                 Ok(summaries) => summaries,
                 Err(err) => return Ok(err.into()),
             };
             let summaries: HashMap<u32, _> = summaries.into_iter().map(|s| (s.uid, s)).collect();
-            let raws: HashMap<u32, Vec<u8>> = if with_bytes {
-                match store.raw_messages(selected.mailbox.id, &uids).await {
-                    Ok(raws) => raws.into_iter().collect(),
-                    Err(err) => return Ok(err.into()),
-                }
-            } else {
-                HashMap::new()
-            };
             let mut seen = Vec::new();
             for &(seq, index) in batch {
                 let entry = &mut selected.view[index];
@@ -1067,7 +1095,7 @@ impl<'s> Session<'s> {
                     flags: &entry.flags,
                     recent: entry.uid >= selected.recent_from,
                     summary,
-                    raw: raws.get(&entry.uid).map(Vec::as_slice),
+                    raw: summary.raw.as_deref(),
                 };
                 if let Some(items) = fetch::items(&names, &message, uid) {
                     wire.data(Data::Fetch {

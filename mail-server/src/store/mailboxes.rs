@@ -44,6 +44,8 @@ pub struct Summary {
     pub subject: Option<String>,
     pub date: Option<i64>,
     pub has_attachments: bool,
+    /// The message's bytes, when asked for.
+    pub raw: Option<Vec<u8>>,
 }
 
 /// How far a mailbox has changed: new mail moves `uidnext`, anything else `modseq`.
@@ -291,17 +293,25 @@ impl Store {
             .collect())
     }
 
-    /// The messages with these UIDs that are still there, without their bytes.
+    /// The messages with these UIDs that are still there, with their bytes if `with_bytes`
+    /// (one query for both: FETCH and SEARCH ask for many messages, one at a time).
     pub async fn summaries(
         &self,
         mailbox_id: i64,
         uids: &[u32],
+        with_bytes: bool,
     ) -> Result<Vec<Summary>, StoreError> {
         let mut found = Vec::with_capacity(uids.len());
+        let (raw, join) = if with_bytes {
+            (", b.raw", "JOIN bodies b ON b.id = m.body_id")
+        } else {
+            ("", "")
+        };
         for chunk in uids.chunks(CHUNK) {
             let sql = format!(
-                "SELECT uid, internal_date, size, from_addr, to_addrs, subject, date, has_attachments
-                 FROM messages WHERE mailbox_id = $1 AND uid IN ({}) ORDER BY uid",
+                "SELECT m.uid, m.internal_date, m.size, m.from_addr, m.to_addrs, m.subject, m.date,
+                    m.has_attachments{raw}
+                 FROM messages m {join} WHERE m.mailbox_id = $1 AND m.uid IN ({}) ORDER BY m.uid",
                 placeholders(2, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id);
@@ -318,6 +328,7 @@ impl Store {
                     subject: row.get(5),
                     date: row.get(6),
                     has_attachments: row.get::<i64, _>(7) != 0,
+                    raw: with_bytes.then(|| row.get(8)),
                 });
             }
         }
