@@ -224,6 +224,7 @@ async fn the_json_api_in_development() {
             assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended");
         }
         let _ = events.kill();
+        let _ = events.wait();
     })
     .await
     .unwrap();
