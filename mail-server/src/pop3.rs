@@ -79,10 +79,14 @@ impl Conn {
             return Ok(None);
         }
         if line.last() != Some(&b'\n') {
-            // Over-long: skip to its end.
+            // Over-long: skip to its end, within the same time limit.
             loop {
                 line.clear();
-                read_capped(&mut self.reader, &mut line, MAX_LINE).await?;
+                let skip = read_capped(&mut self.reader, &mut line, MAX_LINE);
+                match tokio::time::timeout(timeout, skip).await {
+                    Err(_) => return Ok(Some(Line::TimedOut)),
+                    Ok(read) => read?,
+                }
                 if line.is_empty() || line.last() == Some(&b'\n') {
                     break;
                 }
@@ -271,10 +275,12 @@ impl Session<'_> {
     }
 
     async fn command(&mut self, conn: &mut Conn, line: &str) -> std::io::Result<Flow> {
-        let (verb, argument) = match line.split_once(' ') {
-            Some((verb, argument)) => (verb.to_ascii_uppercase(), argument.trim()),
+        let (verb, raw_argument) = match line.split_once(' ') {
+            Some((verb, argument)) => (verb.to_ascii_uppercase(), argument),
             None => (line.trim().to_ascii_uppercase(), ""),
         };
+        // A password is taken as sent: spaces are part of it.
+        let argument = raw_argument.trim();
         if verb == "QUIT" {
             let reply = self.quit().await;
             conn.send(&reply).await?;
@@ -308,7 +314,7 @@ impl Session<'_> {
                 }
                 "PASS" => match self.user.take() {
                     None => "-ERR USER first\r\n".to_owned(),
-                    Some(user) => self.login(&user, argument.to_owned()).await,
+                    Some(user) => self.login(&user, raw_argument.to_owned()).await,
                 },
                 "AUTH" => self.authenticate(conn, argument).await?,
                 _ => "-ERR Log in first (USER/PASS or AUTH PLAIN)\r\n".to_owned(),
@@ -570,23 +576,10 @@ impl Session<'_> {
             .map(|m| m.uid)
             .collect();
         let outcome = async {
-            if !retrieved.is_empty() {
-                let entries = store.entries(maildrop.mailbox_id).await?;
-                let seen: Vec<(u32, String)> = entries
-                    .into_iter()
-                    .filter(|e| retrieved.contains(&e.uid))
-                    .filter(|e| !e.flags.split(' ').any(|f| f.eq_ignore_ascii_case("\\Seen")))
-                    .map(|e| {
-                        let flags = if e.flags.is_empty() {
-                            "\\Seen".to_owned()
-                        } else {
-                            format!("{} \\Seen", e.flags)
-                        };
-                        (e.uid, flags)
-                    })
-                    .collect();
-                store.set_flags(maildrop.mailbox_id, &seen).await?;
-            }
+            let seen = crate::store::FlagChange::Add(vec!["\\Seen".to_owned()]);
+            store
+                .change_flags(maildrop.mailbox_id, &retrieved, &seen)
+                .await?;
             store.expunge(maildrop.mailbox_id, &deleted).await
         }
         .await;

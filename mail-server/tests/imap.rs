@@ -12,7 +12,7 @@ use common::testing::{RunningRole, TestConfig};
 use common::{Environment, Role};
 
 mod support;
-use support::{python, send};
+use support::{IMAPLIB_SESSION, deliver, python, send};
 
 const ACCOUNTS: &str = r#"
 [mail]
@@ -32,184 +32,6 @@ fn test_config(environment: Environment) -> TestConfig {
     std::fs::write(test.config_dir().join("default.toml"), ACCOUNTS).unwrap();
     test
 }
-
-const MULTIPART: &str = "From: Carol <carol@remote.test>\r\n\
-To: alice@example.test\r\n\
-Subject: Quarterly report\r\n\
-Date: Tue, 24 Nov 2026 10:00:00 +0000\r\n\
-Message-ID: <report@remote.test>\r\n\
-MIME-Version: 1.0\r\n\
-Content-Type: multipart/mixed; boundary=\"XX\"\r\n\
-\r\n\
---XX\r\n\
-Content-Type: text/plain; charset=utf-8\r\n\
-\r\n\
-The numbers are in.\r\n\
---XX\r\n\
-Content-Type: application/pdf; name=\"q3.pdf\"\r\n\
-Content-Disposition: attachment; filename=\"q3.pdf\"\r\n\
-Content-Transfer-Encoding: base64\r\n\
-\r\n\
-JVBERi0xLjQK\r\n\
---XX--\r\n";
-
-/// Delivers `count` plain messages and the multipart one to alice over SMTP.
-fn deliver(smtp: SocketAddr, ca: &std::path::Path, count: usize) {
-    for n in 0..count {
-        let body = format!(
-            "From: Dan <dan@remote.test>\r\nTo: alice@example.test\r\nSubject: Note {n}\r\n\
-             Message-ID: <note{n}@remote.test>\r\n\r\nPlain note number {n}.\r\n"
-        );
-        let out = send(
-            smtp,
-            "plain",
-            None,
-            "dan@remote.test",
-            &["alice@example.test"],
-            ca,
-            Some(&body),
-        );
-        assert!(out.starts_with("sent"), "{out}");
-    }
-    let out = send(
-        smtp,
-        "plain",
-        None,
-        "carol@remote.test",
-        &["alice@example.test"],
-        ca,
-        Some(MULTIPART),
-    );
-    assert!(out.starts_with("sent"), "{out}");
-}
-
-/// Every command a mail client uses, through imaplib; prints `ok` or what went wrong.
-const IMAPLIB_SESSION: &str = r#"
-import imaplib, ssl, sys, re
-port, ca = int(sys.argv[1]), sys.argv[2]
-ctx = ssl.create_default_context(cafile=ca)
-def check(cond, what):
-    if not cond:
-        print("FAILED:", what); sys.exit(1)
-
-m = imaplib.IMAP4("127.0.0.1", port)
-caps = m.capabilities
-check("IMAP4REV1" in caps and "STARTTLS" in caps and "IDLE" in caps, caps)
-m.starttls(ssl_context=ctx)
-check("AUTH=PLAIN" in m.capabilities, m.capabilities)
-typ, _ = m.login("alice@example.test", "alice-pw")
-check(typ == "OK", "login")
-
-typ, data = m.list()
-names = [d.decode() for d in data]
-check(any('"INBOX"' in n or ' INBOX' in n for n in names), names)
-check(any("\\Sent" in n and "Sent" in n for n in names), names)
-typ, data = m.namespace()
-check(typ == "OK" and b'"/"' in data[0], data)
-
-typ, data = m.select("INBOX")
-check(typ == "OK" and data[0] == b"4", ("select", data))
-check(m.untagged_responses.get("UIDVALIDITY"), m.untagged_responses)
-
-typ, data = m.fetch("1:*", "(UID FLAGS RFC822.SIZE INTERNALDATE)")
-check(typ == "OK" and len(data) == 4, data)
-check(all(b"FLAGS" in d and b"UID" in d for d in data), data)
-
-typ, data = m.fetch("4", "(ENVELOPE BODYSTRUCTURE)")
-text = data[0].decode() if isinstance(data[0], bytes) else data[0][0].decode()
-check('"Quarterly report"' in text, text)
-check('"carol" "remote.test"' in text, text)
-check('"MIXED"' in text.upper() and '"PDF"' in text.upper() and '"ATTACHMENT"' in text.upper(), text)
-
-typ, data = m.fetch("4", "(BODY.PEEK[1] BODY.PEEK[2.MIME] BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])")
-parts = [d for d in data if isinstance(d, tuple)]
-# A short part comes as a quoted string, the others as literals.
-check(b'BODY[1] "The numbers are in."' in parts[0][0], parts)
-check(b"application/pdf" in parts[0][1], parts)
-check(parts[1][1] == b"From: Carol <carol@remote.test>\r\nSubject: Quarterly report\r\n\r\n", parts)
-typ, data = m.fetch("4", "(FLAGS)")
-check(b"\\Seen" not in data[0], ("peek must not set \\Seen", data))
-typ, data = m.fetch("1", "(BODY[]<0.10>)")
-check(b'BODY[]<0> "Return-Pat"' in data[0], data)
-typ, data = m.fetch("1", "(FLAGS)")
-check(b"\\Seen" in data[0], ("BODY[] sets \\Seen", data))
-typ, data = m.fetch("2", "(RFC822)")
-check(b"Plain note number 1." in data[0][1], data)
-
-typ, data = m.search(None, "UNSEEN")
-check(data[0].split() == [b"3", b"4"], ("unseen", data))
-typ, data = m.search(None, 'FROM', 'carol', 'SUBJECT', 'quarterly')
-check(data[0] == b"4", ("search", data))
-typ, data = m.search(None, 'BODY', '"number 2"')
-check(data[0] == b"3", ("body search", data))
-typ, data = m.uid("SEARCH", None, "ALL")
-uids = data[0].split()
-check(len(uids) == 4, uids)
-typ, data = m.search(None, 'OR', 'SEEN', 'LARGER', '500')
-check(data[0].split() == [b"1", b"2", b"4"], ("or", data))
-
-typ, data = m.store("3", "+FLAGS", "(\\Flagged $Important)")
-check(b"\\Flagged" in data[0] and b"$Important" in data[0], data)
-typ, data = m.uid("STORE", uids[2], "-FLAGS.SILENT", "(\\Flagged)")
-check(typ == "OK", data)
-typ, data = m.fetch("3", "(FLAGS)")
-check(b"\\Flagged" not in data[0] and b"$Important" in data[0], data)
-
-typ, data = m.create("Work/2026")
-check(typ == "OK", data)
-typ, data = m.list('""', "Work/%")
-check(len(data) == 1 and b"Work/2026" in data[0], data)
-typ, data = m.copy("1:2", "Work/2026")
-check(typ == "OK" and b"COPYUID" in data[0], data)
-typ, data = m.status("Work/2026", "(MESSAGES UNSEEN UIDNEXT)")
-check(b"MESSAGES 2" in data[0] and b"UNSEEN 0" in data[0], data)
-typ, data = m._simple_command("MOVE", "2", "Archive")
-check(typ == "NO" and b"TRYCREATE" in str(m.untagged_responses).encode() or typ == "NO", (typ, data))
-m.create("Archive")
-typ, data = m._simple_command("MOVE", "2", "Archive")
-check(typ == "OK", (typ, data))
-check(m.untagged_responses.pop("EXPUNGE", None) == [b"2"], m.untagged_responses)
-typ, data = m.select("INBOX")
-check(data[0] == b"3", ("after move", data))
-
-typ, data = m.store("1", "+FLAGS", "(\\Deleted)")
-typ, data = m.expunge()
-check(data == [b"1"], ("expunge", data))
-typ, data = m.select("INBOX")
-check(data[0] == b"2", data)
-
-msg = b"From: alice@example.test\r\nSubject: Draft reply\r\n\r\nWork in progress.\r\n"
-typ, data = m.append("Drafts", "(\\Draft \\Seen)", None, msg)
-check(typ == "OK" and b"APPENDUID" in data[0], data)
-typ, data = m.select("Drafts", readonly=True)
-check(data[0] == b"1", data)
-typ, data = m.fetch("1", "(FLAGS BODY.PEEK[TEXT])")
-check(b"\\Draft" in data[0][0] and data[0][1] == b"Work in progress.\r\n", data)
-typ, data = m.store("1", "+FLAGS", "(\\Deleted)")
-check(typ == "NO", ("read-only store", typ))
-
-typ, data = m.rename("Work/2026", "Projects/2026")
-check(typ == "OK", data)
-typ, data = m.list('""', "*")
-listed = b" ".join(data)
-check(b"Projects/2026" in listed and b"Work/2026" not in listed, listed)
-typ, data = m.subscribe("Projects/2026")
-typ, data = m.unsubscribe("Archive")
-typ, data = m.lsub('""', "*")
-listed = b" ".join(data)
-check(b"Projects/2026" in listed and b"Archive" not in listed, listed)
-typ, data = m.delete("Projects/2026")
-check(typ == "OK", data)
-typ, data = m.delete("INBOX")
-check(typ == "NO", data)
-typ, data = m.select("Nope")
-check(typ == "NO", data)
-m.select("INBOX")
-typ, data = m.close()
-check(typ == "OK", data)
-m.logout()
-print("ok")
-"#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn imaplib_runs_a_whole_client_session() {
@@ -517,5 +339,106 @@ async fn mutt_in_batch_mode_sends_and_files_its_copy_over_imap() {
     let sent = support::inbox(&test, "alice@example.test", "Sent").await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0].contains("Subject: Sent from mutt"), "{}", sent[0]);
+    role.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_changes_limits_and_refusals() {
+    let test = test_config(Environment::Development).set("mail.max_message_bytes", "100000");
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    let smtp = role.addr("smtp");
+    let imap = role.addr("imap");
+    let ca = test.data_dir().join("tls/ca.pem");
+    tokio::task::spawn_blocking(move || {
+        deliver(smtp, &ca, 1);
+        let mut first = Raw::connect(imap);
+        let mut second = Raw::connect(imap);
+        for raw in [&mut first, &mut second] {
+            raw.command("a", "LOGIN alice@example.test alice-pw");
+            raw.command("b", "SELECT INBOX");
+        }
+        let ok = |lines: &[String], tag: &str| {
+            assert!(
+                lines.last().unwrap().starts_with(&format!("{tag} OK")),
+                "{lines:?}"
+            );
+        };
+
+        // Flags change on the store's current flags: one session's \Flagged survives the
+        // other's STORE made from an older view.
+        ok(
+            &second.command("c1", "STORE 1 +FLAGS.SILENT (\\Flagged)"),
+            "c1",
+        );
+        let stored = first.command("c2", "STORE 1 +FLAGS (\\Answered)");
+        assert!(
+            stored
+                .iter()
+                .any(|l| l.contains("\\Flagged") && l.contains("\\Answered")),
+            "{stored:?}"
+        );
+
+        // EXPUNGE removes what is \Deleted now, not what the session last saw.
+        ok(
+            &second.command("d1", "STORE 1 +FLAGS.SILENT (\\Deleted)"),
+            "d1",
+        );
+        let noop = first.command("d2", "NOOP");
+        assert!(noop.iter().any(|l| l.contains("\\Deleted")), "{noop:?}");
+        ok(
+            &second.command("d3", "STORE 1 -FLAGS.SILENT (\\Deleted)"),
+            "d3",
+        );
+        let expunged = first.command("d4", "EXPUNGE");
+        assert!(
+            !expunged
+                .iter()
+                .any(|l| l.ends_with("EXPUNGE\r\n") && l.starts_with("* ")),
+            "{expunged:?}"
+        );
+        let status = first.command("d5", "STATUS INBOX (MESSAGES)");
+        assert!(status[0].contains("MESSAGES 2"), "{status:?}");
+
+        // \Recent and unknown \Flags are not the client's to set.
+        let bad = first.command("e1", "STORE 1 +FLAGS (\\Recent)");
+        assert!(bad.last().unwrap().starts_with("e1 BAD"), "{bad:?}");
+        let bad = first.command("e2", "APPEND INBOX (\\Bogus) {3+}\r\nx\r\n");
+        assert!(bad.last().unwrap().starts_with("e2 BAD"), "{bad:?}");
+
+        // A literal over mail.max_message_bytes is refused before it is sent.
+        first.send("e3 APPEND INBOX {200000}\r\n");
+        let refused = first.line();
+        assert!(refused.starts_with("e3 BAD"), "{refused}");
+
+        // A mailbox made again gets a new UIDVALIDITY, even within the same second.
+        let validity = |raw: &mut Raw, tag: &str| {
+            let status = raw.command(tag, "STATUS Again (UIDVALIDITY)");
+            status[0].clone()
+        };
+        ok(&first.command("f1", "CREATE Again"), "f1");
+        let before = validity(&mut first, "f2");
+        ok(&first.command("f3", "DELETE Again"), "f3");
+        ok(&first.command("f4", "CREATE Again"), "f4");
+        let after = validity(&mut first, "f5");
+        assert_ne!(before, after);
+
+        // LIST patterns: many wildcards answer at once; an over-long one is refused.
+        let started = Instant::now();
+        let pattern = format!("{}X", "*%".repeat(300));
+        ok(
+            &first.command("g1", &format!("LIST \"\" \"{pattern}\"")),
+            "g1",
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let long = first.command("g2", &format!("LIST \"\" \"{}\"", "*".repeat(2000)));
+        assert!(long.last().unwrap().starts_with("g2 BAD"), "{long:?}");
+
+        // Sequence sets repeated many times cost one range.
+        let many = vec!["1:*"; 20_000].join(",");
+        let fetched = first.command("g3", &format!("FETCH {many} (UID)"));
+        assert_eq!(fetched.iter().filter(|l| l.starts_with("* ")).count(), 2);
+    })
+    .await
+    .unwrap();
     role.stop().await.unwrap();
 }

@@ -275,9 +275,19 @@ async fn staging_sessions_csrf_and_isolation() {
             args.extend_from_slice(extra);
             curl(&args)
         };
-        // Nobody logged in: 401.
-        let (code, _, _) = with_tls(&[&format!("{base}/messages")]);
+        // Nobody logged in: 401, with a Basic challenge for API clients but not for the
+        // inbox page (whose own form asks).
+        let (code, headers, _) = with_tls(&[&format!("{base}/messages")]);
         assert_eq!(code, 401);
+        assert!(
+            headers
+                .to_ascii_lowercase()
+                .contains("www-authenticate: basic")
+        );
+        let (code, headers, _) =
+            with_tls(&["-H", "X-Quartet-Inbox: 1", &format!("{base}/messages")]);
+        assert_eq!(code, 401);
+        assert!(!headers.to_ascii_lowercase().contains("www-authenticate"));
         let (code, _, _) = with_tls(&[&format!("{base}/session")]);
         assert_eq!(code, 401);
         // Wrong password, then the right one: a Secure, HttpOnly, SameSite=Strict cookie.
@@ -330,6 +340,31 @@ async fn staging_sessions_csrf_and_isolation() {
         assert_eq!(json(&body)["total"], 0);
         assert_eq!(bob(format!("{base}/messages/{id}")).0, 404);
         assert_eq!(bob(format!("{base}/messages/{id}/raw")).0, 404);
+        // A change sent from another site's page is refused, whatever the credentials.
+        let (code, _, _) = curl(&[
+            "--cacert",
+            &ca,
+            "-u",
+            "alice@example.test:alice-pw",
+            "-X",
+            "DELETE",
+            "-H",
+            "Sec-Fetch-Site: cross-site",
+            &format!("{base}/messages/{id}"),
+        ]);
+        assert_eq!(code, 403);
+        let (code, _, _) = curl(&[
+            "--cacert",
+            &ca,
+            "-u",
+            "alice@example.test:alice-pw",
+            "-X",
+            "POST",
+            "-H",
+            "Origin: https://evil.example",
+            &format!("{base}/queue/1/retry"),
+        ]);
+        assert_eq!(code, 403);
         // Logging out ends the session.
         let (code, _, _) = with_tls(&["-X", "POST", &format!("{base}/logout")]);
         assert_eq!(code, 204);

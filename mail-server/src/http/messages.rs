@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::header::{CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use axum::http::header::{
+    CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -121,7 +123,7 @@ async fn list(
     let mut filter = parse_query(&params.query);
     filter.account = viewer.account().map(str::to_owned);
     let per_page = params.per_page.unwrap_or(PER_PAGE).clamp(1, 500);
-    let page = params.page.unwrap_or(1).max(1);
+    let page = params.page.unwrap_or(1).clamp(1, 1_000_000);
     match api
         .store
         .browse(&filter, (page - 1) * per_page, per_page)
@@ -298,6 +300,8 @@ async fn html(
         &[
             (CONTENT_TYPE, "text/html; charset=utf-8".to_owned()),
             (CONTENT_SECURITY_POLICY, policy.to_owned()),
+            // Remote images, once allowed, do not learn where they are shown.
+            (REFERRER_POLICY, "no-referrer".to_owned()),
         ],
     )
 }
@@ -392,17 +396,35 @@ async fn events(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = caller(&api, &headers, peer.ip(), false).await {
-        return response;
-    }
-    let changes = api.store.changes();
-    let stream = futures_util::stream::unfold(changes, |mut changes| async move {
-        changes.changed().await.ok()?;
-        // Changes that come in a burst (a batch of deliveries) make one event.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        changes.mark_unchanged();
-        let event: Result<Event, Infallible> = Ok(Event::default().event("change").data("{}"));
-        Some((event, changes))
+    let viewer = match caller(&api, &headers, peer.ip(), false).await {
+        Ok(viewer) => viewer,
+        Err(response) => return response,
+    };
+    let store = api.store.clone();
+    let account = viewer.account().map(str::to_owned);
+    // An account hears only of changes to its own mailboxes, not when others get mail.
+    let last = match &account {
+        Some(account) => store.account_version(account).await.ok(),
+        None => None,
+    };
+    let state = (api.store.changes(), store, account, last);
+    let stream = futures_util::stream::unfold(state, |state| async move {
+        let (mut changes, store, account, mut last) = state;
+        loop {
+            changes.changed().await.ok()?;
+            // Changes that come in a burst (a batch of deliveries) make one event.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            changes.mark_unchanged();
+            if let Some(account) = &account {
+                let now = store.account_version(account).await.ok();
+                if now == last {
+                    continue;
+                }
+                last = now;
+            }
+            let event: Result<Event, Infallible> = Ok(Event::default().event("change").data("{}"));
+            return Some((event, (changes, store, account, last)));
+        }
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

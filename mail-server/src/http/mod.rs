@@ -60,14 +60,39 @@ pub fn router(api: Api) -> axum::Router {
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    let mut response = (status, Json(json!({ "error": message }))).into_response();
-    if status == StatusCode::UNAUTHORIZED {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// 401 with a Basic challenge for API clients; the inbox page (which says so with
+/// `X-Quartet-Inbox`) gets none, so the browser shows the page's login form rather than its
+/// own dialog, whose remembered credentials "Log out" could not forget.
+fn unauthorized(headers: &HeaderMap, message: &str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    if !headers.contains_key("x-quartet-inbox") {
         response.headers_mut().insert(
             WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"quartet-mail\", charset=\"UTF-8\""),
         );
     }
     response
+}
+
+/// Whether a browser sent this request from another site's page (Fetch Metadata, or an
+/// Origin that is not this host): such a request may not change anything, whatever
+/// credentials the browser attached to it.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
+    }
+    match (header("origin"), header("host")) {
+        (Some(origin), Some(host)) => {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            origin_host != host
+        }
+        (Some(_), None) => true,
+        _ => false,
+    }
 }
 
 fn unavailable() -> Response {
@@ -112,6 +137,12 @@ async fn caller(
     change: bool,
 ) -> Result<Viewer, Response> {
     use base64::Engine as _;
+    if change && cross_site(headers) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "changes are not accepted from other sites' pages",
+        ));
+    }
     if api.open {
         return Ok(Viewer::Everyone);
     }
@@ -129,12 +160,7 @@ async fn caller(
         }
         return Ok(Viewer::Account(session.account));
     }
-    let unauthorized = || {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "log in with your address and password",
-        )
-    };
+    let unauthorized = || unauthorized(headers, "log in with your address and password");
     let encoded = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -150,16 +176,17 @@ async fn caller(
         api.logins
             .login(peer, "http", user, password.to_owned())
             .await,
+        headers,
     )
     .map(Viewer::Account)
 }
 
 // The error is the HTTP answer itself, returned straight to axum.
 #[allow(clippy::result_large_err)]
-fn login_outcome(login: Login) -> Result<String, Response> {
+fn login_outcome(login: Login, headers: &HeaderMap) -> Result<String, Response> {
     match login {
         Login::Accepted(account) => Ok(account),
-        Login::Refused => Err(error(StatusCode::UNAUTHORIZED, "wrong address or password")),
+        Login::Refused => Err(unauthorized(headers, "wrong address or password")),
         Login::Blocked => Err(error(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed logins, try later",

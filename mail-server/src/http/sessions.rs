@@ -128,8 +128,12 @@ struct Credentials {
 async fn login(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
     Json(credentials): Json<Credentials>,
 ) -> Response {
+    if super::cross_site(&headers) {
+        return error(StatusCode::FORBIDDEN, "log in from this site's page");
+    }
     if api.open {
         return Json(json!({ "account": null, "csrf": null, "open": true })).into_response();
     }
@@ -142,7 +146,7 @@ async fn login(
             credentials.password,
         )
         .await;
-    let account = match login_outcome(login) {
+    let account = match login_outcome(login, &headers) {
         Ok(account) => account,
         Err(response) => return response,
     };

@@ -2,6 +2,8 @@
 //! numbers come from what the session and the store's index know; header and text keys read
 //! the message (case-insensitive substring, as the RFC asks).
 
+use std::cell::OnceCell;
+
 use imap_next::imap_types::core::AString;
 use imap_next::imap_types::datetime::NaiveDate;
 use imap_next::imap_types::search::SearchKey;
@@ -10,7 +12,8 @@ use imap_next::imap_types::sequence::SequenceSet;
 use super::sequence;
 use crate::store::Summary;
 
-/// One message as SEARCH sees it.
+/// One message as SEARCH sees it. What text keys need (the parsed message, the lower-cased
+/// bytes and body text) is worked out once per message, however many keys ask.
 #[derive(Debug)]
 pub struct Candidate<'a> {
     pub seq: u32,
@@ -18,8 +21,61 @@ pub struct Candidate<'a> {
     pub flags: &'a str,
     pub recent: bool,
     pub summary: &'a Summary,
-    /// The message's bytes, when a key needs them (see [`needs_bytes`]).
-    pub raw: Option<&'a [u8]>,
+    /// The message's bytes, when a key needs them (see [`needs_bytes`]); empty otherwise.
+    raw: &'a [u8],
+    parsed: OnceCell<Option<mail_parser::Message<'a>>>,
+    raw_lower: OnceCell<String>,
+    body_lower: OnceCell<String>,
+}
+
+impl<'a> Candidate<'a> {
+    pub fn new(seq: u32, uid: u32, flags: &'a str, recent: bool, summary: &'a Summary) -> Self {
+        Self {
+            seq,
+            uid,
+            flags,
+            recent,
+            summary,
+            raw: summary.raw.as_deref().unwrap_or_default(),
+            parsed: OnceCell::new(),
+            raw_lower: OnceCell::new(),
+            body_lower: OnceCell::new(),
+        }
+    }
+
+    fn parsed(&self) -> Option<&mail_parser::Message<'a>> {
+        self.parsed
+            .get_or_init(|| super::structure::parse(self.raw))
+            .as_ref()
+    }
+
+    fn raw_lower(&self) -> &str {
+        self.raw_lower
+            .get_or_init(|| String::from_utf8_lossy(self.raw).to_lowercase())
+    }
+
+    /// The decoded text and HTML bodies, lower-cased.
+    fn body_lower(&self) -> &str {
+        self.body_lower.get_or_init(|| {
+            let Some(message) = self.parsed() else {
+                return self.raw_lower().to_owned();
+            };
+            let mut text = String::new();
+            for i in 0..message.text_body.len() {
+                if let Some(body) = message.body_text(i) {
+                    text.push_str(&body.to_lowercase());
+                    text.push('\n');
+                }
+            }
+            for i in 0..message.html_body.len() {
+                if let Some(body) = message.body_html(i) {
+                    text.push_str(&body.to_lowercase());
+                    text.push('\n');
+                }
+            }
+            text
+        })
+    }
 }
 
 /// The mailbox's largest sequence number and UID, for `*`.
@@ -100,8 +156,8 @@ fn header_values(raw: &[u8], name: &str) -> Vec<String> {
 
 /// Header values as a reader sees them: raw, and decoded by mail-parser (so `=?utf-8?…?=`
 /// words match what they say).
-fn header_matches(raw: &[u8], name: &str, needle: &str) -> bool {
-    let raw_values = header_values(raw, name);
+fn header_matches(candidate: &Candidate<'_>, name: &str, needle: &str) -> bool {
+    let raw_values = header_values(candidate.raw, name);
     if raw_values
         .iter()
         .any(|value| value.to_lowercase().contains(needle))
@@ -109,10 +165,9 @@ fn header_matches(raw: &[u8], name: &str, needle: &str) -> bool {
         return true;
     }
     if raw_values.is_empty() {
-        // "HEADER name ''" matches messages that have the field at all.
         return false;
     }
-    let Some(message) = super::structure::parse(raw) else {
+    let Some(message) = candidate.parsed() else {
         return false;
     };
     message
@@ -138,21 +193,6 @@ fn header_matches(raw: &[u8], name: &str, needle: &str) -> bool {
         .any(|value| value.to_lowercase().contains(needle))
 }
 
-fn body_matches(raw: &[u8], needle: &str) -> bool {
-    let Some(message) = super::structure::parse(raw) else {
-        return String::from_utf8_lossy(raw).to_lowercase().contains(needle);
-    };
-    let texts = (0..message.text_body.len())
-        .filter_map(|i| message.body_text(i))
-        .chain((0..message.html_body.len()).filter_map(|i| message.body_html(i)));
-    for text in texts {
-        if text.to_lowercase().contains(needle) {
-            return true;
-        }
-    }
-    false
-}
-
 fn in_set(set: &SequenceSet, value: u32, last: u32) -> bool {
     sequence::contains(set, value, last)
 }
@@ -160,7 +200,6 @@ fn in_set(set: &SequenceSet, value: u32, last: u32) -> bool {
 /// Whether `candidate` matches `key`.
 pub fn matches(key: &SearchKey<'_>, candidate: &Candidate<'_>, bounds: Bounds) -> bool {
     let summary = candidate.summary;
-    let raw = candidate.raw.unwrap_or_default();
     match key {
         SearchKey::And(keys) => keys
             .as_ref()
@@ -194,27 +233,24 @@ pub fn matches(key: &SearchKey<'_>, candidate: &Candidate<'_>, bounds: Bounds) -
         SearchKey::SentSince(date) => summary.date.is_some_and(|d| day_of(d) >= day(date)),
         SearchKey::Not(key) => !matches(key, candidate, bounds),
         SearchKey::Or(a, b) => matches(a, candidate, bounds) || matches(b, candidate, bounds),
-        SearchKey::From(text) => header_matches(raw, "From", &lower(text)),
-        SearchKey::To(text) => header_matches(raw, "To", &lower(text)),
-        SearchKey::Cc(text) => header_matches(raw, "Cc", &lower(text)),
-        SearchKey::Bcc(text) => header_matches(raw, "Bcc", &lower(text)),
-        SearchKey::Subject(text) => header_matches(raw, "Subject", &lower(text)),
+        SearchKey::From(text) => header_matches(candidate, "From", &lower(text)),
+        SearchKey::To(text) => header_matches(candidate, "To", &lower(text)),
+        SearchKey::Cc(text) => header_matches(candidate, "Cc", &lower(text)),
+        SearchKey::Bcc(text) => header_matches(candidate, "Bcc", &lower(text)),
+        SearchKey::Subject(text) => header_matches(candidate, "Subject", &lower(text)),
         SearchKey::Header(name, text) => {
             let name = String::from_utf8_lossy(name.as_ref()).into_owned();
             let needle = lower(text);
             if needle.is_empty() {
-                !header_values(raw, &name).is_empty()
+                !header_values(candidate.raw, &name).is_empty()
             } else {
-                header_matches(raw, &name, &needle)
+                header_matches(candidate, &name, &needle)
             }
         }
-        SearchKey::Body(text) => body_matches(raw, &lower(text)),
+        SearchKey::Body(text) => candidate.body_lower().contains(&lower(text)),
         SearchKey::Text(text) => {
             let needle = lower(text);
-            String::from_utf8_lossy(raw)
-                .to_lowercase()
-                .contains(&needle)
-                || body_matches(raw, &needle)
+            candidate.raw_lower().contains(&needle) || candidate.body_lower().contains(&needle)
         }
         // Extensions not advertised.
         #[allow(unreachable_patterns)]
@@ -243,15 +279,9 @@ mod tests {
     #[test]
     fn keys_combine() {
         let raw = b"From: Ann <ann@example.test>\r\nSubject: Lunch =?utf-8?q?caf=C3=A9?=\r\n\r\nSee you at noon\r\n";
-        let s = summary(raw.len() as u32, 1_795_514_400); // 2026-11-24
-        let candidate = Candidate {
-            seq: 2,
-            uid: 7,
-            flags: "\\Seen $work",
-            recent: false,
-            summary: &s,
-            raw: Some(raw),
-        };
+        let mut s = summary(raw.len() as u32, 1_795_514_400); // 2026-11-24
+        s.raw = Some(raw.to_vec());
+        let candidate = Candidate::new(2, 7, "\\Seen $work", false, &s);
         let bounds = Bounds {
             last_seq: 3,
             last_uid: 9,

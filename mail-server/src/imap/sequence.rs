@@ -25,9 +25,11 @@ pub fn contains(set: &SequenceSet, number: u32, last: u32) -> bool {
     })
 }
 
-/// The set as inclusive `(low, high)` ranges, `*` being `last`.
+/// The set as inclusive `(low, high)` ranges, `*` being `last`: sorted, overlapping and
+/// adjacent ones merged (`1:*,1:*,…` is one range, however often the client repeats it).
 pub fn ranges(set: &SequenceSet, last: u32) -> Vec<(u32, u32)> {
-    set.0
+    let mut ranges: Vec<(u32, u32)> = set
+        .0
         .as_ref()
         .iter()
         .map(|sequence| match sequence {
@@ -40,7 +42,18 @@ pub fn ranges(set: &SequenceSet, last: u32) -> Vec<(u32, u32)> {
                 (a.min(b), a.max(b))
             }
         })
-        .collect()
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (low, high) in ranges {
+        match merged.last_mut() {
+            Some(previous) if low <= previous.1.saturating_add(1) => {
+                previous.1 = previous.1.max(high);
+            }
+            _ => merged.push((low, high)),
+        }
+    }
+    merged
 }
 
 /// UIDs as UIDPLUS writes them, runs folded into ranges (`4:7,9`).
@@ -87,6 +100,8 @@ mod tests {
         assert!(!contains(&reversed, 2, 3));
         assert_eq!(ranges(&set, 14), vec![(2, 4), (9, 9), (12, 14)]);
         assert_eq!(ranges(&reversed, 3), vec![(3, 5)]);
+        let repeated: SequenceSet = "1:*,1:*,3,2:4,9:8".parse().expect("set");
+        assert_eq!(ranges(&repeated, 5), vec![(1, 5), (8, 9)]);
     }
 
     #[test]

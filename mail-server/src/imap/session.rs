@@ -26,7 +26,7 @@ use imap_next::imap_types::status::{StatusDataItem, StatusDataItemName};
 
 use super::{ImapService, Wire, bye, capabilities, fetch, search, sequence, status};
 use crate::auth::{Login, decode_plain_bytes};
-use crate::store::{Entry, Mailbox, StoreError, Version};
+use crate::store::{Entry, FlagChange, Mailbox, StoreError, Version};
 
 /// What the connection does after a command.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,8 +122,7 @@ impl Selected {
             };
             indices.extend(start..end);
         }
-        indices.sort_unstable();
-        indices.dedup();
+        // The ranges are sorted and disjoint, so the indices are too.
         indices
             .into_iter()
             .map(|index| (index as u32 + 1, index))
@@ -135,8 +134,32 @@ impl Selected {
     }
 }
 
-/// Messages read from the store per round trip during FETCH and SEARCH.
+/// Messages read from the store per round trip during FETCH and SEARCH…
 const BATCH: usize = 200;
+/// …and, when their bytes are read, about this many bytes (a batch holds at least one).
+const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// `targets` cut into batches of at most [`BATCH`] messages and, `with_bytes`, about
+/// [`BATCH_BYTES`].
+fn batches(view: &[Entry], targets: &[(u32, usize)], with_bytes: bool) -> Vec<(usize, usize)> {
+    let mut cuts = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (at, &(_, index)) in targets.iter().enumerate() {
+        let size = u64::from(view[index].size);
+        let full = at - start >= BATCH || (with_bytes && at > start && bytes + size > BATCH_BYTES);
+        if full {
+            cuts.push((start, at));
+            start = at;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < targets.len() {
+        cuts.push((start, targets.len()));
+    }
+    cuts
+}
 
 pub(crate) struct Session<'s> {
     service: &'s ImapService,
@@ -191,25 +214,45 @@ fn has(flags: &[String], flag: &str) -> bool {
 }
 
 /// `*` matches anything, `%` anything but the hierarchy delimiter (RFC 3501 §6.3.8).
+/// Dynamic programming over (pattern, name) positions: time `pattern × name`, no recursion,
+/// whatever wildcards the client strings together.
 fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| wildcard_match(rest, &name[skip..])),
-        Some((b'%', rest)) => {
-            let mut skip = 0;
-            loop {
-                if wildcard_match(rest, &name[skip..]) {
-                    return true;
+    // matched[j]: the pattern so far matches the first `j` bytes of the name.
+    let mut matched = vec![false; name.len() + 1];
+    matched[0] = true;
+    for &p in pattern {
+        let mut next = vec![false; name.len() + 1];
+        match p {
+            b'*' => {
+                let mut any = false;
+                for j in 0..=name.len() {
+                    any |= matched[j];
+                    next[j] = any;
                 }
-                if skip == name.len() || name[skip] == b'/' {
-                    return false;
+            }
+            b'%' => {
+                let mut any = false;
+                for j in 0..=name.len() {
+                    any |= matched[j];
+                    next[j] = any;
+                    if j < name.len() && name[j] == b'/' {
+                        any = false;
+                    }
                 }
-                skip += 1;
+            }
+            c => {
+                for j in 1..=name.len() {
+                    next[j] = matched[j - 1] && name[j - 1] == c;
+                }
             }
         }
-        Some((c, rest)) => name.first() == Some(c) && wildcard_match(rest, &name[1..]),
+        matched = next;
     }
+    matched[name.len()]
 }
+
+/// Longest LIST pattern (reference and mailbox together) answered.
+const MAX_PATTERN: usize = 1024;
 
 const DELIMITER: char = '/';
 const SYSTEM_FLAGS: [Flag<'static>; 5] = [
@@ -396,16 +439,11 @@ impl<'s> Session<'s> {
             CommandBody::Close => match self.selected.take() {
                 Some(selected) => {
                     if !selected.read_only {
-                        let deleted: Vec<u32> = selected
-                            .view
-                            .iter()
-                            .filter(|e| has(&parse_flags(&e.flags), "\\Deleted"))
-                            .map(|e| e.uid)
-                            .collect();
+                        let all: Vec<u32> = selected.view.iter().map(|e| e.uid).collect();
                         if let Err(err) = self
                             .service
                             .store
-                            .expunge(selected.mailbox.id, &deleted)
+                            .expunge_deleted(selected.mailbox.id, &all)
                             .await
                         {
                             return Ok(err.into());
@@ -733,17 +771,17 @@ impl<'s> Session<'s> {
         };
         let current: HashMap<u32, &str> = fresh.iter().map(|e| (e.uid, e.flags.as_str())).collect();
         let mut all_applied = true;
-        // Removed: from the highest number down, so the numbers still to send do not move.
-        let mut index = selected.view.len();
-        while index > 0 {
-            index -= 1;
-            if !current.contains_key(&selected.view[index].uid) {
-                if expunges_allowed {
-                    wire.data(Data::Expunge(nz(index as u32 + 1)));
-                    selected.view.remove(index);
-                } else {
-                    all_applied = false;
-                }
+        let removed: Vec<u32> = selected
+            .view
+            .iter()
+            .filter(|e| !current.contains_key(&e.uid))
+            .map(|e| e.uid)
+            .collect();
+        if !removed.is_empty() {
+            if expunges_allowed {
+                remove_from_view(wire, selected, &removed);
+            } else {
+                all_applied = false;
             }
         }
         for (index, entry) in selected.view.iter_mut().enumerate() {
@@ -838,6 +876,9 @@ impl<'s> Session<'s> {
             return Reply::ok("LIST completed");
         }
         let full = format!("{reference}{pattern}");
+        if full.len() > MAX_PATTERN {
+            return Reply::bad("Pattern too long");
+        }
         let mailboxes = match self.service.store.mailboxes(account_id).await {
             Ok(mailboxes) => mailboxes,
             Err(err) => return err.into(),
@@ -949,6 +990,9 @@ impl<'s> Session<'s> {
         if bytes.is_empty() {
             return Reply::no("An empty message cannot be appended");
         }
+        if flags.iter().any(|f| matches!(f, Flag::Extension(_))) {
+            return Reply::bad("Only system flags and keywords can be set");
+        }
         let mut list: Vec<String> = Vec::new();
         for flag in flags {
             let flag = flag.to_string();
@@ -984,22 +1028,23 @@ impl<'s> Session<'s> {
             return Reply::no("The mailbox is read-only");
         }
         let last = selected.last_uid();
-        let doomed: Vec<u32> = selected
+        // Every message in range: the store removes those \Deleted now.
+        let candidates: Vec<u32> = selected
             .view
             .iter()
-            .filter(|e| has(&parse_flags(&e.flags), "\\Deleted"))
             .filter(|e| only.is_none_or(|set| sequence::contains(set, e.uid, last)))
             .map(|e| e.uid)
             .collect();
-        if let Err(err) = self
+        let removed = match self
             .service
             .store
-            .expunge(selected.mailbox.id, &doomed)
+            .expunge_deleted(selected.mailbox.id, &candidates)
             .await
         {
-            return err.into();
-        }
-        remove_from_view(wire, selected, &doomed);
+            Ok(removed) => removed,
+            Err(err) => return err.into(),
+        };
+        remove_from_view(wire, selected, &removed);
         Reply::ok("EXPUNGE completed")
     }
 
@@ -1014,8 +1059,12 @@ impl<'s> Session<'s> {
         };
         let with_bytes = search::needs_bytes(&key);
         let mut found = Vec::new();
-        for (batch_index, batch) in selected.view.chunks(BATCH).enumerate() {
-            let uids: Vec<u32> = batch.iter().map(|e| e.uid).collect();
+        let targets: Vec<(u32, usize)> = (0..selected.view.len())
+            .map(|index| (index as u32 + 1, index))
+            .collect();
+        for (from, to) in batches(&selected.view, &targets, with_bytes) {
+            let batch = &targets[from..to];
+            let uids: Vec<u32> = batch.iter().map(|(_, i)| selected.view[*i].uid).collect();
             let summaries = match store
                 .summaries(selected.mailbox.id, &uids, with_bytes)
                 .await
@@ -1024,20 +1073,20 @@ impl<'s> Session<'s> {
                 Err(err) => return err.into(),
             };
             let summaries: HashMap<u32, _> = summaries.into_iter().map(|s| (s.uid, s)).collect();
-            for (offset, entry) in batch.iter().enumerate() {
+            for &(seq, index) in batch {
+                let entry = &selected.view[index];
                 let Some(summary) = summaries.get(&entry.uid) else {
                     continue;
                 };
-                let candidate = search::Candidate {
-                    seq: (batch_index * BATCH + offset) as u32 + 1,
-                    uid: entry.uid,
-                    flags: &entry.flags,
-                    recent: selected.recent(entry.uid),
+                let candidate = search::Candidate::new(
+                    seq,
+                    entry.uid,
+                    &entry.flags,
+                    selected.recent(entry.uid),
                     summary,
-                    raw: summary.raw.as_deref(),
-                };
+                );
                 if search::matches(&key, &candidate, bounds) {
-                    found.push(nz(if uid { entry.uid } else { candidate.seq }));
+                    found.push(nz(if uid { entry.uid } else { seq }));
                 }
             }
         }
@@ -1065,7 +1114,8 @@ impl<'s> Session<'s> {
         }
         let with_bytes = fetch::needs_bytes(&names);
         let targets = selected.resolve(set, uid);
-        for batch in targets.chunks(BATCH) {
+        for (from, to) in batches(&selected.view, &targets, with_bytes) {
+            let batch = &targets[from..to];
             let uids: Vec<u32> = batch.iter().map(|(_, i)| selected.view[*i].uid).collect();
             let summaries = match store
                 .summaries(selected.mailbox.id, &uids, with_bytes)
@@ -1075,21 +1125,36 @@ impl<'s> Session<'s> {
                 Err(err) => return Ok(err.into()),
             };
             let summaries: HashMap<u32, _> = summaries.into_iter().map(|s| (s.uid, s)).collect();
-            let mut seen = Vec::new();
+            if marks_seen {
+                // \Seen first, in the store, so the FLAGS sent below are what is stored.
+                let unseen: Vec<u32> = batch
+                    .iter()
+                    .map(|(_, index)| &selected.view[*index])
+                    .filter(|e| !has(&parse_flags(&e.flags), "\\Seen"))
+                    .map(|e| e.uid)
+                    .collect();
+                let seen = FlagChange::Add(vec!["\\Seen".to_owned()]);
+                match store
+                    .change_flags(selected.mailbox.id, &unseen, &seen)
+                    .await
+                {
+                    Ok(updated) => {
+                        let updated: HashMap<u32, String> = updated.into_iter().collect();
+                        for &(_, index) in batch {
+                            if let Some(flags) = updated.get(&selected.view[index].uid) {
+                                selected.view[index].flags.clone_from(flags);
+                            }
+                        }
+                    }
+                    Err(err) => return Ok(err.into()),
+                }
+            }
             for &(seq, index) in batch {
                 let entry = &mut selected.view[index];
                 // Expunged by another session since: nothing to send (RFC 3501 allows this).
                 let Some(summary) = summaries.get(&entry.uid) else {
                     continue;
                 };
-                if marks_seen {
-                    let mut flags = parse_flags(&entry.flags);
-                    if !has(&flags, "\\Seen") {
-                        flags.push("\\Seen".to_owned());
-                        entry.flags = flag_string(&flags);
-                        seen.push((entry.uid, entry.flags.clone()));
-                    }
-                }
                 let message = fetch::Message {
                     uid: entry.uid,
                     flags: &entry.flags,
@@ -1103,9 +1168,6 @@ impl<'s> Session<'s> {
                         items,
                     });
                 }
-            }
-            if let Err(err) = store.set_flags(selected.mailbox.id, &seen).await {
-                return Ok(err.into());
             }
             // Out before the next batch is read: a FETCH of a whole mailbox is never held in
             // memory at once.
@@ -1129,43 +1191,37 @@ impl<'s> Session<'s> {
         if selected.read_only {
             return Reply::no("The mailbox is read-only");
         }
-        let given: Vec<String> = flags.iter().map(ToString::to_string).collect();
-        let targets = selected.resolve(set, uid);
-        let mut changes = Vec::new();
-        for &(_, index) in &targets {
-            let entry = &selected.view[index];
-            let mut current = parse_flags(&entry.flags);
-            match kind {
-                StoreType::Replace => current.clone_from(&given),
-                StoreType::Add => {
-                    for flag in &given {
-                        if !has(&current, flag) {
-                            current.push(flag.clone());
-                        }
-                    }
-                }
-                StoreType::Remove => current.retain(|f| !has(&given, f)),
-            }
-            current.dedup();
-            let updated = flag_string(&current);
-            if updated != entry.flags {
-                changes.push((index, updated));
-            }
+        if flags.iter().any(|f| matches!(f, Flag::Extension(_))) {
+            // \Recent and unknown \Words are the server's (RFC 3501 §2.3.2).
+            return Reply::bad("Only system flags and keywords can be stored");
         }
-        let store_changes: Vec<(u32, String)> = changes
-            .iter()
-            .map(|(index, flags)| (selected.view[*index].uid, flags.clone()))
-            .collect();
-        if let Err(err) = self
+        let given: Vec<String> = flags.iter().map(ToString::to_string).collect();
+        let change = match kind {
+            StoreType::Replace => FlagChange::Replace(given),
+            StoreType::Add => FlagChange::Add(given),
+            StoreType::Remove => FlagChange::Remove(given),
+        };
+        let targets = selected.resolve(set, uid);
+        let uids: Vec<u32> = targets.iter().map(|(_, i)| selected.view[*i].uid).collect();
+        // Applied to the flags as they are in the store, not as this session last saw them.
+        let updated = match self
             .service
             .store
-            .set_flags(selected.mailbox.id, &store_changes)
+            .change_flags(selected.mailbox.id, &uids, &change)
             .await
         {
-            return err.into();
-        }
-        for (index, flags) in changes {
-            selected.view[index].flags = flags;
+            Ok(updated) => updated,
+            Err(err) => return err.into(),
+        };
+        let updated: HashMap<u32, String> = updated.into_iter().collect();
+        let targets: Vec<(u32, usize)> = targets
+            .into_iter()
+            .filter(|(_, index)| updated.contains_key(&selected.view[*index].uid))
+            .collect();
+        for &(_, index) in &targets {
+            if let Some(flags) = updated.get(&selected.view[index].uid) {
+                selected.view[index].flags.clone_from(flags);
+            }
         }
         if response == StoreResponse::Answer {
             for &(seq, index) in &targets {
@@ -1255,16 +1311,16 @@ impl<'s> Session<'s> {
     }
 }
 
-/// Drops `uids` from the view, with an EXPUNGE for each, highest number first.
+/// Drops `uids` from the view, with an EXPUNGE for each, highest number first (so the numbers
+/// still to send do not move).
 fn remove_from_view(wire: &mut Wire, selected: &mut Selected, uids: &[u32]) {
-    let mut index = selected.view.len();
-    while index > 0 {
-        index -= 1;
-        if uids.contains(&selected.view[index].uid) {
+    let gone: std::collections::HashSet<u32> = uids.iter().copied().collect();
+    for index in (0..selected.view.len()).rev() {
+        if gone.contains(&selected.view[index].uid) {
             wire.data(Data::Expunge(nz(index as u32 + 1)));
-            selected.view.remove(index);
         }
     }
+    selected.view.retain(|entry| !gone.contains(&entry.uid));
 }
 
 fn lsub(list: Data<'static>) -> Data<'static> {
@@ -1332,6 +1388,13 @@ mod tests {
         assert!(wildcard_match(b"a*c", b"a/b/c"));
         assert!(wildcard_match(b"Se%", b"Sent"));
         assert!(!wildcard_match(b"Tr", b"Trash"));
+        assert!(wildcard_match(b"%/%", b"a/b"));
+        assert!(!wildcard_match(b"%/%", b"a/b/c"));
+        assert!(wildcard_match(b"", b""));
+        assert!(!wildcard_match(b"", b"a"));
+        // Hundreds of wildcards cost pattern × name steps, not an explosion.
+        let pattern = [b"*".repeat(500), b"X".to_vec()].concat();
+        assert!(!wildcard_match(&pattern, &b"a".repeat(200)));
     }
 
     #[test]

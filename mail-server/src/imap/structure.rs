@@ -14,8 +14,9 @@ use imap_next::imap_types::envelope::{Address, Envelope};
 use imap_next::imap_types::fetch::{Part, Section};
 use mail_parser::{HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
-/// Nested messages are followed this deep, no further.
-const MAX_DEPTH: usize = 8;
+/// Nested parts (multiparts and messages) are described this deep, no further: a message can
+/// nest thousands of levels, and describing them would recurse as deep (a stack overflow).
+const MAX_DEPTH: usize = 20;
 
 pub fn parse(raw: &[u8]) -> Option<Message<'_>> {
     MessageParser::default().parse(raw)
@@ -233,17 +234,40 @@ fn empty_text_part() -> BodyStructure<'static> {
     }
 }
 
+/// A part too deep to describe: opaque bytes.
+fn opaque_part(size: usize) -> BodyStructure<'static> {
+    BodyStructure::Single {
+        body: Body {
+            basic: BasicFields {
+                parameter_list: Vec::new(),
+                id: NString(None),
+                description: NString(None),
+                content_transfer_encoding: istring("7BIT"),
+                size: u32::try_from(size).unwrap_or(u32::MAX),
+            },
+            specific: SpecificFields::Basic {
+                r#type: istring("APPLICATION"),
+                subtype: istring("OCTET-STREAM"),
+            },
+        },
+        extension_data: None,
+    }
+}
+
 fn part_structure(
     message: &Message<'_>,
     part: &MessagePart<'_>,
     extensions: bool,
     depth: usize,
 ) -> BodyStructure<'static> {
+    if depth > MAX_DEPTH {
+        return opaque_part(part_bytes(message, part).len());
+    }
     let content_type = part.content_type();
     if let PartType::Multipart(_) = part.body {
         let bodies: Vec<BodyStructure<'static>> = children(message, part)
             .into_iter()
-            .map(|child| part_structure(message, child, extensions, depth))
+            .map(|child| part_structure(message, child, extensions, depth + 1))
             .collect();
         let subtype = content_type
             .and_then(|ct| ct.subtype())
@@ -533,6 +557,38 @@ AAEC\r\n\
         );
         assert!(section(MULTIPART, Some(&Section::Part(path(&[9])))).is_none());
         assert_eq!(section(MULTIPART, None).as_deref(), Some(MULTIPART));
+    }
+
+    #[test]
+    fn deep_nesting_is_cut_off_not_followed() {
+        let depth = 3000;
+        let mut raw = String::from("Subject: deep\r\n");
+        for level in 0..depth {
+            raw.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=\"b{level}\"\r\n\r\n--b{level}\r\n"
+            ));
+        }
+        raw.push_str("Content-Type: text/plain\r\n\r\nbottom\r\n");
+        for level in (0..depth).rev() {
+            raw.push_str(&format!("--b{level}--\r\n"));
+        }
+        // On a small stack, as a worker thread has: no overflow.
+        let handle = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                let message = parse(raw.as_bytes()).expect("parses");
+                let structure = body_structure(&message, true);
+                let mut levels = 0;
+                let mut current = &structure;
+                while let BodyStructure::Multi { bodies, .. } = current {
+                    levels += 1;
+                    current = &bodies.as_ref()[0];
+                }
+                levels
+            })
+            .expect("thread");
+        let levels = handle.join().expect("no overflow");
+        assert!(levels <= MAX_DEPTH + 1, "{levels}");
     }
 
     #[test]

@@ -209,20 +209,20 @@ impl Store {
 
     /// Marks message `id` read or unread.
     pub async fn set_seen(&self, message: &Listed, seen: bool) -> Result<(), StoreError> {
-        let mut flags: Vec<&str> = message
-            .flags
-            .split(' ')
-            .filter(|f| !f.is_empty() && !f.eq_ignore_ascii_case("\\Seen"))
-            .collect();
-        if seen {
-            flags.push("\\Seen");
-        }
+        let seen_flag = vec!["\\Seen".to_owned()];
+        let change = if seen {
+            super::FlagChange::Add(seen_flag)
+        } else {
+            super::FlagChange::Remove(seen_flag)
+        };
         let mailbox_id = self.mailbox_of(message.id).await?;
-        self.set_flags(
+        self.change_flags(
             mailbox_id,
-            &[(u32::try_from(message.uid).unwrap_or(0), flags.join(" "))],
+            &[u32::try_from(message.uid).unwrap_or(0)],
+            &change,
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Deletes message `id` for good (as IMAP's \Deleted then EXPUNGE would).
@@ -230,6 +230,20 @@ impl Store {
         let mailbox_id = self.mailbox_of(message.id).await?;
         self.expunge(mailbox_id, &[u32::try_from(message.uid).unwrap_or(0)])
             .await
+    }
+
+    /// Moves whenever anything in the account's mailboxes changes (new mail, flags, removals,
+    /// mailboxes made or dropped).
+    pub async fn account_version(&self, account: &str) -> Result<(i64, i64), StoreError> {
+        let row = sqlx::query(
+            // PostgreSQL sums BIGINTs into NUMERIC: cast back.
+            "SELECT CAST(COALESCE(SUM(x.uidnext + x.modseq), 0) AS BIGINT), COUNT(*) FROM mailboxes x
+             JOIN accounts a ON a.id = x.account_id WHERE a.address = $1",
+        )
+        .bind(account.to_ascii_lowercase())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.get(0), row.get(1)))
     }
 
     async fn mailbox_of(&self, id: i64) -> Result<i64, StoreError> {

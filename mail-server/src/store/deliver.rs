@@ -318,18 +318,21 @@ async fn take_uid(
     if let Some(row) = take().fetch_optional(&mut *tx).await? {
         return Ok((row.get(0), row.get(1)));
     }
-    let created = sqlx::query(
-        "INSERT INTO mailboxes (account_id, name, uidvalidity)
-         SELECT id, $1, $2 FROM accounts WHERE address = $3",
-    )
-    .bind(mailbox)
-    .bind(now())
-    .bind(account)
-    .execute(&mut *tx)
-    .await?;
-    if created.rows_affected() == 0 {
+    let Some(account_id) = sqlx::query("SELECT id FROM accounts WHERE address = $1")
+        .bind(account)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.get::<i64, _>(0))
+    else {
         return Err(StoreError::Invalid(format!("no account {account}")));
-    }
+    };
+    let uidvalidity = super::mailboxes::next_uidvalidity(tx, account_id).await?;
+    sqlx::query("INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES ($1, $2, $3)")
+        .bind(account_id)
+        .bind(mailbox)
+        .bind(uidvalidity)
+        .execute(&mut *tx)
+        .await?;
     let row = take().fetch_one(&mut *tx).await?;
     Ok((row.get(0), row.get(1)))
 }

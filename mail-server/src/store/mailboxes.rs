@@ -31,6 +31,8 @@ pub struct Entry {
     pub uid: u32,
     /// Space-separated, as IMAP writes them (`\Seen \Flagged $label`).
     pub flags: String,
+    /// Bytes, to size the batches FETCH and SEARCH read.
+    pub size: u32,
 }
 
 /// What is known of a message without reading its bytes.
@@ -123,14 +125,16 @@ impl Store {
 
     /// Creates the mailbox `name`; `false` if it exists.
     pub async fn create_mailbox(&self, account_id: i64, name: &str) -> Result<bool, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        let uidvalidity = next_uidvalidity(&mut connection, account_id).await?;
         let created = sqlx::query(
             "INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
         )
         .bind(account_id)
         .bind(canonical_name(name))
-        .bind(now())
-        .execute(&self.pool)
+        .bind(uidvalidity)
+        .execute(&mut *connection)
         .await?;
         self.changed();
         Ok(created.rows_affected() == 1)
@@ -208,7 +212,7 @@ impl Store {
             )
             .bind(account_id)
             .bind(&to)
-            .bind(now())
+            .bind(next_uidvalidity(&mut tx, account_id).await?)
             .bind(uidnext)
             .fetch_one(&mut *tx)
             .await?
@@ -219,15 +223,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         } else {
-            let below = sqlx::query(
-                "SELECT id, name FROM mailboxes WHERE account_id = $1 AND (name = $2 OR name LIKE $3)",
-            )
-            .bind(account_id)
-            .bind(&from)
-            .bind(format!("{}/%", like_escape(&from)))
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in below {
+            // The account's mailboxes are few: filtered here rather than with LIKE, whose
+            // escaping differs between SQLite and PostgreSQL.
+            let all = sqlx::query("SELECT id, name FROM mailboxes WHERE account_id = $1")
+                .bind(account_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut uidvalidity = next_uidvalidity(&mut tx, account_id).await?;
+            for row in all {
                 let (id, name): (i64, String) = (row.get(0), row.get(1));
                 if name != from && !name.starts_with(&format!("{from}/")) {
                     continue;
@@ -235,10 +238,11 @@ impl Store {
                 let renamed = format!("{to}{}", &name[from.len()..]);
                 sqlx::query("UPDATE mailboxes SET name = $1, uidvalidity = $2 WHERE id = $3")
                     .bind(renamed)
-                    .bind(now())
+                    .bind(uidvalidity)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                uidvalidity += 1;
             }
         }
         tx.commit().await?;
@@ -280,7 +284,7 @@ impl Store {
     /// Every message of the mailbox with its flags, by UID.
     pub async fn entries(&self, mailbox_id: i64) -> Result<Vec<Entry>, StoreError> {
         let rows =
-            sqlx::query("SELECT uid, flags FROM messages WHERE mailbox_id = $1 ORDER BY uid")
+            sqlx::query("SELECT uid, flags, size FROM messages WHERE mailbox_id = $1 ORDER BY uid")
                 .bind(mailbox_id)
                 .fetch_all(&self.pool)
                 .await?;
@@ -289,6 +293,7 @@ impl Store {
             .map(|row| Entry {
                 uid: clamp_u32(row.get(0)),
                 flags: row.get(1),
+                size: clamp_u32(row.get(2)),
             })
             .collect())
     }
@@ -360,28 +365,86 @@ impl Store {
         Ok(found)
     }
 
-    /// Sets the flags of messages (`(uid, flags)`); messages gone meanwhile are skipped.
-    pub async fn set_flags(
+    /// Applies `change` to the flags the messages have now, in one transaction, so that what
+    /// another session changed meanwhile is kept; returns the new flags of those still there.
+    pub async fn change_flags(
         &self,
         mailbox_id: i64,
-        flags: &[(u32, String)],
-    ) -> Result<(), StoreError> {
-        if flags.is_empty() {
-            return Ok(());
+        uids: &[u32],
+        change: &FlagChange,
+    ) -> Result<Vec<(u32, String)>, StoreError> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
+        // The mailbox row first: writers to one mailbox take turns (see the module's comment).
         bump(&mut tx, mailbox_id).await?;
-        for (uid, flags) in flags {
-            sqlx::query("UPDATE messages SET flags = $1 WHERE mailbox_id = $2 AND uid = $3")
-                .bind(flags)
-                .bind(mailbox_id)
-                .bind(i64::from(*uid))
-                .execute(&mut *tx)
-                .await?;
+        let mut updated = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT uid, flags FROM messages WHERE mailbox_id = $1 AND uid IN ({}) ORDER BY uid",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id);
+            for uid in chunk {
+                query = query.bind(i64::from(*uid));
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let (uid, current): (i64, String) = (row.get(0), row.get(1));
+                let new = change.apply(&current);
+                if new != current {
+                    sqlx::query(
+                        "UPDATE messages SET flags = $1 WHERE mailbox_id = $2 AND uid = $3",
+                    )
+                    .bind(&new)
+                    .bind(mailbox_id)
+                    .bind(uid)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                updated.push((clamp_u32(uid), new));
+            }
         }
         tx.commit().await?;
         self.changed();
-        Ok(())
+        Ok(updated)
+    }
+
+    /// Of these messages, removes those flagged \Deleted now (not as a session last saw
+    /// them: another may have undeleted one); returns their UIDs.
+    pub async fn expunge_deleted(
+        &self,
+        mailbox_id: i64,
+        uids: &[u32],
+    ) -> Result<Vec<u32>, StoreError> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        bump(&mut tx, mailbox_id).await?;
+        let mut removed = Vec::new();
+        let mut bodies = Vec::new();
+        for chunk in uids.chunks(CHUNK) {
+            let sql = format!(
+                "DELETE FROM messages WHERE mailbox_id = $1 AND uid IN ({})
+                   AND flags LIKE '%\\Deleted%' ESCAPE '!'
+                 RETURNING uid, body_id",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id);
+            for uid in chunk {
+                query = query.bind(i64::from(*uid));
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                removed.push(clamp_u32(row.get(0)));
+                bodies.push(row.get::<i64, _>(1));
+            }
+        }
+        delete_orphan_bodies(&mut tx, &bodies).await?;
+        tx.commit().await?;
+        self.changed();
+        removed.sort_unstable();
+        Ok(removed)
     }
 
     /// Removes messages for good.
@@ -534,6 +597,45 @@ impl Store {
     }
 }
 
+/// A change to messages' flags (IMAP STORE, a read message, the web inbox's read/unread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlagChange {
+    Add(Vec<String>),
+    Remove(Vec<String>),
+    Replace(Vec<String>),
+}
+
+impl FlagChange {
+    /// `current` (space-separated) with the change made; flags compare without case.
+    pub fn apply(&self, current: &str) -> String {
+        let has = |list: &[String], flag: &str| list.iter().any(|f| f.eq_ignore_ascii_case(flag));
+        let mut flags: Vec<String> = current
+            .split(' ')
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect();
+        match self {
+            FlagChange::Add(add) => {
+                for flag in add {
+                    if !has(&flags, flag) {
+                        flags.push(flag.clone());
+                    }
+                }
+            }
+            FlagChange::Remove(remove) => flags.retain(|f| !has(remove, f)),
+            FlagChange::Replace(given) => {
+                flags.clear();
+                for flag in given {
+                    if !has(&flags, flag) {
+                        flags.push(flag.clone());
+                    }
+                }
+            }
+        }
+        flags.join(" ")
+    }
+}
+
 /// `INBOX` is case-insensitive; other names are kept as given.
 pub fn canonical_name(name: &str) -> String {
     if name.eq_ignore_ascii_case("INBOX") {
@@ -543,10 +645,30 @@ pub fn canonical_name(name: &str) -> String {
     }
 }
 
-/// A name inside a LIKE pattern: its wildcards become `_`, so the pattern may match more than
-/// the name, and the caller checks the prefix exactly.
-fn like_escape(name: &str) -> String {
-    name.replace(['%', '_'], "_")
+/// A UIDVALIDITY no mailbox of the account has had: the time, or one more than the last one
+/// handed out (kept with the account, as mailboxes come and go), so a mailbox deleted and made
+/// again within a second still gets a new one (RFC 3501 §2.3.1.1: UIDs are never reused
+/// under one UIDVALIDITY).
+pub(super) async fn next_uidvalidity(
+    tx: &mut AnyConnection,
+    account_id: i64,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "SELECT a.last_uidvalidity, COALESCE((SELECT MAX(m.uidvalidity) FROM mailboxes m
+                                               WHERE m.account_id = a.id), 0)
+         FROM accounts a WHERE a.id = $1",
+    )
+    .bind(account_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (last, largest): (i64, i64) = (row.get(0), row.get(1));
+    let next = now().max(last + 1).max(largest + 1);
+    sqlx::query("UPDATE accounts SET last_uidvalidity = $1 WHERE id = $2")
+        .bind(next)
+        .bind(account_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(next)
 }
 
 async fn bump(tx: &mut AnyConnection, mailbox_id: i64) -> Result<(), StoreError> {

@@ -24,7 +24,7 @@ use sqlx::{Connection as _, Executor as _};
 pub use accounts::{Account, hash_password, verify_password};
 pub use browse::{Filter, Listed};
 pub use deliver::{Delivery, Metadata, Target};
-pub use mailboxes::{Entry, Mailbox, Summary, Version, canonical_name};
+pub use mailboxes::{Entry, FlagChange, Mailbox, Summary, Version, canonical_name};
 pub use queue::QueuedRecipient;
 
 /// What can go wrong with the store.
@@ -128,6 +128,7 @@ const ADDED_COLUMNS: &[&str] = &[
     "ALTER TABLE queue ADD COLUMN account TEXT",
     "ALTER TABLE mailboxes ADD COLUMN modseq {int} NOT NULL DEFAULT 0",
     "ALTER TABLE mailboxes ADD COLUMN recent_uid {int} NOT NULL DEFAULT 1",
+    "ALTER TABLE accounts ADD COLUMN last_uidvalidity {int} NOT NULL DEFAULT 0",
 ];
 
 /// The store of one mail-server.

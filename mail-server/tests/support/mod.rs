@@ -250,3 +250,181 @@ pub async fn dns(
     });
     addr
 }
+
+pub const MULTIPART: &str = "From: Carol <carol@remote.test>\r\n\
+To: alice@example.test\r\n\
+Subject: Quarterly report\r\n\
+Date: Tue, 24 Nov 2026 10:00:00 +0000\r\n\
+Message-ID: <report@remote.test>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"XX\"\r\n\
+\r\n\
+--XX\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+\r\n\
+The numbers are in.\r\n\
+--XX\r\n\
+Content-Type: application/pdf; name=\"q3.pdf\"\r\n\
+Content-Disposition: attachment; filename=\"q3.pdf\"\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+JVBERi0xLjQK\r\n\
+--XX--\r\n";
+
+/// Delivers `count` plain messages and the multipart one to alice over SMTP.
+pub fn deliver(smtp: SocketAddr, ca: &std::path::Path, count: usize) {
+    for n in 0..count {
+        let body = format!(
+            "From: Dan <dan@remote.test>\r\nTo: alice@example.test\r\nSubject: Note {n}\r\n\
+             Message-ID: <note{n}@remote.test>\r\n\r\nPlain note number {n}.\r\n"
+        );
+        let out = send(
+            smtp,
+            "plain",
+            None,
+            "dan@remote.test",
+            &["alice@example.test"],
+            ca,
+            Some(&body),
+        );
+        assert!(out.starts_with("sent"), "{out}");
+    }
+    let out = send(
+        smtp,
+        "plain",
+        None,
+        "carol@remote.test",
+        &["alice@example.test"],
+        ca,
+        Some(MULTIPART),
+    );
+    assert!(out.starts_with("sent"), "{out}");
+}
+
+/// Every command a mail client uses, through imaplib; prints `ok` or what went wrong.
+pub const IMAPLIB_SESSION: &str = r#"
+import imaplib, ssl, sys, re
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+def check(cond, what):
+    if not cond:
+        print("FAILED:", what); sys.exit(1)
+
+m = imaplib.IMAP4("127.0.0.1", port)
+caps = m.capabilities
+check("IMAP4REV1" in caps and "STARTTLS" in caps and "IDLE" in caps, caps)
+m.starttls(ssl_context=ctx)
+check("AUTH=PLAIN" in m.capabilities, m.capabilities)
+typ, _ = m.login("alice@example.test", "alice-pw")
+check(typ == "OK", "login")
+
+typ, data = m.list()
+names = [d.decode() for d in data]
+check(any('"INBOX"' in n or ' INBOX' in n for n in names), names)
+check(any("\\Sent" in n and "Sent" in n for n in names), names)
+typ, data = m.namespace()
+check(typ == "OK" and b'"/"' in data[0], data)
+
+typ, data = m.select("INBOX")
+check(typ == "OK" and data[0] == b"4", ("select", data))
+check(m.untagged_responses.get("UIDVALIDITY"), m.untagged_responses)
+
+typ, data = m.fetch("1:*", "(UID FLAGS RFC822.SIZE INTERNALDATE)")
+check(typ == "OK" and len(data) == 4, data)
+check(all(b"FLAGS" in d and b"UID" in d for d in data), data)
+
+typ, data = m.fetch("4", "(ENVELOPE BODYSTRUCTURE)")
+text = data[0].decode() if isinstance(data[0], bytes) else data[0][0].decode()
+check('"Quarterly report"' in text, text)
+check('"carol" "remote.test"' in text, text)
+check('"MIXED"' in text.upper() and '"PDF"' in text.upper() and '"ATTACHMENT"' in text.upper(), text)
+
+typ, data = m.fetch("4", "(BODY.PEEK[1] BODY.PEEK[2.MIME] BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])")
+parts = [d for d in data if isinstance(d, tuple)]
+# A short part comes as a quoted string, the others as literals.
+check(b'BODY[1] "The numbers are in."' in parts[0][0], parts)
+check(b"application/pdf" in parts[0][1], parts)
+check(parts[1][1] == b"From: Carol <carol@remote.test>\r\nSubject: Quarterly report\r\n\r\n", parts)
+typ, data = m.fetch("4", "(FLAGS)")
+check(b"\\Seen" not in data[0], ("peek must not set \\Seen", data))
+typ, data = m.fetch("1", "(BODY[]<0.10>)")
+check(b'BODY[]<0> "Return-Pat"' in data[0], data)
+typ, data = m.fetch("1", "(FLAGS)")
+check(b"\\Seen" in data[0], ("BODY[] sets \\Seen", data))
+typ, data = m.fetch("2", "(RFC822)")
+check(b"Plain note number 1." in data[0][1], data)
+
+typ, data = m.search(None, "UNSEEN")
+check(data[0].split() == [b"3", b"4"], ("unseen", data))
+typ, data = m.search(None, 'FROM', 'carol', 'SUBJECT', 'quarterly')
+check(data[0] == b"4", ("search", data))
+typ, data = m.search(None, 'BODY', '"number 2"')
+check(data[0] == b"3", ("body search", data))
+typ, data = m.uid("SEARCH", None, "ALL")
+uids = data[0].split()
+check(len(uids) == 4, uids)
+typ, data = m.search(None, 'OR', 'SEEN', 'LARGER', '500')
+check(data[0].split() == [b"1", b"2", b"4"], ("or", data))
+
+typ, data = m.store("3", "+FLAGS", "(\\Flagged $Important)")
+check(b"\\Flagged" in data[0] and b"$Important" in data[0], data)
+typ, data = m.uid("STORE", uids[2], "-FLAGS.SILENT", "(\\Flagged)")
+check(typ == "OK", data)
+typ, data = m.fetch("3", "(FLAGS)")
+check(b"\\Flagged" not in data[0] and b"$Important" in data[0], data)
+
+typ, data = m.create("Work/2026")
+check(typ == "OK", data)
+typ, data = m.list('""', "Work/%")
+check(len(data) == 1 and b"Work/2026" in data[0], data)
+typ, data = m.copy("1:2", "Work/2026")
+check(typ == "OK" and b"COPYUID" in data[0], data)
+typ, data = m.status("Work/2026", "(MESSAGES UNSEEN UIDNEXT)")
+check(b"MESSAGES 2" in data[0] and b"UNSEEN 0" in data[0], data)
+typ, data = m._simple_command("MOVE", "2", "Archive")
+check(typ == "NO" and b"TRYCREATE" in str(m.untagged_responses).encode() or typ == "NO", (typ, data))
+m.create("Archive")
+typ, data = m._simple_command("MOVE", "2", "Archive")
+check(typ == "OK", (typ, data))
+check(m.untagged_responses.pop("EXPUNGE", None) == [b"2"], m.untagged_responses)
+typ, data = m.select("INBOX")
+check(data[0] == b"3", ("after move", data))
+
+typ, data = m.store("1", "+FLAGS", "(\\Deleted)")
+typ, data = m.expunge()
+check(data == [b"1"], ("expunge", data))
+typ, data = m.select("INBOX")
+check(data[0] == b"2", data)
+
+msg = b"From: alice@example.test\r\nSubject: Draft reply\r\n\r\nWork in progress.\r\n"
+typ, data = m.append("Drafts", "(\\Draft \\Seen)", None, msg)
+check(typ == "OK" and b"APPENDUID" in data[0], data)
+typ, data = m.select("Drafts", readonly=True)
+check(data[0] == b"1", data)
+typ, data = m.fetch("1", "(FLAGS BODY.PEEK[TEXT])")
+check(b"\\Draft" in data[0][0] and data[0][1] == b"Work in progress.\r\n", data)
+typ, data = m.store("1", "+FLAGS", "(\\Deleted)")
+check(typ == "NO", ("read-only store", typ))
+
+typ, data = m.rename("Work/2026", "Projects/2026")
+check(typ == "OK", data)
+typ, data = m.list('""', "*")
+listed = b" ".join(data)
+check(b"Projects/2026" in listed and b"Work/2026" not in listed, listed)
+typ, data = m.subscribe("Projects/2026")
+typ, data = m.unsubscribe("Archive")
+typ, data = m.lsub('""', "*")
+listed = b" ".join(data)
+check(b"Projects/2026" in listed and b"Archive" not in listed, listed)
+typ, data = m.delete("Projects/2026")
+check(typ == "OK", data)
+typ, data = m.delete("INBOX")
+check(typ == "NO", data)
+typ, data = m.select("Nope")
+check(typ == "NO", data)
+m.select("INBOX")
+typ, data = m.close()
+check(typ == "OK", data)
+m.logout()
+print("ok")
+"#;
