@@ -437,6 +437,14 @@ async fn concurrent_changes_limits_and_refusals() {
         let many = vec!["1:*"; 20_000].join(",");
         let fetched = first.command("g3", &format!("FETCH {many} (UID)"));
         assert_eq!(fetched.iter().filter(|l| l.starts_with("* ")).count(), 2);
+
+        // Before login, a literal is not something to hold: past 64 KiB the connection ends.
+        let mut stranger = Raw::connect(imap);
+        stranger.send("h1 LOGIN {90000}\r\n");
+        assert!(stranger.line().starts_with("+ "));
+        let _ = stranger.writer.write_all(&vec![b'x'; 90_000]);
+        let bye = stranger.line();
+        assert!(bye.starts_with("* BYE"), "{bye}");
     })
     .await
     .unwrap();

@@ -181,6 +181,8 @@ pub(crate) enum Incoming {
     Changed,
     Closed,
     TimedOut,
+    /// More unparsed input than the caller allows (before login: no literal worth holding).
+    TooMuch,
 }
 
 /// imap-next's server state and the connection it speaks over.
@@ -190,6 +192,8 @@ pub(crate) struct Wire {
     /// Client events met while flushing responses, handled next.
     pending: VecDeque<Incoming>,
     buffer: Vec<u8>,
+    /// Bytes handed to imap-next since it last produced an event.
+    unparsed: usize,
 }
 
 impl Wire {
@@ -199,6 +203,7 @@ impl Wire {
             io: BufWriter::with_capacity(64 * 1024, io),
             pending: VecDeque::new(),
             buffer: vec![0; 64 * 1024],
+            unparsed: 0,
         }
     }
 
@@ -233,11 +238,13 @@ impl Wire {
     }
 
     /// The next thing from the client, writing queued responses first. While `idle` is given,
-    /// a change to the store ends the wait too.
+    /// a change to the store ends the wait too; more than `max_unparsed` bytes without a
+    /// complete command ends it with [`Incoming::TooMuch`].
     async fn next(
         &mut self,
         timeout: Duration,
         mut idle: Option<&mut tokio::sync::watch::Receiver<u64>>,
+        max_unparsed: usize,
     ) -> std::io::Result<Incoming> {
         if let Some(incoming) = self.pending.pop_front() {
             return Ok(incoming);
@@ -245,10 +252,19 @@ impl Wire {
         loop {
             match self.server.next() {
                 Ok(Event::ResponseSent { .. } | Event::GreetingSent { .. }) => {}
-                Ok(event) => return Ok(Incoming::Event(event)),
+                Ok(event) => {
+                    self.unparsed = 0;
+                    return Ok(Incoming::Event(event));
+                }
                 Err(Interrupt::Io(NeedIo::Output(bytes))) => self.io.write_all(&bytes).await?,
-                Err(Interrupt::Error(err)) => return Ok(Incoming::Malformed(err)),
+                Err(Interrupt::Error(err)) => {
+                    self.unparsed = 0;
+                    return Ok(Incoming::Malformed(err));
+                }
                 Err(Interrupt::Io(NeedIo::NeedMoreInput)) => {
+                    if self.unparsed > max_unparsed {
+                        return Ok(Incoming::TooMuch);
+                    }
                     self.io.flush().await?;
                     let read = match idle.as_deref_mut() {
                         Some(changes) => tokio::select! {
@@ -273,6 +289,7 @@ impl Wire {
                     if read == 0 {
                         return Ok(Incoming::Closed);
                     }
+                    self.unparsed += read;
                     self.server.enqueue_input(&self.buffer[..read]);
                 }
             }
@@ -301,9 +318,21 @@ async fn run(
             service.login_timeout
         };
         let idle = idle_tag.is_some().then_some(&mut changes);
-        let incoming = wire.next(timeout, idle).await?;
+        // Before login no command needs more than a line: literals (APPEND's up to
+        // mail.max_message_bytes) are for logged-in clients only.
+        let max_unparsed = if session.logged_in() {
+            usize::MAX
+        } else {
+            MAX_COMMAND as usize
+        };
+        let incoming = wire.next(timeout, idle, max_unparsed).await?;
         match incoming {
             Incoming::Closed => return Ok(()),
+            Incoming::TooMuch => {
+                wire.status(bye("Command too long before login"));
+                wire.drain().await?;
+                return Ok(());
+            }
             Incoming::TimedOut => {
                 wire.status(bye("Autologout; idle too long"));
                 wire.drain().await?;
