@@ -438,6 +438,45 @@ async fn concurrent_changes_limits_and_refusals() {
         let fetched = first.command("g3", &format!("FETCH {many} (UID)"));
         assert_eq!(fetched.iter().filter(|l| l.starts_with("* ")).count(), 2);
 
+        // AUTHENTICATE PLAIN, with the response in the command (SASL-IR) and after a "+".
+        let plain = "AGFsaWNlQGV4YW1wbGUudGVzdABhbGljZS1wdw=="; // \0alice@example.test\0alice-pw
+        let mut third = Raw::connect(imap);
+        ok(
+            &third.command("i1", &format!("AUTHENTICATE PLAIN {plain}")),
+            "i1",
+        );
+        let mut fourth = Raw::connect(imap);
+        fourth.send("j1 AUTHENTICATE PLAIN\r\n");
+        assert!(fourth.line().starts_with("+"));
+        fourth.send(&format!("{plain}\r\n"));
+        ok(&fourth.until("j1"), "j1");
+        // UID EXPUNGE removes only the \Deleted messages in its set; CHECK, RFC822.HEADER,
+        // UNSELECT.
+        ok(&fourth.command("j2", "SELECT INBOX"), "j2");
+        ok(
+            &fourth.command("j3", "STORE 1:* +FLAGS.SILENT (\\Deleted)"),
+            "j3",
+        );
+        let uids = fourth.command("j4", "UID SEARCH ALL");
+        let uids: Vec<String> = uids[0]
+            .trim_end()
+            .split(' ')
+            .skip(2)
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(uids.len(), 2, "{uids:?}");
+        let expunged = fourth.command("j5", &format!("UID EXPUNGE {}", uids[1]));
+        assert_eq!(expunged[0], "* 2 EXPUNGE\r\n", "{expunged:?}");
+        ok(&fourth.command("j6", "CHECK"), "j6");
+        let header = fourth.command("j7", "FETCH 1 (RFC822.HEADER)");
+        assert!(header[0].contains("RFC822.HEADER {"), "{header:?}");
+        ok(&fourth.command("j8", "UNSELECT"), "j8");
+        let status = fourth.command("j9", "STATUS INBOX (MESSAGES)");
+        assert!(
+            status[0].contains("MESSAGES 1"),
+            "UNSELECT expunges nothing: {status:?}"
+        );
+
         // Before login, a literal is not something to hold: past 64 KiB the connection ends.
         let mut stranger = Raw::connect(imap);
         stranger.send("h1 LOGIN {90000}\r\n");
