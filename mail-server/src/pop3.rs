@@ -430,7 +430,7 @@ impl Session<'_> {
         let entries = store.entries(inbox.id).await?;
         let uids: Vec<u32> = entries.iter().map(|e| e.uid).collect();
         let messages = store
-            .summaries(inbox.id, &uids, false)
+            .summaries(inbox.id, &uids, crate::store::Bytes::None)
             .await?
             .into_iter()
             .map(|summary| Message {

@@ -21,6 +21,29 @@ pub fn needs_bytes(items: &[MessageDataItemName<'_>]) -> bool {
     })
 }
 
+/// Whether what `items` need of the bytes is the header only (ENVELOPE, RFC822.HEADER,
+/// `BODY[HEADER]`, `BODY[HEADER.FIELDS (…)]`): what clients fetch for a whole mailbox.
+pub fn header_only(items: &[MessageDataItemName<'_>]) -> bool {
+    use imap_next::imap_types::fetch::Section;
+    items.iter().all(|item| match item {
+        MessageDataItemName::Flags
+        | MessageDataItemName::InternalDate
+        | MessageDataItemName::Rfc822Size
+        | MessageDataItemName::Uid
+        | MessageDataItemName::Envelope
+        | MessageDataItemName::Rfc822Header => true,
+        MessageDataItemName::BodyExt { section, .. } => matches!(
+            section,
+            Some(
+                Section::Header(None)
+                    | Section::HeaderFields(None, _)
+                    | Section::HeaderFieldsNot(None, _)
+            )
+        ),
+        _ => false,
+    })
+}
+
 /// Whether fetching `items` marks the message \Seen (a body read without PEEK).
 pub fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
     items.iter().any(|item| {

@@ -24,9 +24,9 @@ use imap_next::imap_types::search::SearchKey;
 use imap_next::imap_types::sequence::SequenceSet;
 use imap_next::imap_types::status::{StatusDataItem, StatusDataItemName};
 
-use super::{ImapService, Wire, bye, capabilities, fetch, search, sequence, status};
+use super::{ImapService, Wire, bye, capabilities, fetch, search, sequence, status, structure};
 use crate::auth::{Login, decode_plain_bytes};
-use crate::store::{Entry, FlagChange, Mailbox, StoreError, Version};
+use crate::store::{Bytes, Entry, FlagChange, Mailbox, StoreError, Version};
 
 /// What the connection does after a command.
 #[derive(Debug, PartialEq, Eq)]
@@ -138,6 +138,10 @@ impl Selected {
 const BATCH: usize = 200;
 /// …and, when their bytes are read, about this many bytes (a batch holds at least one).
 const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Bytes read of each message when only its header is wanted (most headers are far shorter;
+/// longer ones are read again whole).
+const HEAD_BYTES: u32 = 16 * 1024;
 
 /// `targets` cut into batches of at most [`BATCH`] messages and, `with_bytes`, about
 /// [`BATCH_BYTES`].
@@ -1058,6 +1062,7 @@ impl<'s> Session<'s> {
             last_uid: selected.last_uid(),
         };
         let with_bytes = search::needs_bytes(&key);
+        let bytes = if with_bytes { Bytes::All } else { Bytes::None };
         let mut found = Vec::new();
         let targets: Vec<(u32, usize)> = (0..selected.view.len())
             .map(|index| (index as u32 + 1, index))
@@ -1065,10 +1070,7 @@ impl<'s> Session<'s> {
         for (from, to) in batches(&selected.view, &targets, with_bytes) {
             let batch = &targets[from..to];
             let uids: Vec<u32> = batch.iter().map(|(_, i)| selected.view[*i].uid).collect();
-            let summaries = match store
-                .summaries(selected.mailbox.id, &uids, with_bytes)
-                .await
-            {
+            let summaries = match store.summaries(selected.mailbox.id, &uids, bytes).await {
                 Ok(summaries) => summaries,
                 Err(err) => return err.into(),
             };
@@ -1112,19 +1114,43 @@ impl<'s> Session<'s> {
         if marks_seen && !names.contains(&MessageDataItemName::Flags) {
             names.push(MessageDataItemName::Flags);
         }
-        let with_bytes = fetch::needs_bytes(&names);
+        let bytes = if !fetch::needs_bytes(&names) {
+            Bytes::None
+        } else if fetch::header_only(&names) {
+            Bytes::Head(HEAD_BYTES)
+        } else {
+            Bytes::All
+        };
         let targets = selected.resolve(set, uid);
-        for (from, to) in batches(&selected.view, &targets, with_bytes) {
+        for (from, to) in batches(&selected.view, &targets, bytes == Bytes::All) {
             let batch = &targets[from..to];
             let uids: Vec<u32> = batch.iter().map(|(_, i)| selected.view[*i].uid).collect();
-            let summaries = match store
-                .summaries(selected.mailbox.id, &uids, with_bytes)
-                .await
-            {
+            let summaries = match store.summaries(selected.mailbox.id, &uids, bytes).await {
                 Ok(summaries) => summaries,
                 Err(err) => return Ok(err.into()),
             };
-            let summaries: HashMap<u32, _> = summaries.into_iter().map(|s| (s.uid, s)).collect();
+            let mut summaries: HashMap<u32, _> =
+                summaries.into_iter().map(|s| (s.uid, s)).collect();
+            if bytes != Bytes::All && bytes != Bytes::None {
+                // Headers longer than the first bytes read: those messages whole.
+                let longer: Vec<u32> = summaries
+                    .values()
+                    .filter(|s| {
+                        let raw = s.raw.as_deref().unwrap_or_default();
+                        raw.len() < s.size as usize && !structure::has_header_end(raw)
+                    })
+                    .map(|s| s.uid)
+                    .collect();
+                if !longer.is_empty() {
+                    match store
+                        .summaries(selected.mailbox.id, &longer, Bytes::All)
+                        .await
+                    {
+                        Ok(whole) => summaries.extend(whole.into_iter().map(|s| (s.uid, s))),
+                        Err(err) => return Ok(err.into()),
+                    }
+                }
+            }
             if marks_seen {
                 // \Seen first, in the store, so the FLAGS sent below are what is stored.
                 let unseen: Vec<u32> = batch

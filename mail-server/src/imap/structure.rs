@@ -433,6 +433,14 @@ fn find(raw: &[u8], path: &[NonZeroU32], want: Want<'_>, depth: usize) -> Option
     }
 }
 
+/// Whether `raw` holds the blank line that ends a header.
+pub fn has_header_end(raw: &[u8]) -> bool {
+    raw.starts_with(b"\r\n")
+        || raw.starts_with(b"\n")
+        || raw.windows(2).any(|w| w == b"\n\n")
+        || raw.windows(3).any(|w| w == b"\n\r\n")
+}
+
 /// Where the header ends: after the blank line (CRLF or bare LF), or the end of the message.
 pub fn header_end(raw: &[u8]) -> usize {
     let mut at = 0;

@@ -50,6 +50,15 @@ pub struct Summary {
     pub raw: Option<Vec<u8>>,
 }
 
+/// How much of a message's bytes to read with its summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bytes {
+    None,
+    All,
+    /// The first bytes only: enough for the header of most messages.
+    Head(u32),
+}
+
 /// How far a mailbox has changed: new mail moves `uidnext`, anything else `modseq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
@@ -298,19 +307,25 @@ impl Store {
             .collect())
     }
 
-    /// The messages with these UIDs that are still there, with their bytes if `with_bytes`
-    /// (one query for both: FETCH and SEARCH ask for many messages, one at a time).
+    /// The messages with these UIDs that are still there, with as much of their bytes as
+    /// `bytes` asks (one query for both: FETCH and SEARCH ask for many messages, one at a time).
     pub async fn summaries(
         &self,
         mailbox_id: i64,
         uids: &[u32],
-        with_bytes: bool,
+        bytes: Bytes,
     ) -> Result<Vec<Summary>, StoreError> {
         let mut found = Vec::with_capacity(uids.len());
-        let (raw, join) = if with_bytes {
-            (", b.raw", "JOIN bodies b ON b.id = m.body_id")
+        let raw = match bytes {
+            Bytes::None => String::new(),
+            Bytes::All => ", b.raw".to_owned(),
+            // substr on a BLOB / bytea counts bytes in both dialects.
+            Bytes::Head(length) => format!(", substr(b.raw, 1, {length})"),
+        };
+        let join = if bytes == Bytes::None {
+            ""
         } else {
-            ("", "")
+            "JOIN bodies b ON b.id = m.body_id"
         };
         for chunk in uids.chunks(CHUNK) {
             let sql = format!(
@@ -333,7 +348,7 @@ impl Store {
                     subject: row.get(5),
                     date: row.get(6),
                     has_attachments: row.get::<i64, _>(7) != 0,
-                    raw: with_bytes.then(|| row.get(8)),
+                    raw: (bytes != Bytes::None).then(|| row.get(8)),
                 });
             }
         }

@@ -24,7 +24,7 @@ use sqlx::{Connection as _, Executor as _};
 pub use accounts::{Account, hash_password, verify_password};
 pub use browse::{Filter, Listed};
 pub use deliver::{Delivery, Metadata, Target};
-pub use mailboxes::{Entry, FlagChange, Mailbox, Summary, Version, canonical_name};
+pub use mailboxes::{Bytes, Entry, FlagChange, Mailbox, Summary, Version, canonical_name};
 pub use queue::QueuedRecipient;
 
 /// What can go wrong with the store.
