@@ -6,7 +6,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A client connection, plaintext or inside TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -38,6 +42,43 @@ pub async fn read_capped<R: AsyncBufRead + Unpin>(
         if out.len() >= cap {
             return Ok(());
         }
+    }
+}
+
+/// Memory for messages being received (SMTP DATA, IMAP literals), shared by every session of
+/// every protocol, in [`BUDGET_UNIT`] pieces: a thousand connections sending large messages
+/// slowly cannot take more than this.
+#[derive(Debug, Clone)]
+pub struct Budget(Arc<Semaphore>);
+
+/// Memory for messages being received, all sessions of every protocol together (SMTP answers
+/// 452 4.3.1 when it runs out; IMAP waits, then ends the connection).
+pub const MESSAGE_MEMORY: usize = 512 * 1024 * 1024;
+
+/// The budget's granularity.
+pub const BUDGET_UNIT: usize = 64 * 1024;
+
+impl Budget {
+    pub fn new(bytes: usize) -> Self {
+        Self(Arc::new(Semaphore::new((bytes / BUDGET_UNIT).max(1))))
+    }
+
+    /// Adds units to `held` until it covers `bytes`, waiting up to `wait` for each; `false`
+    /// when the budget stayed spent that long.
+    pub async fn grow(
+        &self,
+        held: &mut Vec<OwnedSemaphorePermit>,
+        bytes: usize,
+        wait: Duration,
+    ) -> bool {
+        while held.len() * BUDGET_UNIT < bytes {
+            let semaphore = Arc::clone(&self.0);
+            match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
+                Ok(Ok(permit)) => held.push(permit),
+                _ => return false,
+            }
+        }
+        true
     }
 }
 

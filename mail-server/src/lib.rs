@@ -157,6 +157,7 @@ pub async fn run(
     let mut server = RoleServer::new(Role::Mail, Arc::clone(&config), shutdown);
     let wake = Arc::new(tokio::sync::Notify::new());
     let logins = Arc::new(auth::Logins::new(store.clone()));
+    let budget = connection::Budget::new(connection::MESSAGE_MEMORY);
     let api = http::Api {
         store: store.clone(),
         open: config.environment == Environment::Development,
@@ -216,6 +217,7 @@ pub async fn run(
         ),
         wake,
         Arc::clone(&logins),
+        budget.clone(),
     ));
     for (name, port) in [
         ("smtp", smtp::Port::Relay),
@@ -244,6 +246,7 @@ pub async fn run(
         mail.max_message_bytes,
         Duration::from_secs(mail.command_timeout_secs.max(1)),
         mail.max_connections_per_ip,
+        budget,
     ));
     for (name, implicit_tls) in [("imap", false), ("imaps", true)] {
         let imap = Arc::clone(&imap);

@@ -185,6 +185,14 @@ async fn idle_pushes_new_mail_and_sessions_see_each_other() {
             "{appended:?}"
         );
 
+        // A large literal (memory from the shared budget while it arrives).
+        let big = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(300_000));
+        let appended = first.command("a5b", &format!("APPEND INBOX {{{}+}}\r\n{big}", big.len()));
+        assert!(
+            appended.last().unwrap().contains("APPENDUID"),
+            "{appended:?}"
+        );
+
         // Garbage gets BAD with the tag when there is one, and the session goes on.
         let bad = first.command("a6", "FROBNICATE now");
         assert!(bad.last().unwrap().starts_with("a6 BAD"), "{bad:?}");

@@ -35,7 +35,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufWriter};
 use tokio::net::TcpStream;
 
 use crate::auth::Logins;
-use crate::connection::{BoxIo, PerIp};
+use crate::connection::{BUDGET_UNIT, BoxIo, Budget, PerIp};
 use crate::store::Store;
 
 /// RFC 3501 §5.4: an authenticated client may stay silent for at least 30 minutes.
@@ -59,6 +59,8 @@ pub struct ImapService {
     /// How long a client that has not logged in may stay silent.
     pub login_timeout: Duration,
     per_ip: PerIp,
+    /// Memory for literals being received, shared with SMTP.
+    budget: Budget,
 }
 
 impl std::fmt::Debug for ImapService {
@@ -68,6 +70,7 @@ impl std::fmt::Debug for ImapService {
 }
 
 impl ImapService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         logins: Arc<Logins>,
@@ -76,6 +79,7 @@ impl ImapService {
         max_message_bytes: usize,
         login_timeout: Duration,
         max_per_ip: usize,
+        budget: Budget,
     ) -> Self {
         Self {
             store,
@@ -85,6 +89,7 @@ impl ImapService {
             max_message_bytes: u32::try_from(max_message_bytes).unwrap_or(u32::MAX),
             login_timeout,
             per_ip: PerIp::new(max_per_ip),
+            budget,
         }
     }
 
@@ -113,7 +118,7 @@ impl ImapService {
             let _ = io.shutdown().await;
             return;
         }
-        let mut wire = Wire::new(io, self.options(), greeting());
+        let mut wire = Wire::new(io, self.options(), greeting(), self.budget.clone());
         let mut session = session::Session::new(&self, peer, secure);
         if let Err(err) = run(&self, &mut wire, &mut session).await {
             tracing::debug!(%peer, error = %err, "IMAP connection ended");
@@ -183,6 +188,8 @@ pub(crate) enum Incoming {
     TimedOut,
     /// More unparsed input than the caller allows (before login: no literal worth holding).
     TooMuch,
+    /// The memory budget for messages stayed spent.
+    NoMemory,
 }
 
 /// imap-next's server state and the connection it speaks over.
@@ -194,16 +201,22 @@ pub(crate) struct Wire {
     buffer: Vec<u8>,
     /// Bytes handed to imap-next since it last produced an event.
     unparsed: usize,
+    /// Memory held for them (past the first unit), from the budget shared with SMTP: a
+    /// command with a large literal holds it until the next command is read.
+    budget: Budget,
+    held: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Wire {
-    fn new(io: BoxIo, options: Options, greeting: Greeting<'static>) -> Self {
+    fn new(io: BoxIo, options: Options, greeting: Greeting<'static>, budget: Budget) -> Self {
         Self {
             server: Server::new(options, greeting),
             io: BufWriter::with_capacity(64 * 1024, io),
             pending: VecDeque::new(),
             buffer: vec![0; 64 * 1024],
             unparsed: 0,
+            budget,
+            held: Vec::new(),
         }
     }
 
@@ -249,6 +262,10 @@ impl Wire {
         if let Some(incoming) = self.pending.pop_front() {
             return Ok(incoming);
         }
+        // The last command has been handled: its literal's memory goes back.
+        if self.unparsed == 0 {
+            self.held.clear();
+        }
         loop {
             match self.server.next() {
                 Ok(Event::ResponseSent { .. } | Event::GreetingSent { .. }) => {}
@@ -290,6 +307,14 @@ impl Wire {
                         return Ok(Incoming::Closed);
                     }
                     self.unparsed += read;
+                    if self.unparsed > BUDGET_UNIT
+                        && !self
+                            .budget
+                            .grow(&mut self.held, self.unparsed, timeout)
+                            .await
+                    {
+                        return Ok(Incoming::NoMemory);
+                    }
                     self.server.enqueue_input(&self.buffer[..read]);
                 }
             }
@@ -330,6 +355,11 @@ async fn run(
             Incoming::Closed => return Ok(()),
             Incoming::TooMuch => {
                 wire.status(bye("Command too long before login"));
+                wire.drain().await?;
+                return Ok(());
+            }
+            Incoming::NoMemory => {
+                wire.status(bye("Server busy, try again later"));
                 wire.drain().await?;
                 return Ok(());
             }
@@ -389,7 +419,12 @@ async fn run(
                                 Ok(Ok(stream)) => stream,
                                 _ => return Ok(()),
                             };
-                        *wire = Wire::new(Box::new(stream), service.options(), greeting());
+                        *wire = Wire::new(
+                            Box::new(stream),
+                            service.options(),
+                            greeting(),
+                            service.budget.clone(),
+                        );
                         // The fresh state's greeting is not sent: TLS does not start over.
                         wire.skip_greeting();
                         session.secured();

@@ -9,21 +9,9 @@
 use std::time::Duration;
 
 use tokio::io::AsyncBufRead;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
-/// Memory for messages being received, shared by every session, in [`UNIT`] pieces: a
-/// thousand connections sending large messages slowly cannot take more than this.
-#[derive(Debug, Clone)]
-pub struct Budget(std::sync::Arc<Semaphore>);
-
-/// The budget's granularity.
-const UNIT: usize = 64 * 1024;
-
-impl Budget {
-    pub fn new(bytes: usize) -> Self {
-        Self(std::sync::Arc::new(Semaphore::new((bytes / UNIT).max(1))))
-    }
-}
+use crate::connection::Budget;
 
 /// What to do with a bare LF in a message (`mail.bare_lf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,17 +133,13 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
         }
         if !too_large && !starved {
             // Memory from the shared budget before the message grows past what it holds.
-            while held.len() * UNIT < message.len() + content.len() {
-                let semaphore = std::sync::Arc::clone(&budget.0);
-                match tokio::time::timeout(idle, semaphore.acquire_owned()).await {
-                    Ok(Ok(permit)) => held.push(permit),
-                    _ => {
-                        starved = true;
-                        message = Vec::new();
-                        held.clear();
-                        break;
-                    }
-                }
+            if !budget
+                .grow(&mut held, message.len() + content.len(), idle)
+                .await
+            {
+                starved = true;
+                message = Vec::new();
+                held.clear();
             }
             if !starved {
                 message.extend_from_slice(content);
@@ -192,7 +176,10 @@ mod tests {
         .await
         .expect("reads");
         if let Data::Complete(message, held) = &outcome {
-            assert!(held.len() * UNIT >= message.len(), "memory is accounted");
+            assert!(
+                held.len() * crate::connection::BUDGET_UNIT >= message.len(),
+                "memory is accounted"
+            );
         }
         let mut rest = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut rest)
@@ -246,10 +233,8 @@ mod tests {
         // One 64 KiB unit for everyone, held by another session: a second message waits for
         // it, then is read to its end and refused, and the next command is intact.
         let budget = Budget::new(64 * 1024);
-        let held = std::sync::Arc::clone(&budget.0)
-            .acquire_owned()
-            .await
-            .expect("unit");
+        let mut held = Vec::new();
+        assert!(budget.grow(&mut held, 1, Duration::from_secs(1)).await);
         let input = b"Subject: x\r\n\r\nbody\r\n.\r\nNOOP\r\n";
         let mut reader = tokio::io::BufReader::new(&input[..]);
         let outcome = read_data(

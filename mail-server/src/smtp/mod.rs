@@ -26,9 +26,6 @@ use data::{BareLf, Data};
 /// Longest command line (RFC 5321 allows 512; AUTH responses and long addresses need more).
 const MAX_LINE: usize = 4096;
 
-/// Memory for messages being received, all sessions together (452 4.3.1 when it runs out).
-const MESSAGE_MEMORY: usize = 512 * 1024 * 1024;
-
 /// Which port a session came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Port {
@@ -63,7 +60,7 @@ pub struct SmtpService {
     /// Woken when a message enters the outbound queue.
     pub outbound: Arc<tokio::sync::Notify>,
     /// Memory all sessions' messages may take while they are received.
-    budget: data::Budget,
+    budget: crate::connection::Budget,
     per_ip: PerIp,
     logins: Arc<Logins>,
 }
@@ -128,6 +125,7 @@ impl SmtpService {
         policy: Policy,
         outbound: Arc<tokio::sync::Notify>,
         logins: Arc<Logins>,
+        budget: crate::connection::Budget,
     ) -> Self {
         let max_per_ip = limits.max_per_ip;
         Self {
@@ -139,7 +137,7 @@ impl SmtpService {
             plaintext_auth_on_loopback,
             policy,
             outbound,
-            budget: data::Budget::new(MESSAGE_MEMORY),
+            budget,
             per_ip: PerIp::new(max_per_ip),
             logins,
         }
