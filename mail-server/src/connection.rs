@@ -9,7 +9,11 @@ use std::sync::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncWrite};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader,
+    BufWriter, ReadHalf, WriteHalf,
+};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A client connection, plaintext or inside TLS.
@@ -42,6 +46,63 @@ pub async fn read_capped<R: AsyncBufRead + Unpin>(
         if out.len() >= cap {
             return Ok(());
         }
+    }
+}
+
+/// A connection accepted for a listener: no Nagle delay (replies are small and come in
+/// turns), and for an implicit-TLS port the handshake done within `timeout`. `None` when the
+/// handshake fails or the port needs TLS and there is none; `Some((io, secure))` otherwise.
+pub async fn open(
+    stream: TcpStream,
+    implicit_tls: bool,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+    timeout: Duration,
+) -> Option<(BoxIo, bool)> {
+    let _ = stream.set_nodelay(true);
+    if !implicit_tls {
+        return Some((Box::new(stream), false));
+    }
+    match tokio::time::timeout(timeout, tls?.accept(stream)).await {
+        Ok(Ok(stream)) => Some((Box::new(stream), true)),
+        _ => None,
+    }
+}
+
+/// A line-oriented connection (SMTP, POP3): buffered both ways, replies flushed once nothing
+/// more is pipelined.
+pub struct Conn {
+    pub reader: BufReader<ReadHalf<BoxIo>>,
+    pub writer: BufWriter<WriteHalf<BoxIo>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    pub fn new(io: BoxIo) -> Self {
+        let (read, write) = tokio::io::split(io);
+        Self {
+            reader: BufReader::with_capacity(16 * 1024, read),
+            writer: BufWriter::with_capacity(64 * 1024, write),
+        }
+    }
+
+    pub async fn reply(&mut self, text: &str) -> std::io::Result<()> {
+        self.writer.write_all(text.as_bytes()).await?;
+        // Pipelined commands waiting: their replies go out together.
+        if self.reader.buffer().is_empty() {
+            self.writer.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The stream again, for a STARTTLS handshake. Whatever the client pipelined after the
+    /// command is dropped with the plaintext reader: only what comes inside TLS counts.
+    pub fn into_io(self) -> BoxIo {
+        self.reader.into_inner().unsplit(self.writer.into_inner())
     }
 }
 

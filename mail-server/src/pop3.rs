@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::io::{AsyncWriteExt as _, BufReader, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
 use crate::auth::{B64, Login, Logins, decode_plain_bytes};
-use crate::connection::{BoxIo, PerIp, read_capped};
+use crate::connection::{Conn, PerIp, read_capped};
 use crate::store::Store;
 
 /// RFC 2449 allows 255 octets; AUTH responses need more.
@@ -43,61 +43,35 @@ impl std::fmt::Debug for Pop3Service {
     }
 }
 
-struct Conn {
-    reader: BufReader<ReadHalf<BoxIo>>,
-    writer: BufWriter<WriteHalf<BoxIo>>,
-}
-
-impl Conn {
-    fn new(io: BoxIo) -> Self {
-        let (read, write) = tokio::io::split(io);
-        Self {
-            reader: BufReader::with_capacity(8 * 1024, read),
-            writer: BufWriter::with_capacity(64 * 1024, write),
-        }
+/// The next command line, without its CRLF; `None` at the end of the stream.
+async fn read_line(conn: &mut Conn, timeout: Duration) -> std::io::Result<Option<Line>> {
+    let mut line = Vec::with_capacity(64);
+    match tokio::time::timeout(timeout, read_capped(&mut conn.reader, &mut line, MAX_LINE)).await {
+        Err(_) => return Ok(Some(Line::TimedOut)),
+        Ok(read) => read?,
     }
-
-    async fn send(&mut self, text: &str) -> std::io::Result<()> {
-        self.writer.write_all(text.as_bytes()).await?;
-        // Pipelined commands waiting: their replies go out together.
-        if self.reader.buffer().is_empty() {
-            self.writer.flush().await?;
-        }
-        Ok(())
+    if line.is_empty() {
+        return Ok(None);
     }
-
-    /// The next command line, without its CRLF; `None` at the end of the stream.
-    async fn line(&mut self, timeout: Duration) -> std::io::Result<Option<Line>> {
-        let mut line = Vec::with_capacity(64);
-        match tokio::time::timeout(timeout, read_capped(&mut self.reader, &mut line, MAX_LINE))
-            .await
-        {
-            Err(_) => return Ok(Some(Line::TimedOut)),
-            Ok(read) => read?,
-        }
-        if line.is_empty() {
-            return Ok(None);
-        }
-        if line.last() != Some(&b'\n') {
-            // Over-long: skip to its end, within the same time limit.
-            loop {
-                line.clear();
-                let skip = read_capped(&mut self.reader, &mut line, MAX_LINE);
-                match tokio::time::timeout(timeout, skip).await {
-                    Err(_) => return Ok(Some(Line::TimedOut)),
-                    Ok(read) => read?,
-                }
-                if line.is_empty() || line.last() == Some(&b'\n') {
-                    break;
-                }
+    if line.last() != Some(&b'\n') {
+        // Over-long: skip to its end, within the same time limit.
+        loop {
+            line.clear();
+            let skip = read_capped(&mut conn.reader, &mut line, MAX_LINE);
+            match tokio::time::timeout(timeout, skip).await {
+                Err(_) => return Ok(Some(Line::TimedOut)),
+                Ok(read) => read?,
             }
-            return Ok(Some(Line::TooLong));
+            if line.is_empty() || line.last() == Some(&b'\n') {
+                break;
+            }
         }
-        let text = String::from_utf8_lossy(&line)
-            .trim_end_matches(['\r', '\n'])
-            .to_owned();
-        Ok(Some(Line::Command(text)))
+        return Ok(Some(Line::TooLong));
     }
+    let text = String::from_utf8_lossy(&line)
+        .trim_end_matches(['\r', '\n'])
+        .to_owned();
+    Ok(Some(Line::Command(text)))
 }
 
 enum Line {
@@ -174,25 +148,16 @@ impl Pop3Service {
 
     /// Serves one connection to its end.
     pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, implicit_tls: bool) {
-        let _ = stream.set_nodelay(true);
         let slot = self.per_ip.enter(peer.ip());
-        let mut secure = false;
-        let io: BoxIo = if implicit_tls {
-            let Some(tls) = &self.tls else { return };
-            match tokio::time::timeout(self.login_timeout, tls.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    secure = true;
-                    Box::new(stream)
-                }
-                _ => return,
-            }
-        } else {
-            Box::new(stream)
+        let opened =
+            crate::connection::open(stream, implicit_tls, self.tls.as_ref(), self.login_timeout);
+        let Some((io, secure)) = opened.await else {
+            return;
         };
         let mut conn = Conn::new(io);
         if !slot.admitted {
             let _ = conn
-                .send("-ERR [IN-USE] Too many connections from your address\r\n")
+                .reply("-ERR [IN-USE] Too many connections from your address\r\n")
                 .await;
             let _ = conn.writer.shutdown().await;
             return;
@@ -217,21 +182,21 @@ impl Session<'_> {
     }
 
     async fn run(&mut self, mut conn: Conn) -> std::io::Result<()> {
-        conn.send("+OK Quartet POP3 ready\r\n").await?;
+        conn.reply("+OK Quartet POP3 ready\r\n").await?;
         loop {
             let timeout = if self.maildrop.is_some() {
                 AUTOLOGOUT
             } else {
                 self.service.login_timeout
             };
-            let line = match conn.line(timeout).await? {
+            let line = match read_line(&mut conn, timeout).await? {
                 None => return Ok(()),
                 Some(Line::TimedOut) => {
-                    conn.send("-ERR Autologout; idle too long\r\n").await?;
+                    conn.reply("-ERR Autologout; idle too long\r\n").await?;
                     return Ok(());
                 }
                 Some(Line::TooLong) => {
-                    conn.send("-ERR Line too long\r\n").await?;
+                    conn.reply("-ERR Line too long\r\n").await?;
                     if self.error() {
                         return Ok(());
                     }
@@ -251,10 +216,7 @@ impl Session<'_> {
                     let Some(tls) = self.service.tls.clone() else {
                         return Ok(());
                     };
-                    // Whatever the client pipelined after STLS is dropped with the plaintext
-                    // reader.
-                    let Conn { reader, writer } = conn;
-                    let io = reader.into_inner().unsplit(writer.into_inner());
+                    let io = conn.into_io();
                     match tokio::time::timeout(self.service.login_timeout, tls.accept(io)).await {
                         Ok(Ok(stream)) => {
                             conn = Conn::new(Box::new(stream));
@@ -283,15 +245,15 @@ impl Session<'_> {
         let argument = raw_argument.trim();
         if verb == "QUIT" {
             let reply = self.quit().await;
-            conn.send(&reply).await?;
+            conn.reply(&reply).await?;
             return Ok(Flow::Quit);
         }
         if verb == "CAPA" {
-            conn.send(&self.capabilities()).await?;
+            conn.reply(&self.capabilities()).await?;
             return Ok(Flow::Continue);
         }
         if verb == "NOOP" && self.maildrop.is_some() {
-            conn.send("+OK\r\n").await?;
+            conn.reply("+OK\r\n").await?;
             return Ok(Flow::Continue);
         }
         let reply = if self.maildrop.is_none() {
@@ -302,7 +264,7 @@ impl Session<'_> {
                     } else if self.service.tls.is_none() {
                         "-ERR TLS is not available\r\n".to_owned()
                     } else {
-                        conn.send("+OK Begin TLS negotiation\r\n").await?;
+                        conn.reply("+OK Begin TLS negotiation\r\n").await?;
                         return Ok(Flow::StartTls);
                     }
                 }
@@ -326,11 +288,11 @@ impl Session<'_> {
             }
         };
         if reply.starts_with("-ERR") && self.error() {
-            conn.send(&reply).await?;
-            conn.send("-ERR Too many errors\r\n").await?;
+            conn.reply(&reply).await?;
+            conn.reply("-ERR Too many errors\r\n").await?;
             return Ok(Flow::Quit);
         }
-        conn.send(&reply).await?;
+        conn.reply(&reply).await?;
         Ok(Flow::Continue)
     }
 
@@ -366,9 +328,9 @@ impl Session<'_> {
         let response = match initial {
             Some(initial) => initial,
             None => {
-                conn.send("+ \r\n").await?;
+                conn.reply("+ \r\n").await?;
                 conn.writer.flush().await?;
-                match conn.line(self.service.login_timeout).await? {
+                match read_line(conn, self.service.login_timeout).await? {
                     Some(Line::Command(text)) => text,
                     _ => return Ok("-ERR Authentication aborted\r\n".to_owned()),
                 }
@@ -535,7 +497,7 @@ impl Session<'_> {
                     .write_all(format!("+OK {} octets\r\n", raw.len()).as_bytes())
                     .await?;
                 conn.writer.write_all(&dot_stuffed(bytes)).await?;
-                conn.send(".\r\n").await?;
+                conn.reply(".\r\n").await?;
                 return Ok(None);
             }
             "DELE" => match maildrop.get(argument) {

@@ -95,23 +95,13 @@ impl ImapService {
 
     /// Serves one connection to its end.
     pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, implicit_tls: bool) {
-        let _ = stream.set_nodelay(true);
         let slot = self.per_ip.enter(peer.ip());
-        let mut secure = false;
-        let io: BoxIo = if implicit_tls {
-            let Some(tls) = &self.tls else { return };
-            match tokio::time::timeout(self.login_timeout, tls.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    secure = true;
-                    Box::new(stream)
-                }
-                _ => return,
-            }
-        } else {
-            Box::new(stream)
+        let opened =
+            crate::connection::open(stream, implicit_tls, self.tls.as_ref(), self.login_timeout);
+        let Some((mut io, secure)) = opened.await else {
+            return;
         };
         if !slot.admitted {
-            let mut io = io;
             let _ = io
                 .write_all(b"* BYE Too many connections from your address\r\n")
                 .await;

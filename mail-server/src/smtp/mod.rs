@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smtp_proto::{EhloResponse, Request};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::auth::{Login, Logins};
-use crate::connection::{BoxIo, PerIp};
+use crate::connection::{Conn, PerIp};
 use crate::delivery::Policy;
 use crate::message;
 use crate::store::{Delivery, Store, Target};
@@ -74,30 +74,6 @@ impl std::fmt::Debug for SmtpService {
     }
 }
 
-struct Conn {
-    reader: BufReader<ReadHalf<BoxIo>>,
-    writer: BufWriter<WriteHalf<BoxIo>>,
-}
-
-impl Conn {
-    fn new(io: BoxIo) -> Self {
-        let (read, write) = tokio::io::split(io);
-        Self {
-            reader: BufReader::with_capacity(16 * 1024, read),
-            writer: BufWriter::with_capacity(8 * 1024, write),
-        }
-    }
-
-    async fn reply(&mut self, text: &str) -> std::io::Result<()> {
-        self.writer.write_all(text.as_bytes()).await?;
-        // Pipelined commands waiting: their replies go out together.
-        if self.reader.buffer().is_empty() {
-            self.writer.flush().await?;
-        }
-        Ok(())
-    }
-}
-
 /// The envelope being built.
 #[derive(Debug, Default)]
 struct Envelope {
@@ -151,21 +127,16 @@ impl SmtpService {
 
     /// Serves one connection to its end.
     pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, port: Port) {
-        let _ = stream.set_nodelay(true);
         let slot = self.per_ip.enter(peer.ip());
-        let mut secure = false;
-        let io: BoxIo = match (port, &self.tls) {
-            (Port::Submission { implicit_tls: true }, Some(tls)) => {
-                match tokio::time::timeout(self.limits.command_timeout, tls.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        secure = true;
-                        Box::new(tls)
-                    }
-                    _ => return,
-                }
-            }
-            (Port::Submission { implicit_tls: true }, None) => return,
-            _ => Box::new(stream),
+        let implicit_tls = port == Port::Submission { implicit_tls: true };
+        let opened = crate::connection::open(
+            stream,
+            implicit_tls,
+            self.tls.as_ref(),
+            self.limits.command_timeout,
+        );
+        let Some((io, secure)) = opened.await else {
+            return;
         };
         let mut conn = Conn::new(io);
         if !slot.admitted {
@@ -217,10 +188,7 @@ impl Session<'_> {
                     let Some(tls) = self.service.tls.clone() else {
                         return;
                     };
-                    // Whatever the client pipelined after STARTTLS is dropped with the
-                    // plaintext reader: only what comes inside TLS counts.
-                    let Conn { reader, writer } = conn;
-                    let io = reader.into_inner().unsplit(writer.into_inner());
+                    let io = conn.into_io();
                     let accepted =
                         tokio::time::timeout(self.service.limits.command_timeout, tls.accept(io))
                             .await;
