@@ -12,30 +12,11 @@ use common::testing::{RunningRole, TestConfig};
 use common::{Environment, Role};
 
 mod support;
-use support::{IMAPLIB_SESSION, deliver, python, send};
-
-const ACCOUNTS: &str = r#"
-[mail]
-domains = ["localhost", "example.test"]
-
-[[mail.accounts]]
-address = "alice@example.test"
-password = "alice-pw"
-
-[[mail.accounts]]
-address = "bob@example.test"
-password = "bob-pw"
-"#;
-
-fn test_config(environment: Environment) -> TestConfig {
-    let test = TestConfig::new(environment);
-    std::fs::write(test.config_dir().join("default.toml"), ACCOUNTS).unwrap();
-    test
-}
+use support::{IMAPLIB_SESSION, deliver, python, send, test_config};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn imaplib_runs_a_whole_client_session() {
-    let test = test_config(Environment::Development);
+    let test = test_config(Environment::Development, "");
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let smtp = role.addr("smtp");
     let imap = role.addr("imap");
@@ -75,6 +56,16 @@ impl Raw {
         raw
     }
 
+    /// Logged in as alice with INBOX selected; the SELECT's lines.
+    fn alice_in_inbox(addr: SocketAddr) -> (Self, Vec<String>) {
+        let mut raw = Self::connect(addr);
+        let login = raw.command("a1", "LOGIN alice@example.test alice-pw");
+        assert!(login.last().unwrap().starts_with("a1 OK"), "{login:?}");
+        let select = raw.command("a2", "SELECT INBOX");
+        assert!(select.last().unwrap().starts_with("a2 OK"), "{select:?}");
+        (raw, select)
+    }
+
     fn line(&mut self) -> String {
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap();
@@ -107,21 +98,16 @@ impl Raw {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_pushes_new_mail_and_sessions_see_each_other() {
-    let test = test_config(Environment::Development);
+    let test = test_config(Environment::Development, "");
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let smtp = role.addr("smtp");
     let imap = role.addr("imap");
     let ca = test.data_dir().join("tls/ca.pem");
     tokio::task::spawn_blocking(move || {
         deliver(smtp, &ca, 1);
-        let mut first = Raw::connect(imap);
-        let mut second = Raw::connect(imap);
-        for raw in [&mut first, &mut second] {
-            let login = raw.command("a1", "LOGIN alice@example.test alice-pw");
-            assert!(login.last().unwrap().starts_with("a1 OK"), "{login:?}");
-            let select = raw.command("a2", "SELECT INBOX");
-            assert!(select.iter().any(|l| l == "* 2 EXISTS\r\n"), "{select:?}");
-        }
+        let (mut first, select) = Raw::alice_in_inbox(imap);
+        assert!(select.iter().any(|l| l == "* 2 EXISTS\r\n"), "{select:?}");
+        let (mut second, _) = Raw::alice_in_inbox(imap);
 
         // IDLE: a message delivered over SMTP is announced without the client asking.
         first.send("i1 IDLE\r\n");
@@ -289,7 +275,7 @@ async fn staging_wants_tls_and_brakes_on_wrong_passwords() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mutt_in_batch_mode_sends_and_files_its_copy_over_imap() {
-    let test = test_config(Environment::Development);
+    let test = test_config(Environment::Development, "");
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let imaps = role.addr("imaps");
     let submissions = role.addr("submissions");
@@ -352,19 +338,15 @@ async fn mutt_in_batch_mode_sends_and_files_its_copy_over_imap() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_changes_limits_and_refusals() {
-    let test = test_config(Environment::Development).set("mail.max_message_bytes", "100000");
+    let test = test_config(Environment::Development, "").set("mail.max_message_bytes", "100000");
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let smtp = role.addr("smtp");
     let imap = role.addr("imap");
     let ca = test.data_dir().join("tls/ca.pem");
     tokio::task::spawn_blocking(move || {
         deliver(smtp, &ca, 1);
-        let mut first = Raw::connect(imap);
-        let mut second = Raw::connect(imap);
-        for raw in [&mut first, &mut second] {
-            raw.command("a", "LOGIN alice@example.test alice-pw");
-            raw.command("b", "SELECT INBOX");
-        }
+        let (mut first, _) = Raw::alice_in_inbox(imap);
+        let (mut second, _) = Raw::alice_in_inbox(imap);
         let ok = |lines: &[String], tag: &str| {
             assert!(
                 lines.last().unwrap().starts_with(&format!("{tag} OK")),

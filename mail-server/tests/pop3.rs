@@ -11,16 +11,7 @@ use common::testing::{RunningRole, TestConfig};
 use common::{Environment, Role};
 
 mod support;
-use support::{inbox, python, send};
-
-const ACCOUNTS: &str = r#"
-[mail]
-domains = ["localhost", "example.test"]
-
-[[mail.accounts]]
-address = "alice@example.test"
-password = "alice-pw"
-"#;
+use support::{inbox, python, send, test_config};
 
 fn deliver(smtp: SocketAddr, ca: &std::path::Path, count: usize) {
     for n in 1..=count {
@@ -86,8 +77,7 @@ print("ok")
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poplib_retrieves_and_deletes_at_quit_only() {
-    let test = TestConfig::new(Environment::Development);
-    std::fs::write(test.config_dir().join("default.toml"), ACCOUNTS).unwrap();
+    let test = test_config(Environment::Development, "");
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let smtp = role.addr("smtp");
     let pop3 = role.addr("pop3");

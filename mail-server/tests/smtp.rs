@@ -13,30 +13,7 @@ use common::{Environment, Role};
 use mail_server::store::Store;
 
 mod support;
-use support::{inbox, python, send, sink};
-
-const ACCOUNTS: &str = r#"
-[mail]
-domains = ["localhost", "example.test"]
-
-[[mail.accounts]]
-address = "alice@example.test"
-password = "alice-pw"
-
-[[mail.accounts]]
-address = "bob@example.test"
-password = "bob-pw"
-"#;
-
-fn test_config(environment: Environment, extra: &str) -> TestConfig {
-    let test = TestConfig::new(environment);
-    std::fs::write(
-        test.config_dir().join("default.toml"),
-        format!("{ACCOUNTS}\n{extra}"),
-    )
-    .unwrap();
-    test
-}
+use support::{inbox, python, send, sink, test_config};
 
 /// A raw SMTP conversation: writes `input` at once, reads until the server closes or `wait`.
 fn raw(addr: SocketAddr, input: &[u8], wait: Duration) -> String {

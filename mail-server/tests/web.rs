@@ -14,20 +14,7 @@ use common::testing::{RunningRole, TestConfig};
 use common::{Environment, Role};
 
 mod support;
-use support::{python, send};
-
-const ACCOUNTS: &str = r#"
-[mail]
-domains = ["localhost", "example.test"]
-
-[[mail.accounts]]
-address = "alice@example.test"
-password = "alice-pw"
-
-[[mail.accounts]]
-address = "bob@example.test"
-password = "bob-pw"
-"#;
+use support::{python, send, test_config};
 
 const NEWSLETTER: &str = "From: News <news@remote.test>\r\n\
 To: alice@example.test\r\n\
@@ -92,8 +79,7 @@ fn json(body: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_json_api_in_development() {
-    let test = TestConfig::new(Environment::Development);
-    std::fs::write(test.config_dir().join("default.toml"), ACCOUNTS).unwrap();
+    let test = test_config(Environment::Development, "");
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let smtp = role.addr("smtp");
     let http = role.addr("http");
@@ -450,8 +436,7 @@ finally:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn headless_chromium_sees_mail_arrive_and_opens_it() {
-    let test = TestConfig::new(Environment::Development);
-    std::fs::write(test.config_dir().join("default.toml"), ACCOUNTS).unwrap();
+    let test = test_config(Environment::Development, "");
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     let smtp = role.addr("smtp");
     let http = role.addr("http");

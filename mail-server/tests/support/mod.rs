@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use common::Environment;
 use common::testing::TestConfig;
 use mail_server::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -428,3 +429,29 @@ check(typ == "OK", data)
 m.logout()
 print("ok")
 "#;
+
+/// Two accounts on the local domains `localhost` and `example.test`: alice (`alice-pw`) and
+/// bob (`bob-pw`), with plain passwords (development).
+pub const ACCOUNTS: &str = r#"
+[mail]
+domains = ["localhost", "example.test"]
+
+[[mail.accounts]]
+address = "alice@example.test"
+password = "alice-pw"
+
+[[mail.accounts]]
+address = "bob@example.test"
+password = "bob-pw"
+"#;
+
+/// A configuration in `environment` with [`ACCOUNTS`] and `extra` TOML.
+pub fn test_config(environment: Environment, extra: &str) -> TestConfig {
+    let test = TestConfig::new(environment);
+    std::fs::write(
+        test.config_dir().join("default.toml"),
+        format!("{ACCOUNTS}\n{extra}"),
+    )
+    .unwrap();
+    test
+}
