@@ -98,6 +98,22 @@ async fn poplib_retrieves_and_deletes_at_quit_only() {
         );
         assert!(raw.command("DELE 1").starts_with("+OK"));
         assert!(raw.command("DELE 1").starts_with("-ERR"));
+        // What clients never send: an error each, and the session goes on.
+        for garbage in [
+            "FROBNICATE",
+            "RETR 99",
+            "RETR x",
+            "TOP 2",
+            "LIST 0",
+            "USER again",
+        ] {
+            assert!(raw.command(garbage).starts_with("-ERR"), "{garbage}");
+        }
+        assert!(
+            raw.command(&"X".repeat(10_000))
+                .starts_with("-ERR Line too long")
+        );
+        assert!(raw.command("NOOP").starts_with("+OK"));
         drop(raw);
     });
     dropped.await.unwrap();
