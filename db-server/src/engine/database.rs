@@ -43,6 +43,11 @@ pub struct Interrupt {
     /// Milliseconds since [`epoch`] after which the statement stops; 0 = none.
     deadline_ms: AtomicU64,
     cancelled: AtomicBool,
+    /// Microseconds since [`epoch`] after which a statement run on the serving thread is
+    /// moved to sqlx's worker ([`super::direct`]); 0 = none.
+    budget_until_us: AtomicU64,
+    /// The budget, not a deadline or a cancel, stopped the statement.
+    over_budget: AtomicBool,
 }
 
 fn epoch() -> Instant {
@@ -75,13 +80,38 @@ impl Interrupt {
         self.cancelled.store(true, Ordering::Relaxed);
     }
 
+    /// Stops the statement about to run once it has run for `budget`.
+    pub fn set_budget(&self, budget: Duration) {
+        self.over_budget.store(false, Ordering::Relaxed);
+        let until = epoch().elapsed() + budget;
+        self.budget_until_us
+            .store(until.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn clear_budget(&self) {
+        self.budget_until_us.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the budget (rather than a deadline or a cancel) stopped the last statement.
+    pub fn took_over_budget(&self) -> bool {
+        self.over_budget.load(Ordering::Relaxed) && !self.cancelled.load(Ordering::Relaxed)
+    }
+
     /// Whether the statement may go on.
     fn may_continue(&self) -> bool {
         if self.cancelled.load(Ordering::Relaxed) {
             return false;
         }
         let deadline = self.deadline_ms.load(Ordering::Relaxed);
-        deadline == 0 || now_ms() < deadline
+        if deadline != 0 && now_ms() >= deadline {
+            return false;
+        }
+        let budget = self.budget_until_us.load(Ordering::Relaxed);
+        if budget != 0 && epoch().elapsed().as_micros() as u64 >= budget {
+            self.over_budget.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 }
 

@@ -99,8 +99,13 @@ impl SqlError {
                 other => Self::new(INTERNAL_ERROR, other.to_string()),
             };
         };
-        let message = db.message().to_owned();
         let extended: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or(1);
+        Self::from_sqlite(extended, db.message().to_owned())
+    }
+
+    /// Maps SQLite's extended result code and message to a SQLSTATE.
+    pub fn from_sqlite(extended: i32, message: String) -> Self {
+        use sqlstate::*;
         let code = match extended {
             2067 | 1555 => UNIQUE_VIOLATION, // SQLITE_CONSTRAINT_UNIQUE, _PRIMARYKEY
             787 => FOREIGN_KEY_VIOLATION,    // SQLITE_CONSTRAINT_FOREIGNKEY
