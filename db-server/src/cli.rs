@@ -51,6 +51,7 @@ async fn run(command: SnapshotCommand, config: common::Config) -> Result<String,
     let options = DatabaseOptions {
         durability: Durability::Full,
         readers: 1,
+        paths: Default::default(),
     };
     if !config.db.backend.is_sqlite() {
         return Err(engine::SqlError::new(

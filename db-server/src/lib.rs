@@ -42,6 +42,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), DbError> {
     let db = &config.db;
+    let mut server = RoleServer::new(Role::Db, Arc::clone(&config), shutdown);
     let options = engine::DatabaseOptions {
         durability: if db.synchronous == "normal" {
             engine::Durability::Normal
@@ -49,6 +50,7 @@ pub async fn run(
             engine::Durability::Full
         },
         readers: db.readers,
+        paths: engine::StatementPaths::register(server.registry_mut()),
     };
     let dir = config.data_dir.join("db");
     let _lock = engine::lock_dir(&dir)?;
@@ -82,7 +84,6 @@ pub async fn run(
         }
     }
     let http_tls = db.http_tls;
-    let mut server = RoleServer::new(Role::Db, Arc::clone(&config), shutdown);
     let session_limits = engine::SessionLimits {
         statement_timeout: Duration::from_secs(db.statement_timeout_secs),
         lock_timeout: Duration::from_secs(db.lock_timeout_secs),

@@ -344,6 +344,7 @@ async fn psycopg_and_pgbench_in_all_three_modes() {
     let test = TestConfig::new(Environment::Development);
     let role = RunningRole::start(Role::Db, &test, db_server::run).await;
     let addr = role.addr("pg");
+    let http = role.addr("http");
     let ca = test.data_dir().join("tls/ca.pem");
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/psycopg_check.py");
@@ -405,6 +406,24 @@ async fn psycopg_and_pgbench_in_all_three_modes() {
         }
         let (_, out, _) = psql(addr, &ca, "quartet", "quartet", "quartet", &["-At", "-c", "SELECT sum(n) FROM bench"]);
         assert_eq!(out.trim(), "600", "every committed update counted");
+
+        // Short statements ran on the serving thread, not on sqlx's worker thread (/metrics).
+        let metrics = std::process::Command::new("curl")
+            .args(["-sf", &format!("http://{http}/metrics")])
+            .output()
+            .unwrap();
+        let metrics = String::from_utf8_lossy(&metrics.stdout);
+        let count = |thread: &str| -> u64 {
+            let prefix = format!("quartet_db_statements_total{{thread=\"{thread}\"}} ");
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&prefix))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+        };
+        let (serving, worker) = (count("serving"), count("worker"));
+        assert!(serving >= 1200, "pgbench's selects and updates: {serving} here, {worker} on the worker");
+        assert!(worker < serving / 10, "{serving} here, {worker} on the worker");
     })
     .await
     .unwrap();

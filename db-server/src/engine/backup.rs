@@ -115,6 +115,7 @@ mod tests {
             DatabaseOptions {
                 durability: Durability::Full,
                 readers: 1,
+                paths: Default::default(),
             },
         )
         .await

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 
+use super::direct::{Direct, StatementPaths};
 use super::error::{SqlError, sqlstate};
 
 /// How durable a COMMIT is (`db.synchronous`).
@@ -35,6 +36,8 @@ pub enum Durability {
 pub struct DatabaseOptions {
     pub durability: Durability,
     pub readers: usize,
+    /// Where statements ran, for `/metrics`.
+    pub paths: StatementPaths,
 }
 
 /// Stops a running statement when its deadline passes or it is cancelled.
@@ -118,6 +121,9 @@ impl Interrupt {
 /// A connection and its interrupt.
 #[derive(Debug)]
 pub struct Conn {
+    /// Declared before `connection`: its statements are finalized before sqlx closes the
+    /// handle (SQLite refuses to close a connection with statements left).
+    pub direct: Direct,
     pub connection: SqliteConnection,
     pub interrupt: Arc<Interrupt>,
     /// A transaction was begun on this connection and not yet ended. A session dropped
@@ -189,7 +195,12 @@ impl GroupSync {
     }
 }
 
-async fn connect(path: &Path, read_only: bool, create: bool) -> Result<Conn, SqlError> {
+async fn connect(
+    path: &Path,
+    read_only: bool,
+    create: bool,
+    paths: &StatementPaths,
+) -> Result<Conn, SqlError> {
     let connect = SqliteConnectOptions::from_str("sqlite:")
         .map_err(|e| SqlError::new(sqlstate::INTERNAL_ERROR, e.to_string()))?
         .filename(path)
@@ -202,18 +213,27 @@ async fn connect(path: &Path, read_only: bool, create: bool) -> Result<Conn, Sql
         // Writers queue on the writer lock, readers never wait in WAL: a short busy timeout
         // only covers checkpoints.
         .busy_timeout(Duration::from_secs(5))
-        .statement_cache_capacity(256);
+        .statement_cache_capacity(256)
+        // SQLite serialises calls on the handle itself: statements run both here, on the
+        // session's thread (`direct`), and on sqlx's worker thread.
+        .serialized(true);
     let mut connection = SqliteConnection::connect_with(&connect)
         .await
         .map_err(|e| SqlError::from_sqlx(&e))?;
     let interrupt = Arc::new(Interrupt::default());
     let watched = Arc::clone(&interrupt);
-    connection
+    let mut locked = connection
         .lock_handle()
         .await
-        .map_err(|e| SqlError::from_sqlx(&e))?
-        .set_progress_handler(4096, move || watched.may_continue());
+        .map_err(|e| SqlError::from_sqlx(&e))?;
+    locked.set_progress_handler(4096, move || watched.may_continue());
+    // SAFETY: the handle is in serialized mode and lives as long as `connection`, which the
+    // returned Conn drops after `direct`.
+    #[allow(unsafe_code)]
+    let direct = unsafe { Direct::new(locked.as_raw_handle(), paths.clone()) };
+    drop(locked);
     Ok(Conn {
+        direct,
         connection,
         interrupt,
         open_tx: false,
@@ -239,10 +259,10 @@ impl Database {
         options: &DatabaseOptions,
         create: bool,
     ) -> Result<Self, SqlError> {
-        let writer = connect(path, false, create).await?;
+        let writer = connect(path, false, create, &options.paths).await?;
         let mut readers = Vec::new();
         for _ in 0..options.readers.max(1) {
-            readers.push(connect(path, true, false).await?);
+            readers.push(connect(path, true, false, &options.paths).await?);
         }
         Ok(Self {
             name: name.to_owned(),
@@ -412,8 +432,12 @@ impl ReaderPool {
             .lock()
             .map(|mut idle| idle.drain(..).collect())
             .unwrap_or_default();
-        for conn in conns {
-            let _ = conn.connection.close().await;
+        for Conn {
+            direct, connection, ..
+        } in conns
+        {
+            drop(direct); // its statements first: SQLite refuses to close a handle with some left
+            let _ = connection.close().await;
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod backup;
 pub mod database;
+pub mod direct;
 pub mod error;
 pub mod guard;
 pub mod infer;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use auth::{Catalog, Privilege};
 pub use database::{Database, DatabaseOptions, Durability};
+pub use direct::StatementPaths;
 pub use error::{SqlError, sqlstate};
 pub use session::{Session, SessionLimits, StatementResult, TxStatus};
 
@@ -417,6 +419,7 @@ mod tests {
             DatabaseOptions {
                 durability: Durability::Full,
                 readers: 2,
+                paths: StatementPaths::default(),
             },
         )
         .await

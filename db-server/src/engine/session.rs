@@ -15,6 +15,7 @@ use sqlx::sqlite::SqliteQueryResult;
 use sqlx::{Either, SqlSafeStr as _};
 
 use super::database::{Conn, Database, OwnedReader};
+use super::direct::RawResult;
 use super::error::{SqlError, sqlstate};
 use super::guard;
 use super::value::{Column, Value, bind, columns_of, refine_types, values_of};
@@ -109,7 +110,7 @@ impl std::ops::DerefMut for TxConn {
 
 /// The statement's kind, from its first words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Begin,
     Commit,
     Rollback,
@@ -121,7 +122,7 @@ enum Kind {
     Write,
 }
 
-fn kind_of(sql: &str) -> Kind {
+pub(super) fn kind_of(sql: &str) -> Kind {
     // Read off the code only: `/* x */ BEGIN` is a BEGIN, `-- c\nCOMMIT` a COMMIT.
     let code = super::split::code_only(sql);
     let mut words = code
@@ -557,7 +558,21 @@ async fn run_on(
     if let Ok(mut slot) = running.lock() {
         *slot = Some(Arc::clone(&conn.interrupt));
     }
-    let outcome = run_statement(&mut conn.connection, sql, params, limits.max_rows).await;
+    // Short statements run here, on the session's thread; the rest on sqlx's worker thread
+    // (see `direct` for which is which).
+    let outcome = match conn
+        .direct
+        .run(sql, params, limits.max_rows, &conn.interrupt)
+    {
+        Ok(Some(raw)) => Ok(finish(sql, raw)),
+        Err(err) => Err(err),
+        Ok(None) => {
+            let started = std::time::Instant::now();
+            let outcome = run_statement(&mut conn.connection, sql, params, limits.max_rows).await;
+            conn.direct.ran_on_worker(sql, started.elapsed());
+            outcome.map(|raw| finish(sql, raw))
+        }
+    };
     conn.interrupt.disarm();
     if let Ok(mut slot) = running.lock() {
         *slot = None;
@@ -565,12 +580,13 @@ async fn run_on(
     outcome
 }
 
+/// Runs a statement on sqlx's worker thread for the connection.
 async fn run_statement(
     connection: &mut sqlx::sqlite::SqliteConnection,
     sql: &str,
     params: &[Value],
     max_rows: usize,
-) -> Result<StatementResult, SqlError> {
+) -> Result<RawResult, SqlError> {
     use sqlx::Executor as _;
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
     for value in params {
@@ -607,22 +623,31 @@ async fn run_statement(
         .map(|d| (d.rows_affected(), d.last_insert_rowid()))
         .unwrap_or((0, 0));
     // A query that returned no row still has columns, which clients show: ask SQLite.
-    let returns_rows;
-    let mut columns = match columns {
-        Some(columns) => {
-            returns_rows = true;
-            columns
-        }
-        None => {
-            let described = (&mut *connection)
-                .prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
-                .await
-                .map(|statement| columns_of(sqlx::Statement::columns(&statement)))
-                .unwrap_or_default();
-            returns_rows = !described.is_empty();
-            described
-        }
+    let columns = match columns {
+        Some(columns) => columns,
+        None => (&mut *connection)
+            .prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
+            .await
+            .map(|statement| columns_of(sqlx::Statement::columns(&statement)))
+            .unwrap_or_default(),
     };
+    Ok(RawResult {
+        columns,
+        rows,
+        affected,
+        last_insert,
+    })
+}
+
+/// A statement's outcome in PostgreSQL's terms: typed columns and the command tag.
+fn finish(sql: &str, raw: RawResult) -> StatementResult {
+    let RawResult {
+        mut columns,
+        rows,
+        affected,
+        last_insert,
+    } = raw;
+    let returns_rows = !columns.is_empty();
     if let Some(first) = rows.first() {
         refine_types(&mut columns, first);
     }
@@ -637,7 +662,7 @@ async fn run_statement(
         tag_for(sql, 0, affected)
     };
     let is_insert = tag.starts_with("INSERT");
-    Ok(StatementResult {
+    StatementResult {
         columns,
         rows,
         tag,
@@ -645,7 +670,7 @@ async fn run_statement(
         last_insert_id: (is_insert && affected > 0).then_some(last_insert),
         returns_rows,
         warning: None,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,26 @@ impl ColumnType {
         }
     }
 
+    /// From a column's declared type, by SQLite's affinity rules as sqlx reads them;
+    /// TEXT (to be refined by the values) for a type those rules do not name.
+    pub fn from_declared(declared: &str) -> Self {
+        let declared = declared.to_ascii_lowercase();
+        match declared.as_str() {
+            "int4" | "int8" => ColumnType::Int8,
+            "boolean" | "bool" => ColumnType::Bool,
+            "date" => ColumnType::Date,
+            "time" => ColumnType::Time,
+            "datetime" | "timestamp" => ColumnType::Timestamp,
+            d if d.contains("int") => ColumnType::Int8,
+            d if d.contains("char") || d.contains("clob") || d.contains("text") => ColumnType::Text,
+            d if d.contains("blob") => ColumnType::Bytea,
+            d if d.contains("real") || d.contains("floa") || d.contains("doub") => {
+                ColumnType::Float8
+            }
+            _ => ColumnType::Text,
+        }
+    }
+
     /// From sqlx's name for a column's type (declared, or the value's storage class).
     fn from_sqlx_name(name: &str) -> Self {
         match name {

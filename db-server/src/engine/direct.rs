@@ -1,0 +1,679 @@
+//! Statements run on the thread that serves the session, through SQLite's C API, on a
+//! connection that sqlx opened and configured.
+//!
+//! Why: sqlx gives every SQLite connection a worker thread of its own, so each statement
+//! crosses threads twice (the task hands it over, the rows come back). A point select costs
+//! SQLite about 10 µs; the two hand-overs (futex wake-ups and context switches) cost more than
+//! that, and they were most of db-server's time under pgbench. Running the statement where
+//! the session's task already runs removes them.
+//!
+//! A runtime thread must not be held by one slow statement, so two rules decide what runs
+//! here, and everything else still goes to sqlx's worker thread:
+//! - a statement that only reads runs under a budget ([`INLINE_BUDGET`]); past it the progress
+//!   handler stops it and the session runs it again on the worker (a read has nothing to
+//!   undo, and an interrupted read does not end the transaction around it);
+//! - a statement that writes, and transaction control (BEGIN, COMMIT, which may checkpoint),
+//!   runs here only after its last run on this connection finished within [`QUICK`]; the
+//!   first run, and the run after a slow one, go to the worker.
+//!
+//! Safety: the connection is opened in SQLite's serialized mode (`SQLITE_OPEN_FULLMUTEX`), so
+//! SQLite itself serialises calls made here and on sqlx's worker thread; the statements
+//! prepared here are finalized before the connection is closed (see `Conn`'s field order and
+//! `ReaderPool::close`).
+
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::os::raw::c_int;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use libsqlite3_sys as ffi;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::database::Interrupt;
+use super::error::{SqlError, sqlstate};
+use super::value::{Column, ColumnType, Value};
+
+/// The longest a read runs on the serving thread before it is moved to sqlx's worker.
+pub const INLINE_BUDGET: Duration = Duration::from_millis(2);
+
+/// A write runs on the serving thread while its last run took at most this long.
+pub const QUICK: Duration = Duration::from_millis(1);
+
+/// Prepared statements kept per connection; past this the cache is emptied.
+const CACHE_CAPACITY: usize = 256;
+
+/// Statements run, by where they ran: `quartet_db_statements_total{thread="serving"|"worker"}`
+/// on `/metrics`. Shared by every connection of an engine.
+#[derive(Debug, Clone, Default)]
+pub struct StatementPaths {
+    pub serving: Counter,
+    pub worker: Counter,
+}
+
+impl StatementPaths {
+    /// Counters registered in `registry` (a role's `/metrics`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let family = Family::<Vec<(String, String)>, Counter>::default();
+        let on = |thread: &str| {
+            family
+                .get_or_create(&vec![("thread".to_owned(), thread.to_owned())])
+                .clone()
+        };
+        let paths = Self {
+            serving: on("serving"),
+            worker: on("worker"),
+        };
+        registry.register(
+            "db_statements",
+            "Statements run, on the thread serving the session or on sqlx's worker thread",
+            family,
+        );
+        paths
+    }
+}
+
+/// What one statement produced, before it is turned into PostgreSQL's terms.
+#[derive(Debug, Default)]
+pub struct RawResult {
+    /// Empty for a statement that returns no rows.
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Value>>,
+    pub affected: u64,
+    pub last_insert: i64,
+}
+
+/// A prepared statement and what decides where it runs.
+struct Prepared {
+    statement: NonNull<ffi::sqlite3_stmt>,
+    /// Reads only (and is not transaction control): runs here under the budget.
+    reads_only: bool,
+    /// SQLite's own verdict: changes nothing (transaction control counts as such).
+    changes_nothing: bool,
+    /// For the others: the last run finished within [`QUICK`].
+    quick: bool,
+}
+
+/// The raw SQLite connection of one [`super::database::Conn`] and its prepared statements.
+pub struct Direct {
+    handle: NonNull<ffi::sqlite3>,
+    statements: HashMap<String, Prepared>,
+    paths: StatementPaths,
+}
+
+// SAFETY: the handle is in serialized mode (see the module's documentation), and a Direct is
+// used through `&mut` only: one thread at a time runs its statements.
+unsafe impl Send for Direct {}
+// SAFETY: every method that touches the handle or a statement takes `&mut self`; through
+// `&Direct` there is nothing to call but `Debug`, which counts the cache.
+unsafe impl Sync for Direct {}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("statements", &self.statements.len())
+            .finish()
+    }
+}
+
+impl Direct {
+    /// # Safety
+    /// `handle` is an open connection in serialized mode that outlives the returned value.
+    pub unsafe fn new(handle: NonNull<ffi::sqlite3>, paths: StatementPaths) -> Self {
+        Self {
+            handle,
+            statements: HashMap::new(),
+            paths,
+        }
+    }
+
+    /// Runs `sql` here if the rules allow; `Ok(None)` means it was not run (or was stopped at
+    /// the budget, with no effect) and belongs on sqlx's worker thread.
+    pub fn run(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        max_rows: usize,
+        interrupt: &Interrupt,
+    ) -> Result<Option<RawResult>, SqlError> {
+        let handle = self.handle.as_ptr();
+        let Some(prepared) = self.prepare(sql)? else {
+            return Ok(None);
+        };
+        if !prepared.reads_only {
+            if !prepared.quick {
+                return Ok(None);
+            }
+            // SAFETY: an open handle; "main" is a NUL-terminated name.
+            if !prepared.changes_nothing
+                && unsafe { ffi::sqlite3_db_readonly(handle, c"main".as_ptr()) } == 1
+            {
+                // A reader connection: the session moves the statement to the writer.
+                return Err(SqlError::new(
+                    sqlstate::READ_ONLY_SQL_TRANSACTION,
+                    "attempt to write a readonly database",
+                ));
+            }
+        }
+        let statement = prepared.statement.as_ptr();
+        let reads_only = prepared.reads_only;
+        let started = Instant::now();
+        if reads_only {
+            interrupt.set_budget(INLINE_BUDGET);
+        }
+        let outcome = step_all(handle, statement, params, max_rows);
+        interrupt.clear_budget();
+        self.paths.serving.inc();
+        // SAFETY: the statement belongs to this handle; reset releases its read snapshot
+        // and locks, whatever the outcome.
+        unsafe {
+            ffi::sqlite3_reset(statement);
+            ffi::sqlite3_clear_bindings(statement);
+        }
+        if !reads_only && let Some(prepared) = self.statements.get_mut(sql) {
+            prepared.quick = started.elapsed() <= QUICK;
+        }
+        match outcome {
+            Err(_) if reads_only && interrupt.took_over_budget() => Ok(None),
+            Err(err) => Err(err),
+            Ok(mut raw) => {
+                if !reads_only {
+                    // SAFETY: an open handle.
+                    raw.affected = unsafe { ffi::sqlite3_changes64(handle) }.max(0) as u64;
+                }
+                // SAFETY: an open handle.
+                raw.last_insert = unsafe { ffi::sqlite3_last_insert_rowid(handle) };
+                Ok(Some(raw))
+            }
+        }
+    }
+
+    /// Records how long `sql` took on sqlx's worker thread, so that a quick write runs here
+    /// next time.
+    pub fn ran_on_worker(&mut self, sql: &str, took: Duration) {
+        self.paths.worker.inc();
+        if let Some(prepared) = self.statements.get_mut(sql) {
+            prepared.quick = took <= QUICK;
+        }
+    }
+
+    /// The cached statement for `sql`, prepared on first use; `None` for SQL this path does
+    /// not take (empty, or more than one statement).
+    fn prepare(&mut self, sql: &str) -> Result<Option<&mut Prepared>, SqlError> {
+        if !self.statements.contains_key(sql) {
+            let Some(prepared) = self.prepare_new(sql)? else {
+                return Ok(None);
+            };
+            if self.statements.len() >= CACHE_CAPACITY {
+                self.finalize_all();
+            }
+            self.statements.insert(sql.to_owned(), prepared);
+        }
+        Ok(self.statements.get_mut(sql))
+    }
+
+    fn prepare_new(&mut self, sql: &str) -> Result<Option<Prepared>, SqlError> {
+        let handle = self.handle.as_ptr();
+        let Ok(length) = c_int::try_from(sql.len()) else {
+            return Ok(None);
+        };
+        let mut statement = std::ptr::null_mut();
+        let mut tail = std::ptr::null();
+        // SAFETY: `sql` is valid for `length` bytes; SQLite writes the statement and the
+        // position after it.
+        let status = unsafe {
+            ffi::sqlite3_prepare_v3(
+                handle,
+                sql.as_ptr().cast(),
+                length,
+                ffi::SQLITE_PREPARE_PERSISTENT,
+                &mut statement,
+                &mut tail,
+            )
+        };
+        if status != ffi::SQLITE_OK {
+            return Err(last_error(handle));
+        }
+        let Some(statement) = NonNull::new(statement) else {
+            return Ok(None); // only whitespace or comments
+        };
+        let consumed = (tail as usize).saturating_sub(sql.as_ptr() as usize);
+        let rest = sql.get(consumed..).unwrap_or("");
+        if !super::split::code_only(rest).trim().is_empty() {
+            // SAFETY: prepared above and not stored anywhere.
+            unsafe { ffi::sqlite3_finalize(statement.as_ptr()) };
+            return Ok(None);
+        }
+        // SAFETY: a prepared statement.
+        let read_only = unsafe { ffi::sqlite3_stmt_readonly(statement.as_ptr()) } != 0;
+        let control = matches!(
+            super::session::kind_of(sql),
+            super::session::Kind::Begin
+                | super::session::Kind::Commit
+                | super::session::Kind::Rollback
+                | super::session::Kind::RollbackTo
+                | super::session::Kind::Savepoint
+        );
+        Ok(Some(Prepared {
+            statement,
+            reads_only: read_only && !control,
+            changes_nothing: read_only,
+            quick: false,
+        }))
+    }
+
+    fn finalize_all(&mut self) {
+        for (_, prepared) in self.statements.drain() {
+            // SAFETY: each statement was prepared on this handle and is finalized once.
+            unsafe { ffi::sqlite3_finalize(prepared.statement.as_ptr()) };
+        }
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        self.finalize_all();
+    }
+}
+
+/// Binds `params`, steps `statement` to its end and collects the rows.
+fn step_all(
+    handle: *mut ffi::sqlite3,
+    statement: *mut ffi::sqlite3_stmt,
+    params: &[Value],
+    max_rows: usize,
+) -> Result<RawResult, SqlError> {
+    bind_all(handle, statement, params)?;
+    let mut raw = RawResult::default();
+    loop {
+        // SAFETY: a prepared, bound statement of this handle.
+        match unsafe { ffi::sqlite3_step(statement) } {
+            ffi::SQLITE_ROW => {
+                if raw.columns.is_empty() {
+                    raw.columns = columns(statement);
+                }
+                raw.rows.push(row(statement, raw.columns.len()));
+                if max_rows > 0 && raw.rows.len() > max_rows {
+                    return Err(SqlError::new(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        format!("the statement returns more than {max_rows} rows"),
+                    ));
+                }
+            }
+            ffi::SQLITE_DONE => break,
+            _ => return Err(last_error(handle)),
+        }
+    }
+    if raw.columns.is_empty() {
+        // A query that returned no row still has columns, which clients show.
+        raw.columns = columns(statement);
+    }
+    Ok(raw)
+}
+
+/// Binds parameters as sqlx does: `?NNN` and `$NNN` by number, `?` in order; a parameter
+/// without a value stays NULL.
+fn bind_all(
+    handle: *mut ffi::sqlite3,
+    statement: *mut ffi::sqlite3_stmt,
+    params: &[Value],
+) -> Result<(), SqlError> {
+    // SAFETY: a prepared statement.
+    let count = unsafe { ffi::sqlite3_bind_parameter_count(statement) };
+    let mut next = 0usize;
+    for index in 1..=count {
+        // SAFETY: index is within 1..=count; the name, when there is one, is NUL-terminated.
+        let name = unsafe { ffi::sqlite3_bind_parameter_name(statement, index) };
+        let number = if name.is_null() {
+            next += 1;
+            next
+        } else {
+            // SAFETY: non-null, NUL-terminated, owned by the statement.
+            let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+            let digits = name.strip_prefix(['?', '$']).unwrap_or("");
+            match digits.parse::<usize>() {
+                Ok(number) if number > 0 => number,
+                _ => {
+                    return Err(SqlError::new(
+                        sqlstate::SYNTAX_ERROR,
+                        format!(
+                            "parameter {name}: only numbered parameters ($1, ?1) are supported"
+                        ),
+                    ));
+                }
+            }
+        };
+        let Some(value) = params.get(number - 1) else {
+            break; // as sqlx: unbound parameters are NULL
+        };
+        // SAFETY: the pointers and lengths come from live Rust values; SQLITE_TRANSIENT makes
+        // SQLite copy text and blobs before the call returns.
+        let status = unsafe {
+            match value {
+                Value::Null => ffi::sqlite3_bind_null(statement, index),
+                Value::Integer(i) => ffi::sqlite3_bind_int64(statement, index, *i),
+                Value::Real(r) => ffi::sqlite3_bind_double(statement, index, *r),
+                Value::Text(text) => ffi::sqlite3_bind_text64(
+                    statement,
+                    index,
+                    text.as_ptr().cast(),
+                    text.len() as u64,
+                    ffi::SQLITE_TRANSIENT(),
+                    ffi::SQLITE_UTF8 as u8,
+                ),
+                Value::Blob(bytes) => ffi::sqlite3_bind_blob64(
+                    statement,
+                    index,
+                    bytes.as_ptr().cast(),
+                    bytes.len() as u64,
+                    ffi::SQLITE_TRANSIENT(),
+                ),
+            }
+        };
+        if status != ffi::SQLITE_OK {
+            return Err(last_error(handle));
+        }
+    }
+    Ok(())
+}
+
+/// The result columns: names, and the PostgreSQL type of the declared type (TEXT, refined by
+/// the first row's values, when there is none), as the sqlx path reports them.
+fn columns(statement: *mut ffi::sqlite3_stmt) -> Vec<Column> {
+    // SAFETY: a prepared statement; names and declared types are NUL-terminated strings
+    // owned by it, copied before the next call.
+    unsafe {
+        let count = ffi::sqlite3_column_count(statement);
+        (0..count)
+            .map(|index| {
+                let name = ffi::sqlite3_column_name(statement, index);
+                let name = if name.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr(name).to_string_lossy().into_owned()
+                };
+                let declared = ffi::sqlite3_column_decltype(statement, index);
+                let ty = if declared.is_null() {
+                    ColumnType::Text
+                } else {
+                    ColumnType::from_declared(&CStr::from_ptr(declared).to_string_lossy())
+                };
+                Column { name, ty }
+            })
+            .collect()
+    }
+}
+
+/// The current row's values, by their storage class.
+fn row(statement: *mut ffi::sqlite3_stmt, count: usize) -> Vec<Value> {
+    (0..count as c_int)
+        .map(|index| {
+            // SAFETY: the statement is on a row; a text or blob pointer is valid for the
+            // byte count SQLite reports until the next step, and is copied here.
+            unsafe {
+                match ffi::sqlite3_column_type(statement, index) {
+                    ffi::SQLITE_INTEGER => {
+                        Value::Integer(ffi::sqlite3_column_int64(statement, index))
+                    }
+                    ffi::SQLITE_FLOAT => Value::Real(ffi::sqlite3_column_double(statement, index)),
+                    ffi::SQLITE_TEXT => {
+                        let text = ffi::sqlite3_column_text(statement, index);
+                        let length = ffi::sqlite3_column_bytes(statement, index).max(0) as usize;
+                        if text.is_null() {
+                            Value::Text(String::new())
+                        } else {
+                            let bytes = std::slice::from_raw_parts(text, length);
+                            Value::Text(String::from_utf8_lossy(bytes).into_owned())
+                        }
+                    }
+                    ffi::SQLITE_BLOB => {
+                        let blob = ffi::sqlite3_column_blob(statement, index);
+                        let length = ffi::sqlite3_column_bytes(statement, index).max(0) as usize;
+                        if blob.is_null() {
+                            Value::Blob(Vec::new())
+                        } else {
+                            Value::Blob(std::slice::from_raw_parts(blob.cast(), length).to_vec())
+                        }
+                    }
+                    _ => Value::Null,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The handle's last error as a SQLSTATE and message.
+fn last_error(handle: *mut ffi::sqlite3) -> SqlError {
+    // SAFETY: an open handle; the message is NUL-terminated and copied at once.
+    let (extended, message) = unsafe {
+        let message = ffi::sqlite3_errmsg(handle);
+        let message = if message.is_null() {
+            String::from("unknown SQLite error")
+        } else {
+            CStr::from_ptr(message).to_string_lossy().into_owned()
+        };
+        (ffi::sqlite3_extended_errcode(handle), message)
+    };
+    SqlError::from_sqlite(extended, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::{DatabaseOptions, Durability, Engine, Session, SessionLimits};
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            statement_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(1),
+            max_rows: 0,
+        }
+    }
+
+    async fn engine(dir: &Path, paths: &StatementPaths) -> Engine {
+        let engine = Engine::open(
+            dir,
+            DatabaseOptions {
+                durability: Durability::Full,
+                readers: 2,
+                paths: paths.clone(),
+            },
+        )
+        .await
+        .expect("engine");
+        engine
+            .bootstrap("quartet", "quartet", Some("quartet"))
+            .await
+            .expect("bootstrap");
+        engine
+    }
+
+    fn counts(paths: &StatementPaths) -> (u64, u64) {
+        (paths.serving.get(), paths.worker.get())
+    }
+
+    #[tokio::test]
+    async fn short_statements_run_here_and_long_reads_move_to_the_worker() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = StatementPaths::default();
+        let engine = engine(dir.path(), &paths).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut session = Session::new(Arc::clone(&db), limits());
+        session
+            .execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)", &[])
+            .await
+            .expect("create");
+
+        // A write runs on the worker the first time, and here once it has been seen quick.
+        let insert = "INSERT INTO t (id, name) VALUES (?1, ?2)";
+        let before = counts(&paths);
+        for id in 1..=3 {
+            let done = session
+                .execute(insert, &[Value::Integer(id), Value::Text(format!("n{id}"))])
+                .await
+                .expect("insert");
+            assert_eq!(done.tag, "INSERT 0 1");
+            assert_eq!(done.last_insert_id, Some(id));
+        }
+        let after = counts(&paths);
+        assert_eq!(after.1 - before.1, 1, "the first run is on the worker");
+        assert_eq!(after.0 - before.0, 2, "the next ones run here");
+
+        // Point selects run here, typed as the sqlx path types them.
+        let before = counts(&paths);
+        for id in 1..=3 {
+            let row = session
+                .execute(
+                    "SELECT id, name FROM t WHERE id = ?1",
+                    &[Value::Integer(id)],
+                )
+                .await
+                .expect("select");
+            assert_eq!(row.tag, "SELECT 1");
+            assert_eq!(
+                row.rows,
+                vec![vec![Value::Integer(id), Value::Text(format!("n{id}"))]]
+            );
+            assert_eq!(row.columns[0].ty, ColumnType::Int8);
+            assert_eq!(row.columns[1].ty, ColumnType::Text);
+        }
+        assert_eq!(counts(&paths).0 - before.0, 3);
+
+        // A read past the budget is stopped and run again on the worker, with the same answer.
+        let long = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) SELECT count(*) FROM c";
+        let before = counts(&paths);
+        let counted = session.execute(long, &[]).await.expect("long read");
+        assert_eq!(counted.rows, vec![vec![Value::Integer(300_000)]]);
+        assert_eq!(counts(&paths).1 - before.1, 1, "moved to the worker");
+
+        // A write that took long goes back to the worker next time.
+        let slow_update = "UPDATE t SET name = (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) SELECT 'n' || count(*) FROM c) WHERE id = ?1";
+        let before = counts(&paths);
+        for _ in 0..3 {
+            let done = session
+                .execute(slow_update, &[Value::Integer(1)])
+                .await
+                .expect("slow update");
+            assert_eq!(done.tag, "UPDATE 1");
+        }
+        assert_eq!(
+            counts(&paths).1 - before.1,
+            3,
+            "a slow write never runs on the serving thread"
+        );
+    }
+
+    #[tokio::test]
+    async fn parameters_errors_limits_and_schema_changes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = StatementPaths::default();
+        let engine = engine(dir.path(), &paths).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut session = Session::new(
+            Arc::clone(&db),
+            SessionLimits {
+                max_rows: 2,
+                ..limits()
+            },
+        );
+        // Numbered parameters in any order; one without a value is NULL; every storage class.
+        let row = session
+            .execute(
+                "SELECT ?2, ?1, ?3, ?4, ?5",
+                &[
+                    Value::Integer(7),
+                    Value::Text("x".into()),
+                    Value::Real(1.5),
+                    Value::Blob(vec![0, 255]),
+                ],
+            )
+            .await
+            .expect("select");
+        assert_eq!(
+            row.rows,
+            vec![vec![
+                Value::Text("x".into()),
+                Value::Integer(7),
+                Value::Real(1.5),
+                Value::Blob(vec![0, 255]),
+                Value::Null
+            ]]
+        );
+        assert_eq!(row.columns[2].ty, ColumnType::Float8);
+        assert_eq!(row.columns[3].ty, ColumnType::Bytea);
+
+        let err = session
+            .execute("SELECT :name", &[Value::Integer(1)])
+            .await
+            .expect_err("named");
+        assert_eq!(err.code, sqlstate::SYNTAX_ERROR);
+        let err = session.execute("SELEC 1", &[]).await.expect_err("syntax");
+        assert_eq!(err.code, sqlstate::SYNTAX_ERROR);
+        let err = session
+            .execute("SELECT * FROM missing", &[])
+            .await
+            .expect_err("table");
+        assert_eq!(err.code, sqlstate::UNDEFINED_TABLE);
+
+        session
+            .execute("CREATE TABLE u (id INTEGER PRIMARY KEY, a TEXT)", &[])
+            .await
+            .expect("create");
+        let insert = "INSERT INTO u (id) VALUES (?1)";
+        for id in 1..=3 {
+            session
+                .execute(insert, &[Value::Integer(id)])
+                .await
+                .expect("insert");
+        }
+        let before = counts(&paths);
+        let err = session
+            .execute(insert, &[Value::Integer(1)])
+            .await
+            .expect_err("duplicate");
+        assert_eq!(err.code, sqlstate::UNIQUE_VIOLATION);
+        assert_eq!(
+            counts(&paths).0 - before.0,
+            1,
+            "refused on the serving thread"
+        );
+
+        // The row limit stops a read here too.
+        let err = session
+            .execute("SELECT id FROM u", &[])
+            .await
+            .expect_err("too many rows");
+        assert_eq!(err.code, sqlstate::PROGRAM_LIMIT_EXCEEDED);
+
+        // A cached statement follows a schema change (SQLite prepares it again).
+        let all = "SELECT * FROM u WHERE id = 1";
+        let before = session.execute(all, &[]).await.expect("select");
+        assert_eq!(before.columns.len(), 2);
+        session
+            .execute("ALTER TABLE u ADD COLUMN b INTEGER DEFAULT 5", &[])
+            .await
+            .expect("alter");
+        let after = session.execute(all, &[]).await.expect("select");
+        assert_eq!(after.columns.len(), 3);
+        assert_eq!(after.columns[2].name, "b");
+        assert_eq!(
+            after.rows,
+            vec![vec![Value::Integer(1), Value::Null, Value::Integer(5)]]
+        );
+        // No rows: the columns are still there.
+        let none = session
+            .execute("SELECT id, a FROM u WHERE id = 99", &[])
+            .await
+            .expect("select");
+        assert_eq!(none.tag, "SELECT 0");
+        assert!(none.returns_rows);
+        assert_eq!(none.columns.len(), 2);
+    }
+}
