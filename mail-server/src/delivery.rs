@@ -6,6 +6,16 @@ use common::Environment;
 
 use crate::store::Target;
 
+/// What the queue does with a recipient when its turn comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    Send,
+    /// Not sent: a copy goes to this capture mailbox instead.
+    Capture(Target),
+    /// Not sent, and no local account to hold a copy (staging, a bounce to elsewhere).
+    Withhold,
+}
+
 /// The environment's rule for outbound mail.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -33,6 +43,25 @@ impl Policy {
                 Some(domain) => recipient.rsplit_once('@').is_some_and(|(_, d)| d == domain),
                 None => *pattern == recipient,
             })
+    }
+
+    /// Checked again when the queue is about to send (the entry may have been queued under
+    /// another environment, or be a bounce): whether `recipient` may be sent to now, and if
+    /// not where the copy goes instead. `account` is the account that submitted it, if any.
+    pub fn release(&self, recipient: &str, account: Option<&str>) -> Release {
+        match self.environment {
+            Environment::Production => Release::Send,
+            Environment::Staging if self.allowed(recipient) => Release::Send,
+            Environment::Development => Release::Capture(Target::captured(&self.capture_account)),
+            Environment::Staging => match account {
+                Some(account) => Release::Capture(Target::captured(account)),
+                None => Release::Withhold,
+            },
+        }
+    }
+
+    pub fn environment(&self) -> Environment {
+        self.environment
     }
 
     /// Where one copy for `recipient` (in another domain) goes, sent by `account`.
@@ -78,6 +107,19 @@ mod tests {
             staging.outbound("eve@else.test", "a@x.test"),
             Target::captured("a@x.test")
         );
+        // At send time too, whatever was queued.
+        assert_eq!(
+            dev.release("ops@example.org", Some("a@x.test")),
+            Release::Capture(Target::captured("dev@localhost"))
+        );
+        assert_eq!(staging.release("bob@partner.test", None), Release::Send);
+        assert_eq!(
+            staging.release("eve@else.test", Some("a@x.test")),
+            Release::Capture(Target::captured("a@x.test"))
+        );
+        assert_eq!(staging.release("eve@else.test", None), Release::Withhold);
+        let production = Policy::new(Environment::Production, "dev@localhost", &[]);
+        assert_eq!(production.release("eve@else.test", None), Release::Send);
         let production = Policy::new(Environment::Production, "dev@localhost", &allow);
         assert!(matches!(
             production.outbound("eve@else.test", "a@x.test"),

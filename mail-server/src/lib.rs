@@ -185,6 +185,11 @@ pub async fn run(
             smtp::data::BareLf::Reject
         },
     };
+    let policy = delivery::Policy::new(
+        config.environment,
+        DEV_MAIL_ACCOUNT,
+        &mail.staging_allowlist,
+    );
     let outbound = outbound::Outbound {
         store: store.clone(),
         route: route(&config)?,
@@ -201,6 +206,7 @@ pub async fn run(
             .unwrap_or(Duration::from_secs(5 * 86_400)),
         wake: Arc::clone(&wake),
         dkim: dkim_signer(&config)?,
+        policy: policy.clone(),
     };
     tokio::spawn(outbound.run(server.shutdown.token().clone()));
     let service = Arc::new(smtp::SmtpService::new(
@@ -210,11 +216,7 @@ pub async fn run(
         limits,
         Some(tls.clone()),
         config.environment == Environment::Development,
-        delivery::Policy::new(
-            config.environment,
-            DEV_MAIL_ACCOUNT,
-            &mail.staging_allowlist,
-        ),
+        policy,
         wake,
         Arc::clone(&logins),
         budget.clone(),

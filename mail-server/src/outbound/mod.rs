@@ -18,6 +18,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::Release;
 use crate::store::{Delivery, Store, Target};
 
 /// Where outbound mail is handed over.
@@ -86,6 +87,8 @@ pub struct Outbound {
     pub wake: Arc<Notify>,
     /// Signs what leaves (production requires it).
     pub dkim: Option<Arc<dkim::Signer>>,
+    /// The environment's rule, checked again at send time.
+    pub policy: crate::delivery::Policy,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -151,24 +154,52 @@ impl Outbound {
                 return false;
             }
         };
-        let signed = match &self.dkim {
+        match self
+            .policy
+            .release(&item.recipient, item.account.as_deref())
+        {
+            Release::Send => {}
+            Release::Capture(target) => return self.capture(&item, target, &raw).await,
+            Release::Withhold => {
+                let reason = format!(
+                    "{}: not on mail.staging_allowlist and no local account to hold a copy; not sent",
+                    self.policy.environment().as_str()
+                );
+                return self.close_unsent(&item, "withheld", &reason).await;
+            }
+        }
+        // Lines end in CRLF on the wire (RFC 5321 §2.3.8), whatever the store holds; before
+        // signing, so that the signature covers what is sent.
+        let raw = with_crlf(&raw);
+        let outcome = match &self.dkim {
             Some(signer) => match signer.sign(&raw) {
-                Ok(signed) => Some(signed),
+                Ok(signed) => {
+                    send(
+                        &self.route,
+                        &self.hostname,
+                        &item.sender,
+                        &item.recipient,
+                        &signed,
+                    )
+                    .await
+                }
+                // Never sent unsigned when a key is configured: tried again later.
                 Err(err) => {
                     tracing::error!(error = %err, queue_id = item.queue_id, "DKIM signing failed");
-                    None
+                    Attempt::Temporary(format!("DKIM signing failed: {err}"))
                 }
             },
-            None => None,
+            None => {
+                send(
+                    &self.route,
+                    &self.hostname,
+                    &item.sender,
+                    &item.recipient,
+                    &raw,
+                )
+                .await
+            }
         };
-        let outcome = send(
-            &self.route,
-            &self.hostname,
-            &item.sender,
-            &item.recipient,
-            signed.as_deref().unwrap_or(&raw),
-        )
-        .await;
         let now = common::clock::unix_now();
         let age = Duration::from_secs((now - item.created_at).max(0) as u64);
         let (status, next, error, bounce) = match &outcome {
@@ -241,6 +272,66 @@ impl Outbound {
         true
     }
 
+    /// A recipient this environment does not send to: a copy into `target` (a capture
+    /// mailbox) instead, and the entry closed. No bounce: nothing failed.
+    async fn capture(
+        &self,
+        item: &crate::store::QueuedRecipient,
+        target: Target,
+        raw: &[u8],
+    ) -> bool {
+        let delivery = Delivery {
+            metadata: crate::message::metadata(raw),
+            raw: raw.to_vec(),
+            envelope_from: item.sender.clone(),
+            targets: vec![target.clone()],
+            account: None,
+        };
+        let environment = self.policy.environment().as_str();
+        match self.store.deliver(delivery).await {
+            Ok(()) => {
+                let Target::Mailbox { account, .. } = &target else {
+                    return self.close_unsent(item, "captured", environment).await;
+                };
+                tracing::info!(
+                    queue_id = item.queue_id,
+                    recipient = %item.recipient,
+                    %account,
+                    "{environment}: not sent, captured"
+                );
+                let reason = format!("{environment}: not sent, captured for {account}");
+                self.close_unsent(item, "captured", &reason).await
+            }
+            Err(err) => {
+                let reason = format!("{environment}: not sent, and the capture failed: {err}");
+                self.close_unsent(item, "withheld", &reason).await
+            }
+        }
+    }
+
+    /// Records a recipient that is not sent to (and is not to be tried again) and closes the
+    /// entry when nobody else in it waits.
+    async fn close_unsent(
+        &self,
+        item: &crate::store::QueuedRecipient,
+        status: &str,
+        reason: &str,
+    ) -> bool {
+        tracing::info!(queue_id = item.queue_id, recipient = %item.recipient, status, reason, "outbound recipient not sent");
+        let now = common::clock::unix_now();
+        match self
+            .store
+            .record_attempt(item.queue_id, &item.recipient, status, now, Some(reason))
+            .await
+        {
+            Ok(_) => self.store.finish(item.queue_id).await.is_ok(),
+            Err(err) => {
+                tracing::error!(error = %err, "recording an unsent recipient failed");
+                false
+            }
+        }
+    }
+
     /// Tells the sender; nothing for the null sender (a bounce is never bounced). `false` when
     /// the report could not be stored.
     async fn bounce(&self, item: &crate::store::QueuedRecipient, reason: &str, raw: &[u8]) -> bool {
@@ -293,6 +384,29 @@ impl Outbound {
             }
         }
     }
+}
+
+/// `raw` with every line ending in CRLF: a bare LF or a bare CR becomes CRLF. Borrowed when
+/// nothing needs changing.
+pub fn with_crlf(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bare = raw.iter().enumerate().any(|(at, &byte)| match byte {
+        b'\n' => at == 0 || raw[at - 1] != b'\r',
+        b'\r' => raw.get(at + 1) != Some(&b'\n'),
+        _ => false,
+    });
+    if !bare {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    for (at, &byte) in raw.iter().enumerate() {
+        match byte {
+            b'\r' if raw.get(at + 1) == Some(&b'\n') => out.push(b'\r'),
+            b'\r' => out.extend_from_slice(b"\r\n"),
+            b'\n' if at == 0 || raw[at - 1] != b'\r' => out.extend_from_slice(b"\r\n"),
+            _ => out.push(byte),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// One SMTP transaction for one recipient.
@@ -457,6 +571,18 @@ mod tests {
     use super::*;
     use crate::store::QueuedRecipient;
 
+    #[test]
+    fn lines_leave_with_crlf() {
+        assert!(matches!(
+            with_crlf(b"a\r\nb\r\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            with_crlf(b"\na\nb\r\nc\rd\r").as_ref(),
+            b"\r\na\r\nb\r\nc\r\nd\r\n"
+        );
+    }
+
     #[tokio::test]
     async fn a_bounce_is_never_bounced() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -476,6 +602,11 @@ mod tests {
             max_queue_time: Duration::from_secs(1),
             wake: Arc::new(Notify::new()),
             dkim: None,
+            policy: crate::delivery::Policy::new(
+                common::Environment::Production,
+                "dev@localhost",
+                &[],
+            ),
         };
         let failed_bounce = QueuedRecipient {
             queue_id: 1,
