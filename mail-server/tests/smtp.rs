@@ -546,3 +546,125 @@ async fn starttls_injection_connection_and_error_limits() {
     );
     role.stop().await.unwrap();
 }
+
+/// What EHLO offers, SMTPUTF8 and 8BITMIME accepted, the size limit met after DATA (when the
+/// client declared no SIZE), the session time limit, and slowed logins on submission.
+#[tokio::test(flavor = "multi_thread")]
+async fn extensions_size_after_data_session_limit_and_slowed_logins() {
+    let test = test_config(Environment::Development, "")
+        .set("mail.max_message_bytes", "2000")
+        .set("mail.session_timeout_secs", "4");
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    let (smtp, submission) = (role.addr("smtp"), role.addr("submission"));
+    let (ehlo, utf8, oversize, session, logins) = tokio::task::spawn_blocking(move || {
+        let ehlo = raw(smtp, b"EHLO client.test\r\nQUIT\r\n", Duration::from_secs(2));
+        let utf8 = raw(
+            smtp,
+            "EHLO client.test\r\nMAIL FROM:<ü@remote.test> SMTPUTF8 BODY=8BITMIME\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+                .as_bytes(),
+            Duration::from_secs(1),
+        );
+        // No SIZE declared: the limit is met while the message comes in, the rest is read and
+        // dropped, the session goes on.
+        let mut big = b"EHLO client.test\r\nMAIL FROM:<ann@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n".to_vec();
+        big.extend_from_slice(b"Subject: big\r\n\r\n");
+        for _ in 0..100 {
+            big.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
+        }
+        big.extend_from_slice(b".\r\nNOOP\r\nQUIT\r\n");
+        let oversize = raw(smtp, &big, Duration::from_secs(2));
+        // Busy but past mail.session_timeout_secs: told and disconnected.
+        let session = {
+            let started = Instant::now();
+            let mut stream = TcpStream::connect(smtp).unwrap();
+            stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let mut all = Vec::new();
+            let mut buf = [0u8; 1024];
+            let mut closed = false;
+            while started.elapsed() < Duration::from_secs(8) && !closed {
+                if stream.write_all(b"NOOP\r\n").is_err() {
+                    closed = true; // the server had closed: the write met a reset
+                    break;
+                }
+                let until = Instant::now() + Duration::from_millis(400);
+                while Instant::now() < until {
+                    match stream.read(&mut buf) {
+                        Ok(0) => {
+                            closed = true;
+                            break;
+                        }
+                        Ok(n) => all.extend_from_slice(&buf[..n]),
+                        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                            closed = true;
+                            break;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            (String::from_utf8_lossy(&all).into_owned(), started.elapsed(), closed)
+        };
+        let (_, logins) = python(
+            r#"
+import base64, smtplib, sys, time
+port = int(sys.argv[1])
+def plain(password):
+    # One AUTH PLAIN each (smtplib's login() would try LOGIN too after a refusal).
+    return "PLAIN " + base64.b64encode(b"\0alice@example.test\0" + password).decode()
+out = []
+started = time.monotonic()
+for _ in range(3):
+    s = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    s.ehlo("client.test")
+    out.append(str(s.docmd("AUTH", plain(b"wrong"))[0]))
+    s.close()
+out.append("%.1f" % (time.monotonic() - started))
+s = smtplib.SMTP("127.0.0.1", port, timeout=30)
+s.ehlo("client.test")
+out.append(str(s.docmd("AUTH", plain(b"alice-pw"))[0]))
+s.quit()
+print(" ".join(out))
+"#,
+            &[submission.port().to_string()],
+        );
+        (ehlo, utf8, oversize, session, logins)
+    })
+    .await
+    .unwrap();
+    for extension in [
+        "250-PIPELINING",
+        "8BITMIME",
+        "SMTPUTF8",
+        "SIZE 2000",
+        "ENHANCEDSTATUSCODES",
+        "STARTTLS",
+    ] {
+        assert!(ehlo.contains(extension), "{extension} in {ehlo}");
+    }
+    assert!(!ehlo.contains("AUTH"), "no AUTH on port 25: {ehlo}");
+    assert!(
+        utf8.matches("250 2.1.").count() == 2 && utf8.contains("354"),
+        "{utf8}"
+    );
+    assert!(oversize.contains("552 5.3.4"), "{oversize}");
+    let after = oversize.split("552 5.3.4").nth(1).unwrap_or("");
+    assert!(after.contains("250"), "NOOP after the refusal: {oversize}");
+    assert!(
+        inbox(&test, "alice@example.test", "INBOX").await.is_empty(),
+        "nothing stored"
+    );
+    let (text, took, closed) = session;
+    assert!(closed, "still open after {took:?}: {text}");
+    assert!(text.contains("421 4.4.2"), "{text}");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(7),
+        "{took:?}"
+    );
+    // 535 each time, slowed (0.5 s, 1 s, 2 s), then the right password works.
+    let words: Vec<&str> = logins.split_whitespace().collect();
+    assert_eq!(words[..3], ["535", "535", "535"], "{logins}");
+    let seconds: f64 = words[3].parse().unwrap();
+    assert!(seconds >= 3.0, "three failures took {seconds} s");
+    assert_eq!(words[4], "235", "{logins}");
+    role.stop().await.unwrap();
+}

@@ -157,10 +157,7 @@ impl SmtpService {
             envelope: Envelope::default(),
             errors: 0,
         };
-        let outcome = tokio::time::timeout_at(deadline, session.run(conn)).await;
-        if outcome.is_err() {
-            tracing::debug!(%peer, "SMTP session reached its time limit");
-        }
+        session.run(conn, deadline).await;
     }
 }
 
@@ -177,13 +174,26 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn run(&mut self, mut conn: Conn) {
+    /// Serves the connection until the client leaves or `deadline` (mail.session_timeout_secs)
+    /// passes; then the client is told (421) and disconnected.
+    async fn run(&mut self, mut conn: Conn, deadline: tokio::time::Instant) {
         let greeting = format!("220 {} ESMTP Quartet\r\n", self.service.hostname);
         if conn.reply(&greeting).await.is_err() {
             return;
         }
         loop {
-            match self.serve_commands(&mut conn).await {
+            let served = tokio::time::timeout_at(deadline, self.serve_commands(&mut conn)).await;
+            let Ok(served) = served else {
+                tracing::debug!(peer = %self.peer, "SMTP session reached its time limit");
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    conn.reply("421 4.4.2 Session time limit reached, closing connection\r\n"),
+                )
+                .await;
+                let _ = conn.writer.shutdown().await;
+                return;
+            };
+            match served {
                 Ok(Flow::StartTls) => {
                     let Some(tls) = self.service.tls.clone() else {
                         return;
