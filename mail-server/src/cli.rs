@@ -134,9 +134,23 @@ async fn run(command: Command, config: common::Config) -> Result<String, StoreEr
             )))
         }
     };
+    // dev@localhost (password dev) is development's own; anywhere else it is a known login.
+    let development_account_refused = |address: &str| {
+        if address.eq_ignore_ascii_case(common::config::DEV_MAIL_ACCOUNT)
+            && config.environment != common::Environment::Development
+        {
+            Err(StoreError::Invalid(format!(
+                "{address} is development's account: {} refuses it",
+                config.environment.as_str()
+            )))
+        } else {
+            Ok(())
+        }
+    };
     let output = match command {
         Command::Accounts(AccountCommand::Add { address }) => {
             let address = in_domains(&address)?;
+            development_account_refused(&address)?;
             if store.has_account(&address).await? {
                 return Err(StoreError::Invalid(format!("{address} exists: use passwd")));
             }
@@ -146,6 +160,7 @@ async fn run(command: Command, config: common::Config) -> Result<String, StoreEr
         }
         Command::Accounts(AccountCommand::Passwd { address }) => {
             let address = address.to_ascii_lowercase();
+            development_account_refused(&address)?;
             if !store.has_account(&address).await? {
                 return Err(StoreError::Invalid(format!("no account {address}")));
             }

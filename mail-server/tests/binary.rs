@@ -201,6 +201,22 @@ fn accounts_and_aliases_are_managed_while_the_server_runs() {
             && out.contains("carol@example.test"),
         "{out}"
     );
+    // An alias for two accounts.
+    for target in ["alice@example.test", "carol@example.test"] {
+        let (ok, out) = manage(
+            &test,
+            &["aliases", "add", "team@example.test", target],
+            None,
+        );
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = manage(&test, &["aliases", "list"], None);
+    assert!(
+        ok && out.contains("team@example.test\talice@example.test")
+            && out.contains("team@example.test\tcarol@example.test")
+            && out.contains("sales@example.test\tcarol@example.test"),
+        "{out}"
+    );
     let (ok, out) = manage(&test, &["accounts", "hash"], Some("pw\n"));
     assert!(ok && out.starts_with("$argon2id$"), "{out}");
 
@@ -223,6 +239,20 @@ fn accounts_and_aliases_are_managed_while_the_server_runs() {
         run("carol@example.test", "carol-pw", "sales@example.test"),
         "login ok\ndelivered\n"
     );
+    assert_eq!(
+        run("carol@example.test", "carol-pw", "team@example.test"),
+        "login ok\ndelivered\n"
+    );
+    let (ok, out) = manage(&test, &["aliases", "remove", "team@example.test"], None);
+    assert!(ok, "{out}");
+    let (ok, out) = manage(&test, &["aliases", "list"], None);
+    assert!(ok && !out.contains("team@"), "{out}");
+    assert_eq!(
+        run("carol@example.test", "carol-pw", "team@example.test"),
+        "login ok\nrefused 550\n"
+    );
+    let (ok, out) = manage(&test, &["aliases", "remove", "team@example.test"], None);
+    assert!(!ok && out.contains("no alias"), "{out}");
     assert_eq!(
         run("carol@example.test", "wrong", "nobody@example.test"),
         "login failed 535\nrefused 550\n"
@@ -284,11 +314,12 @@ fn accounts_and_aliases_are_managed_while_the_server_runs() {
         store.close().await;
         messages
     });
-    // The catch-all got nobody@ and, once carol was gone, sales@.
+    // team@ (alice's copy), postmaster, and from the catch-all nobody@ and, once carol was
+    // gone, sales@.
     assert_eq!(
         alice.len(),
-        3,
-        "postmaster, then nobody@ and sales@ by the catch-all"
+        4,
+        "team@, postmaster, then nobody@ and sales@ by the catch-all"
     );
     server.signal("TERM");
     server.wait_exit(std::time::Duration::from_secs(15));

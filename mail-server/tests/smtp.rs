@@ -668,3 +668,66 @@ print(" ".join(out))
     assert_eq!(words[4], "235", "{logins}");
     role.stop().await.unwrap();
 }
+
+/// dev@localhost/dev exists in development only: a staging start on the same data removes
+/// it, logging in with it fails, and the command line refuses to create it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_development_account_exists_only_in_development() {
+    let hash = mail_server::store::hash_password("carol-pw").unwrap();
+    let mut test = TestConfig::new(Environment::Development);
+    std::fs::write(
+        test.config_dir().join("default.toml"),
+        format!(
+            "[mail]\ndomains = [\"example.test\", \"localhost\"]\n\
+             [[mail.accounts]]\naddress = \"carol@example.test\"\npassword_hash = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let has_dev = async |test: &TestConfig| {
+        let store = Store::open(&test.data_dir().join("mail")).await.unwrap();
+        let has = store.has_account("dev@localhost").await.unwrap();
+        store.close().await;
+        has
+    };
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    role.stop().await.unwrap();
+    assert!(has_dev(&test).await, "development creates it");
+
+    test.environment = Environment::Staging;
+    let (test, ca) = test.set("db.admin_password", "unused").with_generated_tls();
+    let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
+    assert!(!has_dev(&test).await, "staging removes it");
+    let submissions = role.addr("submissions");
+    let login = tokio::task::spawn_blocking(move || {
+        python(
+            r#"
+import smtplib, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[2])
+s = smtplib.SMTP_SSL("localhost", int(sys.argv[1]), context=context, timeout=10)
+try:
+    s.login("dev@localhost", "dev")
+    print("accepted")
+except smtplib.SMTPAuthenticationError as e:
+    print(e.smtp_code)
+"#,
+            &[submissions.port().to_string(), ca.display().to_string()],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(login.1.trim(), "535", "{login:?}");
+    role.stop().await.unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mail-server"))
+        .args(["accounts", "add", "dev@localhost"])
+        .env_clear()
+        .envs(test.child_env())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success() && text.contains("development's account"),
+        "{text}"
+    );
+}
