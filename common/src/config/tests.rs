@@ -446,3 +446,34 @@ fn mail_accounts_follow_the_environment() {
     assert!(!text.contains("dev@localhost"), "{text}");
     assert!(text.contains("ann@elsewhere.test"), "{text}");
 }
+
+#[test]
+fn production_mail_needs_a_dkim_key_and_both_halves_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "[mail]\ndomains = [\"example.test\"]\n",
+    )
+    .unwrap();
+    let text = problems_text(
+        &load(&options(Environment::Production, dir.path()), &[Role::Mail]).unwrap_err(),
+    );
+    assert!(
+        text.contains("mail.dkim.private_key") && text.contains("required in production"),
+        "{text}"
+    );
+    // A selector without a key is refused anywhere; staging needs no key.
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "[mail]\ndomains = [\"example.test\"]\n[mail.dkim]\nselector = \"q1\"\n",
+    )
+    .unwrap();
+    let text = problems_text(
+        &load(&options(Environment::Staging, dir.path()), &[Role::Mail]).unwrap_err(),
+    );
+    assert!(
+        text.contains("give both selector and private_key"),
+        "{text}"
+    );
+    assert!(!text.contains("required in production"), "{text}");
+}
