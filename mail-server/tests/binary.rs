@@ -324,3 +324,133 @@ fn accounts_and_aliases_are_managed_while_the_server_runs() {
     server.signal("TERM");
     server.wait_exit(std::time::Duration::from_secs(15));
 }
+
+/// "250 means durable", seen from the kernel's side: the binary runs under strace, and
+/// between the 354 that invites each message and the 250 that acknowledges it there is an
+/// fdatasync of the store's WAL that has returned. (`kill -9` alone cannot show this: the page
+/// cache survives the process.)
+#[test]
+fn every_250_after_data_follows_an_fdatasync_of_the_store() {
+    use common::testing::Binary;
+    let test = TestConfig::new(Environment::Development);
+    accounts_config(&test);
+    let trace = test.dir.path().join("strace.txt");
+    let pid_file = test.dir.path().join("mail-server.pid");
+    let launch = format!("echo $$ > {}; exec {BIN}", pid_file.display());
+    let trace_arg = trace.display().to_string();
+    let mut server = Binary::spawn(
+        Path::new("strace"),
+        &[
+            "-f",
+            "-qq",
+            "-y",
+            "-s",
+            "48",
+            "-e",
+            "trace=fdatasync,fsync,write,writev,sendto,sendmsg",
+            "-e",
+            "signal=none",
+            "-o",
+            &trace_arg,
+            "sh",
+            "-c",
+            &launch,
+        ],
+        &test.child_env(),
+        test.dir.path(),
+    );
+    let addrs = server.wait_for_listeners(8);
+    let output = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30)
+for n in range(3):
+    s.sendmail("ann@remote.test", ["alice@example.test"], "Subject: %d\r\n\r\nbody %d\r\n" % (n, n))
+s.quit()
+# Then 20 sessions at once, each with one message, released together at DATA's end.
+import threading
+barrier = threading.Barrier(20)
+failures = []
+def one(n):
+    try:
+        c = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=60)
+        c.ehlo("client.test")
+        c.mail("ann@remote.test")
+        c.rcpt("alice@example.test")
+        barrier.wait()
+        c.data("Subject: together %d\r\n\r\nbody\r\n" % n)
+        c.quit()
+    except Exception as e:
+        failures.append(repr(e))
+threads = [threading.Thread(target=one, args=(n,)) for n in range(20)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("sent" if not failures else failures)
+"#,
+        )
+        .arg(addrs["mail smtp"].port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "sent",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    server.wait_exit(std::time::Duration::from_secs(15));
+
+    let lines: Vec<String> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let invitations: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("\"354 "))
+        .collect();
+    let acknowledgements: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("\"250 2.0.0 OK: queued"))
+        .collect();
+    assert_eq!(invitations.len(), 23, "23 354s in the trace");
+    assert_eq!(acknowledgements.len(), 23, "23 250s in the trace");
+    // Group commit: the 20 messages that arrived together shared fsyncs.
+    let syncs = lines
+        .iter()
+        .filter(|l| l.contains("fdatasync(") && l.contains("mail.db-wal"))
+        .count();
+    eprintln!("{syncs} fsyncs of the WAL for 23 messages");
+    assert!(
+        (4..23).contains(&syncs),
+        "{syncs} fsyncs of the WAL for 23 messages"
+    );
+    // The first three came one at a time: each waited for its own.
+    for (&invited, &acknowledged) in invitations.iter().zip(&acknowledgements).take(3) {
+        assert!(invited < acknowledged);
+        let window = &lines[invited..acknowledged];
+        // The sync of the WAL begins in the window…
+        let began = window
+            .iter()
+            .position(|l| l.contains("fdatasync(") && l.contains("mail.db-wal"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no fdatasync of the WAL before the 250:\n{}",
+                    window.join("\n")
+                )
+            });
+        // …and has returned 0 before the 250 is written.
+        assert!(
+            window[began..]
+                .iter()
+                .any(|l| l.contains("fdatasync") && l.trim_end().ends_with("= 0")),
+            "the fdatasync had not returned before the 250:\n{}",
+            window.join("\n")
+        );
+    }
+}
