@@ -145,11 +145,33 @@ async fn delivery_retries_bounces_and_a_queue_that_survives_restarts() {
         "a changed header breaks the signature"
     );
 
-    // 550: bounced at once; 451: retried every second, bounced after max_queue_time.
+    // 550: bounced at once; 451: retried every second (retry_intervals), bounced after
+    // max_queue_time (4 s).
+    let mut temp_attempts = Vec::new();
     wait_for("two bounces", async || {
+        if let Some(entry) = queue(&test)
+            .await
+            .into_iter()
+            .find(|q| q.recipient == "temp@far.test")
+            && temp_attempts.last() != Some(&(entry.attempts, entry.next_attempt))
+        {
+            temp_attempts.push((entry.attempts, entry.next_attempt));
+        }
         inbox(&test, "alice@example.test", "INBOX").await.len() == 2
     })
     .await;
+    // Seen waiting between attempts: the count grows, the next attempt about a second on.
+    let attempts: Vec<i64> = temp_attempts.iter().map(|(a, _)| *a).collect();
+    assert!(
+        attempts.windows(2).all(|w| w[0] <= w[1]) && attempts.iter().max() >= Some(&2),
+        "{temp_attempts:?}"
+    );
+    for pair in temp_attempts.windows(2) {
+        let ((a0, next0), (a1, next1)) = (pair[0], pair[1]);
+        if a1 == a0 + 1 {
+            assert!((1..=2).contains(&(next1 - next0)), "{temp_attempts:?}");
+        }
+    }
     let bounces = inbox(&test, "alice@example.test", "INBOX").await;
     assert!(
         bounces[0].starts_with("Return-Path: <>\r\n"),

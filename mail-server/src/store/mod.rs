@@ -186,15 +186,24 @@ impl Location {
 const SQLITE_SETTINGS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 
+/// A COMMIT on PostgreSQL returns once its WAL is flushed, whatever the server's default (a
+/// server set to `synchronous_commit = off` would acknowledge mail it can still lose).
+const POSTGRES_SETTINGS: &str = "SET synchronous_commit = on";
+
 /// The writer's connection commits without an fsync: it fsyncs the WAL itself once per batch
 /// (group commit), before acknowledging any message of it.
 const SQLITE_WRITER_SETTINGS: &str = "PRAGMA synchronous = NORMAL;";
 
 async fn connect(location: &Location) -> Result<AnyConnection, StoreError> {
     let mut connection = AnyConnection::connect(&location.url()).await?;
-    if let Location::Sqlite(_) = location {
-        connection.execute(SQLITE_SETTINGS).await?;
-        connection.execute(SQLITE_WRITER_SETTINGS).await?;
+    match location {
+        Location::Sqlite(_) => {
+            connection.execute(SQLITE_SETTINGS).await?;
+            connection.execute(SQLITE_WRITER_SETTINGS).await?;
+        }
+        Location::Postgres(_) => {
+            connection.execute(POSTGRES_SETTINGS).await?;
+        }
     }
     Ok(connection)
 }
@@ -227,6 +236,8 @@ impl Store {
                 Box::pin(async move {
                     if sqlite {
                         connection.execute(SQLITE_SETTINGS).await?;
+                    } else {
+                        connection.execute(POSTGRES_SETTINGS).await?;
                     }
                     Ok(())
                 })
