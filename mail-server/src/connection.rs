@@ -35,7 +35,7 @@ pub async fn read_capped<R: AsyncBufRead + Unpin>(
         }
         let room = cap.saturating_sub(out.len());
         let window = &available[..available.len().min(room)];
-        if let Some(at) = window.iter().position(|&b| b == b'\n') {
+        if let Some(at) = memchr::memchr(b'\n', window) {
             out.extend_from_slice(&window[..=at]);
             reader.consume(at + 1);
             return Ok(());

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncBufRead;
+use tokio::io::{AsyncRead, BufReader};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::connection::Budget;
@@ -51,8 +51,8 @@ impl PartialEq for Data {
 const PIECE: usize = 64 * 1024;
 
 /// Reads the DATA section up to its terminating `.` line.
-pub async fn read_data<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
+pub async fn read_data<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
     prefix: Vec<u8>,
     max_bytes: usize,
     bare_lf: BareLf,
@@ -71,12 +71,18 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
     let mut too_large = false;
     loop {
         line.clear();
-        tokio::time::timeout(
-            idle,
-            crate::connection::read_capped(reader, &mut line, PIECE),
-        )
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        // The idle timer only when the next line is not buffered yet: a timer per line (a
+        // clock read and a timer entry) was a tenth of the time spent on 100 KiB messages.
+        if memchr::memchr(b'\n', reader.buffer()).is_some() {
+            crate::connection::read_capped(reader, &mut line, PIECE).await?;
+        } else {
+            tokio::time::timeout(
+                idle,
+                crate::connection::read_capped(reader, &mut line, PIECE),
+            )
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        }
         if line.is_empty() {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
@@ -161,6 +167,33 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_client_silent_mid_message_times_out() {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut client, server) = tokio::io::duplex(1024);
+        // Whole lines already buffered, then nothing: the idle timer still ends it.
+        client
+            .write_all(b"Subject: x\r\n\r\nline one\r\nline two\r\npart of a l")
+            .await
+            .expect("write");
+        let mut reader = BufReader::new(server);
+        let budget = Budget::new(1 << 20);
+        let started = std::time::Instant::now();
+        let outcome = read_data(
+            &mut reader,
+            Vec::new(),
+            1000,
+            BareLf::Reject,
+            Duration::from_millis(300),
+            &budget,
+        )
+        .await;
+        let err = outcome.err().expect("an error, not a message");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(client);
+    }
 
     async fn data(input: &[u8], bare_lf: BareLf) -> (Data, Vec<u8>) {
         let mut reader = tokio::io::BufReader::new(input);
