@@ -189,7 +189,9 @@ mod tests {
             &budget,
         )
         .await;
-        let err = outcome.err().expect("an error, not a message");
+        let Err(err) = outcome else {
+            panic!("an error, not a message");
+        };
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(client);
