@@ -316,59 +316,148 @@ async fn query(
     if level == Privilege::Read {
         session = session.reading_only();
     }
-    let outcome = run_request(&api, &mut session, &role, level, &request).await;
+    let mut local = Local {
+        api: &api,
+        session: &mut session,
+        role: &role,
+        level,
+    };
+    let outcome = run_statements(&api, &mut local, &request).await;
     session.close().await;
     Ok(outcome)
 }
 
-async fn run_request(
-    api: &Api,
-    session: &mut Session,
-    role: &str,
+/// Where a request's statements run: an engine session (SQLite) or a pooled connection to the
+/// PostgreSQL backend. [`run_statements`] drives either the same way.
+trait Statements {
+    /// BEGIN, COMMIT or ROLLBACK.
+    async fn control(&mut self, sql: &'static str) -> Result<(), SqlError>;
+    /// One statement of the request, as its JSON result.
+    async fn run(&mut self, statement: &StatementRequest) -> Result<Json_, SqlError>;
+}
+
+/// The statements of SQLite databases, through the caller's engine session.
+struct Local<'a> {
+    api: &'a Api,
+    session: &'a mut Session,
+    role: &'a str,
     level: Privilege,
+}
+
+impl Statements for Local<'_> {
+    async fn control(&mut self, sql: &'static str) -> Result<(), SqlError> {
+        self.session.execute(sql, &[]).await.map(|_| ())
+    }
+
+    async fn run(&mut self, statement: &StatementRequest) -> Result<Json_, SqlError> {
+        let params = statement
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, v)| param(v, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.level == Privilege::Read && !crate::pg::is_read_only(&statement.sql) {
+            return Err(read_only_refusal(self.role));
+        }
+        if crate::engine::admin::is_admin(&statement.sql) {
+            let caller = crate::engine::admin::Caller {
+                role: self.role,
+                superuser: self.api.engine.catalog.is_superuser(self.role).await?,
+            };
+            if let Some(answer) =
+                crate::engine::admin::answer(&self.api.engine, caller, &statement.sql).await
+            {
+                return answer.map(|result| result_json(&result));
+            }
+        }
+        let sql = crate::engine::split::rewrite_parameters(&statement.sql).0;
+        let result = self.session.execute(&sql, &params).await?;
+        Ok(result_json(&result))
+    }
+}
+
+/// The statements of a PostgreSQL backend, on one pooled connection.
+struct Remote<'a> {
+    api: &'a Api,
+    conn: &'a mut crate::upstream::Connection,
+    role: &'a str,
+    level: Privilege,
+}
+
+impl Statements for Remote<'_> {
+    async fn control(&mut self, sql: &'static str) -> Result<(), SqlError> {
+        self.conn.simple_query(sql).await.map(|_| ())
+    }
+
+    async fn run(&mut self, statement: &StatementRequest) -> Result<Json_, SqlError> {
+        let params = statement
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, v)| text_param(v, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.level == Privilege::Read && crate::upstream::proxy::lifts_read_only(&statement.sql)
+        {
+            return Err(read_only_refusal(self.role));
+        }
+        if crate::engine::admin::is_quartet_admin(&statement.sql) {
+            let caller = crate::engine::admin::Caller {
+                role: self.role,
+                superuser: self.api.engine.catalog.is_superuser(self.role).await?,
+            };
+            let answer = crate::engine::admin::answer(&self.api.engine, caller, &statement.sql)
+                .await
+                .unwrap_or_else(|| {
+                    Err(SqlError::new(
+                        sqlstate::INTERNAL_ERROR,
+                        "not administration",
+                    ))
+                })?;
+            return Ok(result_json(&answer));
+        }
+        let sql = crate::engine::split::question_marks_to_dollars(&statement.sql);
+        let max_rows = self.api.limits.max_rows;
+        let outcome = self.conn.query(&sql, &params, max_rows).await?;
+        if outcome.truncated {
+            return Err(SqlError::new(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!("the statement returns more than {max_rows} rows (db.http_max_rows)"),
+            ));
+        }
+        Ok(outcome_json(&outcome))
+    }
+}
+
+fn read_only_refusal(role: &str) -> SqlError {
+    SqlError::new(
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+        format!("permission denied: role \"{role}\" may only read this database"),
+    )
+}
+
+/// Runs a request's statements in order: each result or error in `results`; with
+/// `"transaction": true` all of them or none (the first error rolls back and is the answer).
+/// The answer as a whole stays under `db.http_max_response_bytes`.
+async fn run_statements(
+    api: &Api,
+    target: &mut impl Statements,
     request: &QueryRequest,
 ) -> Response {
     let mut results = Vec::with_capacity(request.statements.len());
     let mut size = 0usize;
     if request.transaction
-        && let Err(err) = session.execute("BEGIN", &[]).await
+        && let Err(err) = target.control("BEGIN").await
     {
         return failure(&err);
     }
     for (index, statement) in request.statements.iter().enumerate() {
-        let outcome = async {
-            let params = statement
-                .params
-                .iter()
-                .enumerate()
-                .map(|(i, v)| param(v, i))
-                .collect::<Result<Vec<_>, _>>()?;
-            if level == Privilege::Read && !crate::pg::is_read_only(&statement.sql) {
-                return Err(SqlError::new(
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    format!("permission denied: role \"{role}\" may only read this database"),
-                ));
-            }
-            if crate::engine::admin::is_admin(&statement.sql) {
-                let caller = crate::engine::admin::Caller {
-                    role,
-                    superuser: api.engine.catalog.is_superuser(role).await?,
-                };
-                if let Some(answer) =
-                    crate::engine::admin::answer(&api.engine, caller, &statement.sql).await
-                {
-                    return answer;
-                }
-            }
-            let sql = crate::engine::split::rewrite_parameters(&statement.sql).0;
-            session.execute(&sql, &params).await
-        }
-        .await;
-        match outcome {
-            Ok(result) => {
-                let json = result_json(&result);
+        match target.run(statement).await {
+            Ok(json) => {
                 size += json.to_string().len();
                 if size > api.limits.max_response_bytes {
+                    if request.transaction {
+                        let _ = target.control("ROLLBACK").await;
+                    }
                     let err = SqlError::new(
                         sqlstate::PROGRAM_LIMIT_EXCEEDED,
                         format!(
@@ -381,7 +470,7 @@ async fn run_request(
                 results.push(json);
             }
             Err(err) if request.transaction => {
-                let _ = session.execute("ROLLBACK", &[]).await;
+                let _ = target.control("ROLLBACK").await;
                 return (
                     sql_status(&err),
                     Json(json!({ "error": error_json(&err), "statement": index })),
@@ -392,7 +481,7 @@ async fn run_request(
         }
     }
     if request.transaction
-        && let Err(err) = session.execute("COMMIT", &[]).await
+        && let Err(err) = target.control("COMMIT").await
     {
         return failure(&err);
     }
@@ -416,103 +505,15 @@ async fn upstream_request(
         Ok(conn) => conn,
         Err(err) => return failure(&err),
     };
-    let response = upstream_statements(api, &mut conn, role, level, request).await;
+    let mut remote = Remote {
+        api,
+        conn: &mut conn,
+        role,
+        level,
+    };
+    let response = run_statements(api, &mut remote, request).await;
     upstream.pool.checkin(conn, true).await;
     response
-}
-
-async fn upstream_statements(
-    api: &Api,
-    conn: &mut crate::upstream::Connection,
-    role: &str,
-    level: Privilege,
-    request: &QueryRequest,
-) -> Response {
-    let mut results = Vec::with_capacity(request.statements.len());
-    let mut size = 0usize;
-    if request.transaction
-        && let Err(err) = conn.simple_query("BEGIN").await
-    {
-        return failure(&err);
-    }
-    for (index, statement) in request.statements.iter().enumerate() {
-        let outcome = async {
-            let params = statement
-                .params
-                .iter()
-                .enumerate()
-                .map(|(i, v)| text_param(v, i))
-                .collect::<Result<Vec<_>, _>>()?;
-            if level == Privilege::Read && crate::upstream::proxy::lifts_read_only(&statement.sql) {
-                return Err(SqlError::new(
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    format!("permission denied: role \"{role}\" may only read this database"),
-                ));
-            }
-            if crate::engine::admin::is_quartet_admin(&statement.sql) {
-                let caller = crate::engine::admin::Caller {
-                    role,
-                    superuser: api.engine.catalog.is_superuser(role).await?,
-                };
-                let answer = crate::engine::admin::answer(&api.engine, caller, &statement.sql)
-                    .await
-                    .unwrap_or_else(|| {
-                        Err(SqlError::new(
-                            sqlstate::INTERNAL_ERROR,
-                            "not administration",
-                        ))
-                    })?;
-                return Ok(result_json(&answer));
-            }
-            let sql = crate::engine::split::question_marks_to_dollars(&statement.sql);
-            let outcome = conn.query(&sql, &params, api.limits.max_rows).await?;
-            if outcome.truncated {
-                return Err(SqlError::new(
-                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                    format!(
-                        "the statement returns more than {} rows (db.http_max_rows)",
-                        api.limits.max_rows
-                    ),
-                ));
-            }
-            Ok(outcome_json(&outcome))
-        }
-        .await;
-        match outcome {
-            Ok(json) => {
-                size += json.to_string().len();
-                if size > api.limits.max_response_bytes {
-                    if request.transaction {
-                        let _ = conn.simple_query("ROLLBACK").await;
-                    }
-                    let err = SqlError::new(
-                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                        format!(
-                            "the answer is larger than {} bytes",
-                            api.limits.max_response_bytes
-                        ),
-                    );
-                    return failure(&err);
-                }
-                results.push(json);
-            }
-            Err(err) if request.transaction => {
-                let _ = conn.simple_query("ROLLBACK").await;
-                return (
-                    sql_status(&err),
-                    Json(json!({ "error": error_json(&err), "statement": index })),
-                )
-                    .into_response();
-            }
-            Err(err) => results.push(json!({ "error": error_json(&err) })),
-        }
-    }
-    if request.transaction
-        && let Err(err) = conn.simple_query("COMMIT").await
-    {
-        return failure(&err);
-    }
-    Json(json!({ "results": results })).into_response()
 }
 
 /// A JSON parameter as the text PostgreSQL parses for a parameter of unknown type.
