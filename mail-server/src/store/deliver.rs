@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::AnyConnection;
 use sqlx::{Connection as _, Row as _};
@@ -91,13 +92,24 @@ pub(crate) fn start_writer(
     sender
 }
 
+/// A written message's answer, waiting for the fsync that makes it durable.
+type Pending = (
+    oneshot::Sender<Result<(), StoreError>>,
+    Result<(), StoreError>,
+);
+
+/// Writes batches of messages, one transaction each, and hands their answers to the syncer.
+/// Writing the next batch overlaps the fsync of the one before (an fsync covers everything
+/// written before it began), so neither waits for the other.
 async fn writer(
     mut connection: AnyConnection,
     wal: Option<PathBuf>,
     mut jobs: mpsc::Receiver<Job>,
     changes: Arc<watch::Sender<u64>>,
 ) {
-    let mut poisoned = false;
+    let poisoned = Arc::new(AtomicBool::new(false));
+    let (written, to_sync) = mpsc::channel(64);
+    tokio::spawn(syncer(wal, to_sync, changes, Arc::clone(&poisoned)));
     while let Some(first) = jobs.recv().await {
         let mut bytes = first.delivery.raw.len();
         let mut batch = vec![first];
@@ -110,30 +122,60 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        if poisoned {
+        if poisoned.load(Ordering::Acquire) {
             for job in batch {
                 let _ = job.done.send(Err(StoreError::Poisoned));
             }
             continue;
         }
         let outcomes = write_batch(&mut connection, &batch).await;
-        // Nothing is acknowledged before the fsync that covers it.
-        let synced = match &wal {
-            Some(wal) => sync(wal).await,
-            None => Ok(()),
-        };
-        if let Err(err) = &synced {
-            tracing::error!(error = %err, "fsync of the mail store failed; refusing mail from now on");
-            poisoned = true;
-        } else {
-            changes.send_modify(|count| *count = count.wrapping_add(1));
+        let pending: Vec<Pending> = batch
+            .into_iter()
+            .zip(outcomes)
+            .map(|(job, outcome)| (job.done, outcome))
+            .collect();
+        if written.send(pending).await.is_err() {
+            return;
         }
-        for (job, outcome) in batch.into_iter().zip(outcomes) {
+    }
+}
+
+/// Answers written messages once an fsync of the WAL covers them: whatever has been written
+/// while the last fsync ran shares the next one. After a failed fsync nothing more is
+/// acknowledged (what the kernel failed to write may be gone, and a later fsync would not
+/// say so).
+async fn syncer(
+    wal: Option<PathBuf>,
+    mut written: mpsc::Receiver<Vec<Pending>>,
+    changes: Arc<watch::Sender<u64>>,
+    poisoned: Arc<AtomicBool>,
+) {
+    while let Some(mut pending) = written.recv().await {
+        while let Ok(more) = written.try_recv() {
+            pending.extend(more);
+        }
+        let synced = if poisoned.load(Ordering::Acquire) {
+            Err(StoreError::Poisoned)
+        } else {
+            match &wal {
+                Some(wal) => sync(wal).await,
+                None => Ok(()),
+            }
+        };
+        match &synced {
+            Err(StoreError::Poisoned) => {}
+            Err(err) => {
+                tracing::error!(error = %err, "fsync of the mail store failed; refusing mail from now on");
+                poisoned.store(true, Ordering::Release);
+            }
+            Ok(()) => changes.send_modify(|count| *count = count.wrapping_add(1)),
+        }
+        for (done, outcome) in pending {
             let answer = match (&synced, outcome) {
                 (Err(_), _) => Err(StoreError::Poisoned),
                 (Ok(()), outcome) => outcome,
             };
-            let _ = job.done.send(answer);
+            let _ = done.send(answer);
         }
     }
 }
