@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Release;
-use crate::store::{Delivery, Store, Target};
+use crate::store::{Delivery, Store, StoreError, Target};
 
 /// Where outbound mail is handed over.
 #[derive(Debug, Clone)]
@@ -302,9 +302,15 @@ impl Outbound {
                 let reason = format!("{environment}: not sent, captured for {account}");
                 self.close_unsent(item, "captured", &reason).await
             }
-            Err(err) => {
+            // No such account to hold the copy: nothing later will change that.
+            Err(StoreError::Invalid(err)) => {
                 let reason = format!("{environment}: not sent, and the capture failed: {err}");
                 self.close_unsent(item, "withheld", &reason).await
+            }
+            // The store failing (a failed fsync…): the entry stays, to be captured later.
+            Err(err) => {
+                tracing::error!(error = %err, queue_id = item.queue_id, "capturing an outbound message failed");
+                false
             }
         }
     }
@@ -398,12 +404,31 @@ pub fn with_crlf(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         return std::borrow::Cow::Borrowed(raw);
     }
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
-    for (at, &byte) in raw.iter().enumerate() {
-        match byte {
-            b'\r' if raw.get(at + 1) == Some(&b'\n') => out.push(b'\r'),
-            b'\r' => out.extend_from_slice(b"\r\n"),
-            b'\n' if at == 0 || raw[at - 1] != b'\r' => out.extend_from_slice(b"\r\n"),
-            _ => out.push(byte),
+    let mut at = 0;
+    while at < raw.len() {
+        match raw[at] {
+            b'\r' => {
+                // CRs then an LF are one line end (`\r\r\n` must not become an empty line,
+                // which in the headers would end them); CRs before anything else each end one.
+                let run = raw[at..].iter().take_while(|&&b| b == b'\r').count();
+                if raw.get(at + run) == Some(&b'\n') {
+                    out.extend_from_slice(b"\r\n");
+                    at += run + 1;
+                } else {
+                    for _ in 0..run {
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    at += run;
+                }
+            }
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                at += 1;
+            }
+            byte => {
+                out.push(byte);
+                at += 1;
+            }
         }
     }
     std::borrow::Cow::Owned(out)
@@ -580,6 +605,10 @@ mod tests {
         assert_eq!(
             with_crlf(b"\na\nb\r\nc\rd\r").as_ref(),
             b"\r\na\r\nb\r\nc\r\nd\r\n"
+        );
+        assert_eq!(
+            with_crlf(b"A: 1\r\r\nB: 2\r\n\r\nx\r\r").as_ref(),
+            b"A: 1\r\nB: 2\r\n\r\nx\r\n\r\n"
         );
     }
 

@@ -174,6 +174,9 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// The longest the last reply and the close may take (a client that stopped reading).
+    const TEARDOWN: Duration = Duration::from_secs(5);
+
     /// Serves the connection until the client leaves or `deadline` (mail.session_timeout_secs)
     /// passes; then the client is told (421) and disconnected.
     async fn run(&mut self, mut conn: Conn, deadline: tokio::time::Instant) {
@@ -185,12 +188,14 @@ impl Session<'_> {
             let served = tokio::time::timeout_at(deadline, self.serve_commands(&mut conn)).await;
             let Ok(served) = served else {
                 tracing::debug!(peer = %self.peer, "SMTP session reached its time limit");
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    conn.reply("421 4.4.2 Session time limit reached, closing connection\r\n"),
-                )
+                // Bounded as a whole: a client that reads nothing must not keep the task.
+                let _ = tokio::time::timeout(Self::TEARDOWN, async {
+                    let _ = conn
+                        .reply("421 4.4.2 Session time limit reached, closing connection\r\n")
+                        .await;
+                    let _ = conn.writer.shutdown().await;
+                })
                 .await;
-                let _ = conn.writer.shutdown().await;
                 return;
             };
             match served {
@@ -215,8 +220,11 @@ impl Session<'_> {
                     }
                 }
                 Ok(Flow::Close | Flow::Continue) | Err(_) => {
-                    let _ = conn.writer.flush().await;
-                    let _ = conn.writer.shutdown().await;
+                    let _ = tokio::time::timeout(Self::TEARDOWN, async {
+                        let _ = conn.writer.flush().await;
+                        let _ = conn.writer.shutdown().await;
+                    })
+                    .await;
                     return;
                 }
             }
