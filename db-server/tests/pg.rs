@@ -422,8 +422,11 @@ async fn psycopg_and_pgbench_in_all_three_modes() {
                 .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
         };
         let (serving, worker) = (count("serving"), count("worker"));
-        assert!(serving >= 1200, "pgbench's selects and updates: {serving} here, {worker} on the worker");
-        assert!(worker < serving / 10, "{serving} here, {worker} on the worker");
+        // 600 transactions: the SELECT and the UPDATE here (but each connection's first UPDATE);
+        // BEGIN IMMEDIATE and COMMIT, 1,200 in all, on the worker (with the psycopg script's
+        // statements and each first run, about 1,300).
+        assert!(serving >= 1100, "pgbench's selects and updates: {serving} here, {worker} on the worker");
+        assert!(worker <= 1500, "{serving} here, {worker} on the worker");
     })
     .await
     .unwrap();

@@ -130,6 +130,10 @@ pub struct Conn {
     /// mid-transaction (a client gone, a request abandoned) leaves it set; the next user of
     /// the writer rolls that transaction back before anything else.
     pub open_tx: bool,
+    /// A statement was handed to sqlx's worker thread and its answer not yet taken (the
+    /// future was dropped: a client gone). The worker may still be running it; the next user
+    /// cancels it and waits for the worker before using the handle from this thread.
+    pub worker_busy: bool,
 }
 
 /// Group commit: a COMMIT returns from SQLite without an fsync (`synchronous=NORMAL` in WAL
@@ -237,6 +241,7 @@ async fn connect(
         connection,
         interrupt,
         open_tx: false,
+        worker_busy: false,
     })
 }
 

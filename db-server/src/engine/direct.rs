@@ -12,14 +12,20 @@
 //! - a statement that only reads runs under a budget ([`INLINE_BUDGET`]); past it the progress
 //!   handler stops it and the session runs it again on the worker (a read has nothing to
 //!   undo, and an interrupted read does not end the transaction around it);
-//! - a statement that writes, and transaction control (BEGIN, COMMIT, which may checkpoint),
-//!   runs here only after its last run on this connection finished within [`QUICK`]; the
-//!   first run, and the run after a slow one, go to the worker.
+//! - a statement that writes runs here only inside a transaction (outside one its implicit
+//!   COMMIT may checkpoint, writing and fsyncing the database file) and only after its last
+//!   run on this connection finished within [`QUICK`]; the first run, and the run after a slow
+//!   one, go to the worker. A write's time can still depend on its parameters: such a write
+//!   holds this thread up to the statement timeout, as it would hold the database's single
+//!   writer anyway;
+//! - transaction control (BEGIN IMMEDIATE may wait for a lock; COMMIT may checkpoint) always
+//!   runs on the worker.
 //!
 //! Safety: the connection is opened in SQLite's serialized mode (`SQLITE_OPEN_FULLMUTEX`), so
-//! SQLite itself serialises calls made here and on sqlx's worker thread; the statements
-//! prepared here are finalized before the connection is closed (see `Conn`'s field order and
-//! `ReaderPool::close`).
+//! SQLite itself serialises calls made here and on sqlx's worker thread, even if a statement
+//! abandoned there still runs (the session cancels it and waits for the worker before coming
+//! here: `Conn::worker_busy`); the statements prepared here are finalized before the
+//! connection is closed (see `Conn`'s field order and `ReaderPool::close`).
 
 #![allow(unsafe_code)]
 
@@ -92,6 +98,8 @@ struct Prepared {
     statement: NonNull<ffi::sqlite3_stmt>,
     /// Reads only (and is not transaction control): runs here under the budget.
     reads_only: bool,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT…: always on the worker.
+    control: bool,
     /// SQLite's own verdict: changes nothing (transaction control counts as such).
     changes_nothing: bool,
     /// For the others: the last run finished within [`QUICK`].
@@ -138,14 +146,18 @@ impl Direct {
         sql: &str,
         params: &[Value],
         max_rows: usize,
+        in_transaction: bool,
         interrupt: &Interrupt,
     ) -> Result<Option<RawResult>, SqlError> {
         let handle = self.handle.as_ptr();
         let Some(prepared) = self.prepare(sql)? else {
             return Ok(None);
         };
+        if prepared.control {
+            return Ok(None);
+        }
         if !prepared.reads_only {
-            if !prepared.quick {
+            if !prepared.quick || !in_transaction {
                 return Ok(None);
             }
             // SAFETY: an open handle; "main" is a NUL-terminated name.
@@ -261,6 +273,7 @@ impl Direct {
         Ok(Some(Prepared {
             statement,
             reads_only: read_only && !control,
+            control,
             changes_nothing: read_only,
             quick: false,
         }))
@@ -511,9 +524,11 @@ mod tests {
             .await
             .expect("create");
 
-        // A write runs on the worker the first time, and here once it has been seen quick.
+        // In a transaction, a write runs on the worker the first time, and here once it has been
+        // seen quick; BEGIN IMMEDIATE and COMMIT always run on the worker.
         let insert = "INSERT INTO t (id, name) VALUES (?1, ?2)";
         let before = counts(&paths);
+        session.execute("BEGIN", &[]).await.expect("begin");
         for id in 1..=3 {
             let done = session
                 .execute(insert, &[Value::Integer(id), Value::Text(format!("n{id}"))])
@@ -522,9 +537,21 @@ mod tests {
             assert_eq!(done.tag, "INSERT 0 1");
             assert_eq!(done.last_insert_id, Some(id));
         }
+        session.execute("COMMIT", &[]).await.expect("commit");
         let after = counts(&paths);
-        assert_eq!(after.1 - before.1, 1, "the first run is on the worker");
+        assert_eq!(
+            after.1 - before.1,
+            3,
+            "BEGIN IMMEDIATE, the first INSERT and COMMIT on the worker"
+        );
         assert_eq!(after.0 - before.0, 2, "the next ones run here");
+        // Outside a transaction a write's implicit COMMIT may checkpoint: always the worker.
+        let before = counts(&paths);
+        session
+            .execute(insert, &[Value::Integer(4), Value::Text("n4".into())])
+            .await
+            .expect("autocommit insert");
+        assert_eq!(counts(&paths).1 - before.1, 1);
 
         // Point selects run here, typed as the sqlx path types them.
         let before = counts(&paths);
@@ -556,6 +583,7 @@ mod tests {
         // A write that took long goes back to the worker next time.
         let slow_update = "UPDATE t SET name = (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) SELECT 'n' || count(*) FROM c) WHERE id = ?1";
         let before = counts(&paths);
+        session.execute("BEGIN", &[]).await.expect("begin");
         for _ in 0..3 {
             let done = session
                 .execute(slow_update, &[Value::Integer(1)])
@@ -563,10 +591,32 @@ mod tests {
                 .expect("slow update");
             assert_eq!(done.tag, "UPDATE 1");
         }
-        assert_eq!(
-            counts(&paths).1 - before.1,
-            3,
-            "a slow write never runs on the serving thread"
+        session.execute("COMMIT", &[]).await.expect("commit");
+        let after = counts(&paths);
+        assert_eq!(after.0 - before.0, 0, "a slow write never runs here");
+        assert_eq!(after.1 - before.1, 5);
+    }
+
+    /// A statement abandoned on sqlx's worker (its future dropped: a client gone) is stopped
+    /// before the connection's next statement runs here; the next one does not wait for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_statement_is_stopped_before_the_next_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = StatementPaths::default();
+        let engine = engine(dir.path(), &paths).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut session = Session::new(Arc::clone(&db), limits());
+        let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500000000) SELECT count(*) FROM c";
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(300), session.execute(endless, &[])).await;
+        assert!(abandoned.is_err(), "still running when dropped");
+        let started = Instant::now();
+        let one = session.execute("SELECT 1", &[]).await.expect("select");
+        assert_eq!(one.rows, vec![vec![Value::Integer(1)]]);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited {:?} for the abandoned statement",
+            started.elapsed()
         );
     }
 
@@ -627,12 +677,15 @@ mod tests {
             .await
             .expect("create");
         let insert = "INSERT INTO u (id) VALUES (?1)";
+        session.execute("BEGIN", &[]).await.expect("begin");
         for id in 1..=3 {
             session
                 .execute(insert, &[Value::Integer(id)])
                 .await
                 .expect("insert");
         }
+        session.execute("COMMIT", &[]).await.expect("commit");
+        session.execute("BEGIN", &[]).await.expect("begin");
         let before = counts(&paths);
         let err = session
             .execute(insert, &[Value::Integer(1)])
@@ -644,6 +697,7 @@ mod tests {
             1,
             "refused on the serving thread"
         );
+        session.execute("ROLLBACK", &[]).await.expect("rollback");
 
         // The row limit stops a read here too.
         let err = session

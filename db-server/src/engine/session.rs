@@ -554,6 +554,14 @@ async fn run_on(
     limits: SessionLimits,
     running: &std::sync::Mutex<Option<Arc<super::database::Interrupt>>>,
 ) -> Result<StatementResult, SqlError> {
+    if conn.worker_busy {
+        // An abandoned statement may still run on sqlx's worker: stop it, and wait for the
+        // worker to be done before this thread uses the handle.
+        use sqlx::Connection as _;
+        conn.interrupt.cancel();
+        let _ = conn.connection.ping().await;
+        conn.worker_busy = false;
+    }
     conn.interrupt.arm(limits.statement_timeout);
     if let Ok(mut slot) = running.lock() {
         *slot = Some(Arc::clone(&conn.interrupt));
@@ -562,13 +570,16 @@ async fn run_on(
     // (see `direct` for which is which).
     let outcome = match conn
         .direct
-        .run(sql, params, limits.max_rows, &conn.interrupt)
+        .run(sql, params, limits.max_rows, conn.open_tx, &conn.interrupt)
     {
         Ok(Some(raw)) => Ok(finish(sql, raw)),
         Err(err) => Err(err),
         Ok(None) => {
             let started = std::time::Instant::now();
+            // Cleared only if this future is not dropped before the answer.
+            conn.worker_busy = true;
             let outcome = run_statement(&mut conn.connection, sql, params, limits.max_rows).await;
+            conn.worker_busy = false;
             conn.direct.ran_on_worker(sql, started.elapsed());
             outcome.map(|raw| finish(sql, raw))
         }
