@@ -2,6 +2,7 @@
 //! before any of its messages is acknowledged (SQLite: one fsync of the WAL; PostgreSQL: its
 //! COMMIT, durable with `synchronous_commit` on).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -198,8 +199,9 @@ async fn sync(wal: &Path) -> Result<(), StoreError> {
 async fn write_batch(connection: &mut AnyConnection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
     let together = async {
         let mut tx = connection.begin().await?;
+        let mut uids = take_uids(&mut tx, batch.iter().map(|job| &job.delivery)).await?;
         for job in batch {
-            write_one(&mut tx, &job.delivery).await?;
+            write_one(&mut tx, &job.delivery, &mut uids).await?;
         }
         tx.commit().await?;
         Ok::<_, StoreError>(())
@@ -212,7 +214,8 @@ async fn write_batch(connection: &mut AnyConnection, batch: &[Job]) -> Vec<Resul
     for job in batch {
         let alone = async {
             let mut tx = connection.begin().await?;
-            write_one(&mut tx, &job.delivery).await?;
+            let mut uids = take_uids(&mut tx, std::iter::once(&job.delivery)).await?;
+            write_one(&mut tx, &job.delivery, &mut uids).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(())
         }
@@ -235,7 +238,41 @@ pub(super) async fn insert_body(tx: &mut AnyConnection, raw: &[u8]) -> Result<i6
     )
 }
 
-async fn write_one(tx: &mut AnyConnection, delivery: &Delivery) -> Result<(), StoreError> {
+/// UIDs taken for a batch: per (account, mailbox), its id and the next UID to hand out.
+type Uids = HashMap<(String, String), (i64, i64)>;
+
+/// Takes the UIDs every delivery of a batch needs, one UPDATE per mailbox (not one per
+/// message: each statement is a round trip to sqlx's worker thread).
+async fn take_uids<'a>(
+    tx: &mut AnyConnection,
+    deliveries: impl Iterator<Item = &'a Delivery>,
+) -> Result<Uids, StoreError> {
+    let mut wanted: Vec<((String, String), i64)> = Vec::new();
+    for delivery in deliveries {
+        for target in &delivery.targets {
+            if let Target::Mailbox { account, mailbox } = target {
+                let key = (account.clone(), mailbox.clone());
+                match wanted.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, count)) => *count += 1,
+                    None => wanted.push((key, 1)),
+                }
+            }
+        }
+    }
+    let mut uids = Uids::new();
+    for ((account, mailbox), count) in wanted {
+        let taken = take_uid(tx, &account, &mailbox, count).await?;
+        uids.insert((account, mailbox), taken);
+    }
+    Ok(uids)
+}
+
+async fn write_one(
+    tx: &mut AnyConnection,
+    delivery: &Delivery,
+    uids: &mut Uids,
+) -> Result<(), StoreError> {
+    let sqlite = tx.backend_name() == "SQLite";
     let mut local: Option<(i64, i64)> = None;
     let meta = &delivery.metadata;
     let mut queued: Vec<&str> = Vec::new();
@@ -247,31 +284,44 @@ async fn write_one(tx: &mut AnyConnection, delivery: &Delivery) -> Result<(), St
                 continue;
             }
         };
-        let (body_id, size) = match local {
-            Some(known) => known,
+        let Some((mailbox_id, next)) = uids.get_mut(&(account.clone(), mailbox.clone())) else {
+            return Err(StoreError::Invalid(format!(
+                "no UID taken for {account}/{mailbox}"
+            )));
+        };
+        let (mailbox_id, uid) = (*mailbox_id, *next);
+        *next += 1;
+        let mut message = NewMessage {
+            mailbox_id,
+            uid,
+            body_id: 0,
+            flags: "",
+            internal_date: now(),
+            size: 0,
+            envelope_from: &delivery.envelope_from,
+            metadata: meta,
+        };
+        match local {
+            Some((body_id, size)) => {
+                message.body_id = body_id;
+                message.size = size;
+                insert_message(tx, message).await?;
+            }
             None => {
                 let mut raw = format!("Return-Path: <{}>\r\n", delivery.envelope_from).into_bytes();
                 raw.extend_from_slice(&delivery.raw);
-                let known = (insert_body(tx, &raw).await?, raw.len() as i64);
-                local = Some(known);
-                known
+                message.size = raw.len() as i64;
+                let body_id = if sqlite {
+                    insert_body_and_message(tx, &raw, message).await?
+                } else {
+                    let body_id = insert_body(tx, &raw).await?;
+                    message.body_id = body_id;
+                    insert_message(tx, message).await?;
+                    body_id
+                };
+                local = Some((body_id, raw.len() as i64));
             }
-        };
-        let (mailbox_id, uid) = take_uid(tx, account, mailbox).await?;
-        insert_message(
-            tx,
-            NewMessage {
-                mailbox_id,
-                uid,
-                body_id,
-                flags: "",
-                internal_date: now(),
-                size,
-                envelope_from: &delivery.envelope_from,
-                metadata: meta,
-            },
-        )
-        .await?;
+        }
     }
     if !queued.is_empty() {
         let body_id = insert_body(tx, &delivery.raw).await?;
@@ -313,6 +363,46 @@ pub(super) struct NewMessage<'a> {
     pub metadata: &'a Metadata,
 }
 
+/// SQLite: the body and its first message row in one round trip to sqlx's worker thread (two
+/// statements in one query; the row takes the body's id from `last_insert_rowid()`). Returns
+/// the body's id.
+async fn insert_body_and_message(
+    tx: &mut AnyConnection,
+    raw: &[u8],
+    message: NewMessage<'_>,
+) -> Result<i64, StoreError> {
+    let meta = message.metadata;
+    let rows = sqlx::query(
+        "INSERT INTO bodies (raw) VALUES ($1);
+         INSERT INTO messages (mailbox_id, uid, body_id, flags, internal_date, size,
+            envelope_from, from_addr, to_addrs, subject, date, message_id, has_attachments)
+         VALUES ($2, $3, last_insert_rowid(), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         RETURNING body_id",
+    )
+    .bind(raw)
+    .bind(message.mailbox_id)
+    .bind(message.uid)
+    .bind(message.flags)
+    .bind(message.internal_date)
+    .bind(message.size)
+    .bind(message.envelope_from)
+    .bind(&meta.from)
+    .bind(&meta.to)
+    .bind(&meta.subject)
+    .bind(meta.date)
+    .bind(&meta.message_id)
+    .bind(i64::from(meta.has_attachments))
+    // Not fetch_one: sqlx stops that after the first statement, which returns no row.
+    .fetch_all(&mut *tx)
+    .await?;
+    match rows.first() {
+        Some(row) => Ok(row.get(0)),
+        None => Err(StoreError::Invalid(
+            "the message row was not written".into(),
+        )),
+    }
+}
+
 pub(super) async fn insert_message(
     tx: &mut AnyConnection,
     message: NewMessage<'_>,
@@ -341,21 +431,23 @@ pub(super) async fn insert_message(
     Ok(())
 }
 
-/// The mailbox's id and the next UID, taken; a missing mailbox (the capture mailbox) is
-/// created first.
+/// The mailbox's id and the first of `count` UIDs, taken; a missing mailbox (the capture
+/// mailbox) is created first.
 async fn take_uid(
     tx: &mut AnyConnection,
     account: &str,
     mailbox: &str,
+    count: i64,
 ) -> Result<(i64, i64), StoreError> {
     let take = || {
         sqlx::query(
-            "UPDATE mailboxes SET uidnext = uidnext + 1
+            "UPDATE mailboxes SET uidnext = uidnext + $3
              WHERE account_id = (SELECT id FROM accounts WHERE address = $1) AND name = $2
-             RETURNING id, uidnext - 1",
+             RETURNING id, uidnext - $3",
         )
         .bind(account)
         .bind(mailbox)
+        .bind(count)
     };
     if let Some(row) = take().fetch_optional(&mut *tx).await? {
         return Ok((row.get(0), row.get(1)));

@@ -408,4 +408,73 @@ mod tests {
         assert_eq!(messages[0].uid, 1);
         store.close().await;
     }
+
+    /// Deliveries that the writer takes as one batch: UIDs in order with no gap or repeat,
+    /// each row with its own body, a message for two accounts stored once for both.
+    #[tokio::test]
+    async fn a_batch_gets_its_uids_in_order_and_each_message_its_body() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).await.expect("store");
+        for account in ["ann@example.test", "cy@example.test"] {
+            store
+                .put_account(account, "$argon2id$x", false)
+                .await
+                .expect("account");
+        }
+        let delivery = |n: usize, targets: Vec<Target>| Delivery {
+            raw: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+            envelope_from: format!("sender{n}@far.test"),
+            targets,
+            metadata: Metadata {
+                subject: Some(n.to_string()),
+                ..Metadata::default()
+            },
+            account: None,
+        };
+        let mut sending = Vec::new();
+        for n in 0..20 {
+            let targets = if n == 7 {
+                vec![
+                    Target::inbox("ann@example.test"),
+                    Target::inbox("cy@example.test"),
+                ]
+            } else {
+                vec![Target::inbox("ann@example.test")]
+            };
+            let store = store.clone();
+            let delivery = delivery(n, targets);
+            sending.push(tokio::spawn(async move { store.deliver(delivery).await }));
+        }
+        for sent in sending {
+            sent.await.expect("task").expect("delivered");
+        }
+        let ann = store
+            .messages("ann@example.test", "INBOX")
+            .await
+            .expect("read");
+        assert_eq!(
+            ann.iter().map(|m| m.uid).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<i64>>()
+        );
+        for message in &ann {
+            let n = message.subject.as_deref().expect("subject");
+            let expected =
+                format!("Return-Path: <sender{n}@far.test>\r\nSubject: {n}\r\n\r\nbody {n}\r\n");
+            assert_eq!(String::from_utf8_lossy(&message.raw), expected);
+        }
+        let cy = store
+            .messages("cy@example.test", "INBOX")
+            .await
+            .expect("read");
+        assert_eq!(cy.len(), 1);
+        assert_eq!(cy[0].uid, 1);
+        assert!(String::from_utf8_lossy(&cy[0].raw).contains("body 7"));
+        let bodies: i64 = sqlx::query("SELECT count(*) FROM bodies")
+            .fetch_one(store.pool())
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(bodies, 20, "one body for the message sent to two accounts");
+        store.close().await;
+    }
 }
