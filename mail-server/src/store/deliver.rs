@@ -371,30 +371,15 @@ async fn insert_body_and_message(
     raw: &[u8],
     message: NewMessage<'_>,
 ) -> Result<i64, StoreError> {
-    let meta = message.metadata;
-    let rows = sqlx::query(
-        "INSERT INTO bodies (raw) VALUES ($1);
-         INSERT INTO messages (mailbox_id, uid, body_id, flags, internal_date, size,
-            envelope_from, from_addr, to_addrs, subject, date, message_id, has_attachments)
-         VALUES ($2, $3, last_insert_rowid(), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         RETURNING body_id",
-    )
-    .bind(raw)
-    .bind(message.mailbox_id)
-    .bind(message.uid)
-    .bind(message.flags)
-    .bind(message.internal_date)
-    .bind(message.size)
-    .bind(message.envelope_from)
-    .bind(&meta.from)
-    .bind(&meta.to)
-    .bind(&meta.subject)
-    .bind(meta.date)
-    .bind(&meta.message_id)
-    .bind(i64::from(meta.has_attachments))
-    // Not fetch_one: sqlx stops that after the first statement, which returns no row.
-    .fetch_all(&mut *tx)
-    .await?;
+    let sql = format!(
+        "INSERT INTO bodies (raw) VALUES ($13);
+         {MESSAGE_INSERT} last_insert_rowid()) RETURNING body_id"
+    );
+    let rows = bind_message(sqlx::query(sqlx::AssertSqlSafe(sql)), &message)
+        .bind(raw)
+        // Not fetch_one: sqlx stops that after the first statement, which returns no row.
+        .fetch_all(&mut *tx)
+        .await?;
     match rows.first() {
         Some(row) => Ok(row.get(0)),
         None => Err(StoreError::Invalid(
@@ -407,28 +392,38 @@ pub(super) async fn insert_message(
     tx: &mut AnyConnection,
     message: NewMessage<'_>,
 ) -> Result<(), StoreError> {
-    let meta = message.metadata;
-    sqlx::query(
-        "INSERT INTO messages (mailbox_id, uid, body_id, flags, internal_date, size,
-            envelope_from, from_addr, to_addrs, subject, date, message_id, has_attachments)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(message.mailbox_id)
-    .bind(message.uid)
-    .bind(message.body_id)
-    .bind(message.flags)
-    .bind(message.internal_date)
-    .bind(message.size)
-    .bind(message.envelope_from)
-    .bind(&meta.from)
-    .bind(&meta.to)
-    .bind(&meta.subject)
-    .bind(meta.date)
-    .bind(&meta.message_id)
-    .bind(i64::from(meta.has_attachments))
-    .execute(&mut *tx)
-    .await?;
+    let sql = format!("{MESSAGE_INSERT} $13)");
+    bind_message(sqlx::query(sqlx::AssertSqlSafe(sql)), &message)
+        .bind(message.body_id)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
+}
+
+/// A message row's columns as $1 to $12, the body's id last (the caller closes the list).
+const MESSAGE_INSERT: &str = "INSERT INTO messages (mailbox_id, uid, flags, internal_date, size,
+    envelope_from, from_addr, to_addrs, subject, date, message_id, has_attachments, body_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,";
+
+/// Binds [`MESSAGE_INSERT`]'s $1 to $12.
+fn bind_message<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    message: &NewMessage<'q>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let meta = message.metadata;
+    query
+        .bind(message.mailbox_id)
+        .bind(message.uid)
+        .bind(message.flags)
+        .bind(message.internal_date)
+        .bind(message.size)
+        .bind(message.envelope_from)
+        .bind(meta.from.clone())
+        .bind(meta.to.clone())
+        .bind(meta.subject.clone())
+        .bind(meta.date)
+        .bind(meta.message_id.clone())
+        .bind(i64::from(meta.has_attachments))
 }
 
 /// The mailbox's id and the first of `count` UIDs, taken; a missing mailbox (the capture
