@@ -83,6 +83,17 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Points a [`production`] configuration made with port 1 (nothing listening) at `port`.
+fn reach_the_relay(test: &TestConfig, port: u16) {
+    let config = test.config_dir().join("default.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("port = 1\n", &format!("port = {port}\n")),
+    )
+    .unwrap();
+}
+
 async fn queue(test: &TestConfig) -> Vec<mail_server::store::QueuedRecipient> {
     let store = Store::open(&test.data_dir().join("mail")).await.unwrap();
     let queue = store.queue().await.unwrap();
@@ -304,13 +315,7 @@ async fn delivery_retries_bounces_and_a_queue_that_survives_restarts() {
         "{waiting:?}"
     );
     // Back up with the smarthost reachable: the waiting message goes out.
-    let config = test.config_dir().join("default.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("port = 1\n", &format!("port = {}\n", relay.port())),
-    )
-    .unwrap();
+    reach_the_relay(&test, relay.port());
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     wait_for("the delivery after restart", async || {
         received
@@ -569,13 +574,7 @@ async fn a_queue_moved_to_development_sends_nothing_and_deleted_entries_stay_uns
 
     // The same data under development, with the smarthost reachable now: nothing is sent;
     // the message lands in dev@localhost's capture mailbox and the entry closes.
-    let config = test.config_dir().join("default.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("port = 1\n", &format!("port = {}\n", relay.port())),
-    )
-    .unwrap();
+    reach_the_relay(&test, relay.port());
     test.environment = Environment::Development;
     let role = RunningRole::start(Role::Mail, &test, mail_server::run).await;
     wait_for("the capture", async || {

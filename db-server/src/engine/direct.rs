@@ -480,7 +480,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::{DatabaseOptions, Durability, Engine, Session, SessionLimits};
+    use crate::engine::{Engine, Session, SessionLimits};
 
     fn limits() -> SessionLimits {
         SessionLimits {
@@ -491,21 +491,7 @@ mod tests {
     }
 
     async fn engine(dir: &Path, paths: &StatementPaths) -> Engine {
-        let engine = Engine::open(
-            dir,
-            DatabaseOptions {
-                durability: Durability::Full,
-                readers: 2,
-                paths: paths.clone(),
-            },
-        )
-        .await
-        .expect("engine");
-        engine
-            .bootstrap("quartet", "quartet", Some("quartet"))
-            .await
-            .expect("bootstrap");
-        engine
+        crate::engine::tests::engine_counting(dir, paths).await
     }
 
     fn counts(paths: &StatementPaths) -> (u64, u64) {

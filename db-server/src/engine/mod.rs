@@ -414,12 +414,18 @@ mod tests {
     }
 
     async fn engine(dir: &Path) -> Engine {
+        engine_counting(dir, &StatementPaths::default()).await
+    }
+
+    /// An engine with the database and role `quartet`, counting where statements run in
+    /// `paths` (the `direct` tests read them).
+    pub(super) async fn engine_counting(dir: &Path, paths: &StatementPaths) -> Engine {
         let engine = Engine::open(
             dir,
             DatabaseOptions {
                 durability: Durability::Full,
                 readers: 2,
-                paths: StatementPaths::default(),
+                paths: paths.clone(),
             },
         )
         .await
