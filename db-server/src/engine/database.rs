@@ -130,10 +130,43 @@ pub struct Conn {
     /// mid-transaction (a client gone, a request abandoned) leaves it set; the next user of
     /// the writer rolls that transaction back before anything else.
     pub open_tx: bool,
+    /// The session whose transaction is open here ([`SessionId::NONE`] for none). A session
+    /// between two statements of an optimistic transaction leaves its transaction open on
+    /// the writer; another session that takes the writer meanwhile rolls it back, and the
+    /// owner replays it when it comes back (see `session`).
+    pub tx_owner: SessionId,
     /// A statement was handed to sqlx's worker thread and its answer not yet taken (the
     /// future was dropped: a client gone). The worker may still be running it; the next user
     /// cancels it and waits for the worker before using the handle from this thread.
     pub worker_busy: bool,
+}
+
+impl Conn {
+    /// An abandoned statement may still run on sqlx's worker: stops it, and waits for the
+    /// worker to be done before this thread uses the handle.
+    pub async fn settle_worker(&mut self) {
+        if self.worker_busy {
+            use sqlx::Connection as _;
+            self.interrupt.cancel();
+            let _ = self.connection.ping().await;
+            self.worker_busy = false;
+        }
+    }
+}
+
+/// Who owns a transaction left open on the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    /// No session: engine work such as a backup's fallback.
+    pub const NONE: SessionId = SessionId(0);
+
+    /// A new id, never handed out before in this process.
+    pub fn next() -> SessionId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        SessionId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 /// Group commit: a COMMIT returns from SQLite without an fsync (`synchronous=NORMAL` in WAL
@@ -199,25 +232,48 @@ impl GroupSync {
     }
 }
 
-async fn connect(
-    path: &Path,
-    read_only: bool,
-    create: bool,
-    paths: &StatementPaths,
-) -> Result<Conn, SqlError> {
-    let connect = SqliteConnectOptions::from_str("sqlite:")
+/// How long a statement on sqlx's worker waits for a lock held by another process (or a
+/// checkpoint); on the serving thread statements never wait (see `direct`).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The role of a connection to a database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The single writer: its commits never checkpoint (the [`Checkpointer`] does), so that
+    /// they can run on the serving thread.
+    Writer,
+    Reader,
+    /// The checkpointer's own connection.
+    Checkpointer,
+}
+
+fn options(path: &Path, role: Role, create: bool) -> Result<SqliteConnectOptions, SqlError> {
+    let options = SqliteConnectOptions::from_str("sqlite:")
         .map_err(|e| SqlError::new(sqlstate::INTERNAL_ERROR, e.to_string()))?
         .filename(path)
         .create_if_missing(create)
-        .read_only(read_only)
+        .read_only(role == Role::Reader)
         .journal_mode(SqliteJournalMode::Wal)
         // Full durability fsyncs through GroupSync, after the writer is released.
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         // Writers queue on the writer lock, readers never wait in WAL: a short busy timeout
-        // only covers checkpoints.
-        .busy_timeout(Duration::from_secs(5))
-        .statement_cache_capacity(256)
+        // only covers checkpoints and other processes.
+        .busy_timeout(BUSY_TIMEOUT)
+        .statement_cache_capacity(256);
+    Ok(match role {
+        Role::Writer => options.pragma("wal_autocheckpoint", "0"),
+        Role::Reader | Role::Checkpointer => options,
+    })
+}
+
+async fn connect(
+    path: &Path,
+    role: Role,
+    create: bool,
+    paths: &StatementPaths,
+) -> Result<Conn, SqlError> {
+    let connect = options(path, role, create)?
         // SQLite serialises calls on the handle itself: statements run both here, on the
         // session's thread (`direct`), and on sqlx's worker thread.
         .serialized(true);
@@ -234,15 +290,70 @@ async fn connect(
     // SAFETY: the handle is in serialized mode and lives as long as `connection`, which the
     // returned Conn drops after `direct`.
     #[allow(unsafe_code)]
-    let direct = unsafe { Direct::new(locked.as_raw_handle(), paths.clone()) };
+    let direct =
+        unsafe { Direct::new(locked.as_raw_handle(), role == Role::Writer, paths.clone()) };
     drop(locked);
     Ok(Conn {
         direct,
         connection,
         interrupt,
         open_tx: false,
+        tx_owner: SessionId::NONE,
         worker_busy: false,
     })
+}
+
+/// Moves committed WAL frames into the database file in the background: the writer's own
+/// commits never checkpoint (`wal_autocheckpoint=0`), so a COMMIT on the serving thread is
+/// only a write to the WAL. A PASSIVE checkpoint waits for no one: readers and the writer go
+/// on while it copies, and SQLite fsyncs the WAL before and the database file after it.
+#[derive(Debug)]
+struct Checkpointer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How often the checkpointer looks at the WAL.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+impl Checkpointer {
+    async fn start(name: &str, path: &Path) -> Result<Self, SqlError> {
+        let mut connection =
+            SqliteConnection::connect_with(&options(path, Role::Checkpointer, false)?)
+                .await
+                .map_err(|e| SqlError::from_sqlx(&e))?;
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let name = name.to_owned();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            use sqlx::Executor as _;
+            let mut seen = None;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+                }
+                // Only after a change: the WAL's size and time move with every commit.
+                let now = std::fs::metadata(&wal)
+                    .ok()
+                    .map(|meta| (meta.len(), meta.modified().ok()));
+                if now.is_none() || now == seen {
+                    continue;
+                }
+                if let Err(err) = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+                    tracing::warn!(database = %name, error = %err, "checkpoint failed");
+                }
+                seen = now;
+            }
+            let _ = connection.close().await;
+        });
+        Ok(Self { stop, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// One database file and its connections.
@@ -254,6 +365,8 @@ pub struct Database {
     readers: ReaderPool,
     /// Present when COMMITs must be durable before they are acknowledged.
     pub sync: Option<GroupSync>,
+    /// Taken by `close`; dropping it also stops the task.
+    checkpointer: std::sync::Mutex<Option<Checkpointer>>,
 }
 
 impl Database {
@@ -264,24 +377,29 @@ impl Database {
         options: &DatabaseOptions,
         create: bool,
     ) -> Result<Self, SqlError> {
-        let writer = connect(path, false, create, &options.paths).await?;
+        let writer = connect(path, Role::Writer, create, &options.paths).await?;
         let mut readers = Vec::new();
         for _ in 0..options.readers.max(1) {
-            readers.push(connect(path, true, false, &options.paths).await?);
+            readers.push(connect(path, Role::Reader, false, &options.paths).await?);
         }
+        let checkpointer = Checkpointer::start(name, path).await?;
         Ok(Self {
             name: name.to_owned(),
             path: path.to_path_buf(),
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             readers: ReaderPool::new(readers),
             sync: (options.durability == Durability::Full).then(|| GroupSync::new(path)),
+            checkpointer: std::sync::Mutex::new(Some(checkpointer)),
         })
     }
 
-    /// The writer connection, waiting at most `wait` for the transaction holding it.
+    /// The writer connection, waiting at most `wait` for the session holding it. A
+    /// transaction another session left open on it (abandoned, or optimistic and between
+    /// two statements) is rolled back; one of `owner`'s own is kept.
     pub async fn writer(
         &self,
         wait: Duration,
+        owner: SessionId,
     ) -> Result<tokio::sync::OwnedMutexGuard<Conn>, SqlError> {
         let lock = Arc::clone(&self.writer).lock_owned();
         match if wait.is_zero() {
@@ -290,11 +408,8 @@ impl Database {
             tokio::time::timeout(wait, lock).await
         } {
             Ok(mut guard) => {
-                if guard.open_tx {
-                    use sqlx::Executor as _;
-                    let _ = guard.connection.execute("ROLLBACK").await;
-                    guard.open_tx = false;
-                    tracing::warn!(database = %self.name, "rolled back a transaction its session abandoned");
+                if guard.open_tx && (guard.tx_owner != owner || owner == SessionId::NONE) {
+                    end_abandoned(&mut guard).await;
                 }
                 Ok(guard)
             }
@@ -342,6 +457,10 @@ impl Database {
 
     /// Closes every connection (the database is being dropped or the role stops).
     pub async fn close(&self) {
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut c| c.take());
+        if let Some(checkpointer) = checkpointer {
+            checkpointer.stop().await;
+        }
         let writer = self.writer.lock().await;
         drop(writer);
         self.readers.close().await;
@@ -355,12 +474,17 @@ struct ReaderPool {
     available: Arc<tokio::sync::Semaphore>,
 }
 
-/// Rolls back a transaction a dropped session left open on `conn`.
+/// Rolls back a transaction another session left open on `conn` (on the serving thread:
+/// a rollback has nothing to wait for).
 async fn end_abandoned(conn: &mut Conn) {
     if conn.open_tx {
-        use sqlx::Executor as _;
-        let _ = conn.connection.execute("ROLLBACK").await;
+        conn.settle_worker().await;
+        if !conn.direct.rollback() {
+            use sqlx::Executor as _;
+            let _ = conn.connection.execute("ROLLBACK").await;
+        }
         conn.open_tx = false;
+        conn.tx_owner = SessionId::NONE;
     }
 }
 
@@ -460,5 +584,74 @@ impl Drop for ReaderGuard<'_> {
         {
             idle.push(conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::{Session, SessionLimits};
+
+    /// The writer's commits never checkpoint; the checkpointer moves committed frames into
+    /// the database file on its own, so the file alone (without its WAL) holds them soon after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpointer_moves_commits_into_the_database_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine =
+            crate::engine::tests::engine_counting(dir.path(), &StatementPaths::default()).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut session = Session::new(
+            Arc::clone(&db),
+            SessionLimits {
+                statement_timeout: Duration::from_secs(10),
+                lock_timeout: Duration::from_secs(1),
+                max_rows: 0,
+            },
+        );
+        session
+            .execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", &[])
+            .await
+            .expect("create");
+        for id in 0..50 {
+            session
+                .execute(
+                    "INSERT INTO t (id, v) VALUES (?1, ?2)",
+                    &[
+                        super::super::value::Value::Integer(id),
+                        super::super::value::Value::Text("x".repeat(1000)),
+                    ],
+                )
+                .await
+                .expect("insert");
+        }
+        let copy = dir.path().join("copy.db");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let rows = loop {
+            // The database file alone, as it is on disk now.
+            std::fs::copy(&db.path, &copy).expect("copy");
+            let rows = async {
+                use sqlx::Connection as _;
+                let mut alone = SqliteConnection::connect(&format!(
+                    "sqlite://{}?mode=ro&immutable=1",
+                    copy.display()
+                ))
+                .await
+                .ok()?;
+                let count: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM t")
+                    .fetch_one(&mut alone)
+                    .await
+                    .ok();
+                let _ = alone.close().await;
+                count
+            }
+            .await;
+            if rows == Some(50) || Instant::now() > deadline {
+                break rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(rows, Some(50), "the commits reached the database file");
     }
 }

@@ -12,14 +12,17 @@
 //! - a statement that only reads runs under a budget ([`INLINE_BUDGET`]); past it the progress
 //!   handler stops it and the session runs it again on the worker (a read has nothing to
 //!   undo, and an interrupted read does not end the transaction around it);
-//! - a statement that writes runs here only inside a transaction (outside one its implicit
-//!   COMMIT may checkpoint, writing and fsyncing the database file) and only after its last
-//!   run on this connection finished within [`QUICK`]; the first run, and the run after a slow
-//!   one, go to the worker. A write's time can still depend on its parameters: such a write
-//!   holds this thread up to the statement timeout, as it would hold the database's single
-//!   writer anyway;
-//! - transaction control (BEGIN IMMEDIATE may wait for a lock; COMMIT may checkpoint) always
-//!   runs on the worker.
+//! - a statement that writes runs here only after its last run on this connection finished
+//!   within [`QUICK`]; the first run, and the run after a slow one, go to the worker. A
+//!   write's time can still depend on its parameters: such a write holds this thread up to
+//!   the statement timeout, as it would hold the database's single writer anyway;
+//! - nothing here waits for a lock: the busy timeout is off while a statement runs here, and
+//!   a statement that finds the database locked (another process, a checkpoint) is run
+//!   again on the worker, which waits;
+//! - a COMMIT (explicit or implicit) runs here only on the writer, whose commits never
+//!   checkpoint (the database's checkpointer does that on its own connection), and only when
+//!   nothing in the transaction was slow: it then writes a few pages to the WAL, no fsync
+//!   (group commit fsyncs after the writer is released).
 //!
 //! Safety: the connection is opened in SQLite's serialized mode (`SQLITE_OPEN_FULLMUTEX`), so
 //! SQLite itself serialises calls made here and on sqlx's worker thread, even if a statement
@@ -40,8 +43,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use super::database::Interrupt;
+use super::database::{BUSY_TIMEOUT, Interrupt};
 use super::error::{SqlError, sqlstate};
+use super::session::Kind;
 use super::value::{Column, ColumnType, Value};
 
 /// The longest a read runs on the serving thread before it is moved to sqlx's worker.
@@ -98,17 +102,46 @@ struct Prepared {
     statement: NonNull<ffi::sqlite3_stmt>,
     /// Reads only (and is not transaction control): runs here under the budget.
     reads_only: bool,
-    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT…: always on the worker.
-    control: bool,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT…
+    kind: Kind,
     /// SQLite's own verdict: changes nothing (transaction control counts as such).
     changes_nothing: bool,
-    /// For the others: the last run finished within [`QUICK`].
-    quick: bool,
+    /// For a statement that writes: its text with the values left out
+    /// ([`super::split::shape`]), the key of what is known of its speed.
+    shape: Option<String>,
 }
+
+/// A write seen slow here runs this many times on the worker before it is tried here again.
+const SLOW_RETRY: u32 = 16;
+
+/// What is known of how long a shape of write takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speed {
+    /// Not run yet: the first run goes to the worker.
+    Unknown,
+    /// Its last run took at most [`QUICK`]: it runs here.
+    Quick,
+    /// Seen slow: this many more runs go to the worker, then one is tried here again. (A time
+    /// measured on the worker includes the hand-over, which under load alone can exceed
+    /// [`QUICK`]: hence a countdown rather than a verdict.)
+    Slow(u32),
+}
+
+/// Shapes of writes remembered per connection; past this the memory is emptied.
+const SHAPE_CAPACITY: usize = 1024;
 
 /// The raw SQLite connection of one [`super::database::Conn`] and its prepared statements.
 pub struct Direct {
     handle: NonNull<ffi::sqlite3>,
+    /// What is known of the speed of each shape of write. Keyed by shape so that a
+    /// statement sent with its values inline, new text each time, is known after one run.
+    speeds: HashMap<String, Speed>,
+    /// The database's writer, whose commits never checkpoint: transaction control and
+    /// commits may run here.
+    commits_here: bool,
+    /// A statement of the open transaction ran on the worker or took long: its COMMIT may
+    /// have many pages to write, and runs on the worker too.
+    slow_transaction: bool,
     statements: HashMap<String, Prepared>,
     paths: StatementPaths,
 }
@@ -129,14 +162,42 @@ impl std::fmt::Debug for Direct {
 }
 
 impl Direct {
+    /// `commits_here`: the connection is the writer, opened with `wal_autocheckpoint=0`.
+    ///
     /// # Safety
     /// `handle` is an open connection in serialized mode that outlives the returned value.
-    pub unsafe fn new(handle: NonNull<ffi::sqlite3>, paths: StatementPaths) -> Self {
+    pub unsafe fn new(
+        handle: NonNull<ffi::sqlite3>,
+        commits_here: bool,
+        paths: StatementPaths,
+    ) -> Self {
         Self {
             handle,
+            speeds: HashMap::new(),
+            commits_here,
+            slow_transaction: false,
             statements: HashMap::new(),
             paths,
         }
+    }
+
+    /// Rolls back the open transaction here; false if that failed (the caller asks the
+    /// worker).
+    pub fn rollback(&mut self) -> bool {
+        let handle = self.handle.as_ptr();
+        // SAFETY: an open handle.
+        if unsafe { ffi::sqlite3_get_autocommit(handle) } != 0 {
+            return true; // no transaction open
+        }
+        self.slow_transaction = false;
+        let Ok(Some(prepared)) = self.prepare("ROLLBACK") else {
+            return false;
+        };
+        let statement = prepared.statement.as_ptr();
+        let outcome = step_all(handle, statement, &[], 0);
+        // SAFETY: a statement of this handle.
+        unsafe { ffi::sqlite3_reset(statement) };
+        outcome.is_ok()
     }
 
     /// Runs `sql` here if the rules allow; `Ok(None)` means it was not run (or was stopped at
@@ -150,18 +211,38 @@ impl Direct {
         interrupt: &Interrupt,
     ) -> Result<Option<RawResult>, SqlError> {
         let handle = self.handle.as_ptr();
+        let commits_here = self.commits_here;
+        let slow_transaction = self.slow_transaction;
         let Some(prepared) = self.prepare(sql)? else {
             return Ok(None);
         };
-        if prepared.control {
-            return Ok(None);
-        }
-        if !prepared.reads_only {
-            if !prepared.quick || !in_transaction {
+        let kind = prepared.kind;
+        let statement = prepared.statement.as_ptr();
+        let reads_only = prepared.reads_only;
+        let changes_nothing = prepared.changes_nothing;
+        if !reads_only {
+            let here = match kind {
+                Kind::Begin | Kind::Rollback | Kind::RollbackTo | Kind::Savepoint => commits_here,
+                Kind::Commit => commits_here && !slow_transaction,
+                Kind::Read | Kind::Write => {
+                    matches!(self.speed(sql), Speed::Quick | Speed::Slow(0))
+                        && (in_transaction || commits_here)
+                }
+            };
+            if !here {
+                if matches!(kind, Kind::Read | Kind::Write) {
+                    self.update_speed(sql, |speed| match speed {
+                        Speed::Slow(left) => Speed::Slow(left.saturating_sub(1)),
+                        other => other,
+                    });
+                    if in_transaction {
+                        self.slow_transaction = true;
+                    }
+                }
                 return Ok(None);
             }
             // SAFETY: an open handle; "main" is a NUL-terminated name.
-            if !prepared.changes_nothing
+            if !changes_nothing
                 && unsafe { ffi::sqlite3_db_readonly(handle, c"main".as_ptr()) } == 1
             {
                 // A reader connection: the session moves the statement to the writer.
@@ -171,23 +252,46 @@ impl Direct {
                 ));
             }
         }
-        let statement = prepared.statement.as_ptr();
-        let reads_only = prepared.reads_only;
         let started = Instant::now();
         if reads_only {
             interrupt.set_budget(INLINE_BUDGET);
+        } else {
+            // Never wait for a lock on this thread (see the module's documentation).
+            // SAFETY: an open handle.
+            unsafe { ffi::sqlite3_busy_timeout(handle, 0) };
         }
         let outcome = step_all(handle, statement, params, max_rows);
         interrupt.clear_budget();
-        self.paths.serving.inc();
         // SAFETY: the statement belongs to this handle; reset releases its read snapshot
         // and locks, whatever the outcome.
-        unsafe {
+        let busy = unsafe {
+            let busy = ffi::sqlite3_extended_errcode(handle) & 0xff == ffi::SQLITE_BUSY;
             ffi::sqlite3_reset(statement);
             ffi::sqlite3_clear_bindings(statement);
+            if !reads_only {
+                ffi::sqlite3_busy_timeout(handle, BUSY_TIMEOUT.as_millis() as c_int);
+            }
+            busy
+        };
+        if outcome.is_err() && busy {
+            return Ok(None); // nothing done: the worker waits for the lock
         }
-        if !reads_only && let Some(prepared) = self.statements.get_mut(sql) {
-            prepared.quick = started.elapsed() <= QUICK;
+        self.paths.serving.inc();
+        let took = started.elapsed();
+        match kind {
+            Kind::Begin => self.slow_transaction = false,
+            Kind::Commit | Kind::Rollback => self.slow_transaction = false,
+            Kind::Read | Kind::Write if !reads_only => {
+                if took > QUICK {
+                    self.update_speed(sql, |_| Speed::Slow(SLOW_RETRY));
+                    if in_transaction {
+                        self.slow_transaction = true;
+                    }
+                } else {
+                    self.update_speed(sql, |_| Speed::Quick);
+                }
+            }
+            _ => {}
         }
         match outcome {
             Err(_) if reads_only && interrupt.took_over_budget() => Ok(None),
@@ -208,9 +312,41 @@ impl Direct {
     /// next time.
     pub fn ran_on_worker(&mut self, sql: &str, took: Duration) {
         self.paths.worker.inc();
-        if let Some(prepared) = self.statements.get_mut(sql) {
-            prepared.quick = took <= QUICK;
+        match self.statements.get(sql) {
+            Some(prepared) if prepared.reads_only => {} // a long read leaves nothing to write
+            _ => match super::session::kind_of(sql) {
+                Kind::Begin | Kind::Commit | Kind::Rollback => self.slow_transaction = false,
+                _ => self.slow_transaction = true,
+            },
         }
+        self.update_speed(sql, |speed| match speed {
+            _ if took <= QUICK => Speed::Quick,
+            Speed::Unknown => Speed::Slow(SLOW_RETRY),
+            other => other,
+        });
+    }
+
+    /// What is known of the speed of `sql`'s shape.
+    fn speed(&self, sql: &str) -> Speed {
+        self.statements
+            .get(sql)
+            .and_then(|prepared| prepared.shape.as_ref())
+            .and_then(|shape| self.speeds.get(shape).copied())
+            .unwrap_or(Speed::Unknown)
+    }
+
+    fn update_speed(&mut self, sql: &str, update: impl FnOnce(Speed) -> Speed) {
+        let Some(shape) = self.statements.get(sql).and_then(|p| p.shape.as_ref()) else {
+            return;
+        };
+        if let Some(speed) = self.speeds.get_mut(shape) {
+            *speed = update(*speed);
+            return;
+        }
+        if self.speeds.len() >= SHAPE_CAPACITY {
+            self.speeds.clear();
+        }
+        self.speeds.insert(shape.clone(), update(Speed::Unknown));
     }
 
     /// The cached statement for `sql`, prepared on first use; `None` for SQL this path does
@@ -262,20 +398,14 @@ impl Direct {
         }
         // SAFETY: a prepared statement.
         let read_only = unsafe { ffi::sqlite3_stmt_readonly(statement.as_ptr()) } != 0;
-        let control = matches!(
-            super::session::kind_of(sql),
-            super::session::Kind::Begin
-                | super::session::Kind::Commit
-                | super::session::Kind::Rollback
-                | super::session::Kind::RollbackTo
-                | super::session::Kind::Savepoint
-        );
+        let kind = super::session::kind_of(sql);
+        let control = !matches!(kind, Kind::Read | Kind::Write);
         Ok(Some(Prepared {
             statement,
             reads_only: read_only && !control,
-            control,
+            kind,
             changes_nothing: read_only,
-            quick: false,
+            shape: (!read_only && !control).then(|| super::split::shape(sql)),
         }))
     }
 
@@ -510,8 +640,9 @@ mod tests {
             .await
             .expect("create");
 
-        // In a transaction, a write runs on the worker the first time, and here once it has been
-        // seen quick; BEGIN IMMEDIATE and COMMIT always run on the worker.
+        // A write runs on the worker the first time, and here once it has been seen quick.
+        // BEGIN IMMEDIATE runs here; the COMMIT of a transaction in which a statement ran on
+        // the worker runs there too.
         let insert = "INSERT INTO t (id, name) VALUES (?1, ?2)";
         let before = counts(&paths);
         session.execute("BEGIN", &[]).await.expect("begin");
@@ -527,17 +658,26 @@ mod tests {
         let after = counts(&paths);
         assert_eq!(
             after.1 - before.1,
-            3,
-            "BEGIN IMMEDIATE, the first INSERT and COMMIT on the worker"
+            2,
+            "the first INSERT and COMMIT on the worker"
         );
-        assert_eq!(after.0 - before.0, 2, "the next ones run here");
-        // Outside a transaction a write's implicit COMMIT may checkpoint: always the worker.
+        assert_eq!(
+            after.0 - before.0,
+            3,
+            "BEGIN IMMEDIATE and the next INSERTs here"
+        );
+        // Outside a transaction too (the writer's commits never checkpoint), and the same
+        // write with other values inline is known quick already.
         let before = counts(&paths);
         session
             .execute(insert, &[Value::Integer(4), Value::Text("n4".into())])
             .await
             .expect("autocommit insert");
-        assert_eq!(counts(&paths).1 - before.1, 1);
+        session
+            .execute("INSERT INTO t (id, name) VALUES (5, 'n5')", &[])
+            .await
+            .expect("autocommit insert, values inline");
+        assert_eq!(counts(&paths).0 - before.0, 2);
 
         // Point selects run here, typed as the sqlx path types them.
         let before = counts(&paths);
@@ -579,8 +719,12 @@ mod tests {
         }
         session.execute("COMMIT", &[]).await.expect("commit");
         let after = counts(&paths);
-        assert_eq!(after.0 - before.0, 0, "a slow write never runs here");
-        assert_eq!(after.1 - before.1, 5);
+        assert_eq!(after.0 - before.0, 1, "only BEGIN IMMEDIATE here");
+        assert_eq!(
+            after.1 - before.1,
+            4,
+            "the slow write, and then its COMMIT, there"
+        );
     }
 
     /// A statement abandoned on sqlx's worker (its future dropped: a client gone) is stopped
@@ -604,6 +748,55 @@ mod tests {
             "waited {:?} for the abandoned statement",
             started.elapsed()
         );
+    }
+
+    /// A write that finds the database locked by another process does not wait on the
+    /// serving thread: it is run again on the worker, which waits for the lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_locked_database_moves_a_write_to_the_worker() {
+        use sqlx::{Connection as _, Executor as _};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = StatementPaths::default();
+        let engine = engine(dir.path(), &paths).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut session = Session::new(Arc::clone(&db), limits());
+        session
+            .execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", &[])
+            .await
+            .expect("create");
+        let insert = "INSERT INTO t (id) VALUES (?1)";
+        for id in 1..=2 {
+            session
+                .execute(insert, &[Value::Integer(id)])
+                .await
+                .expect("insert"); // the second one, here
+        }
+
+        // Another process holds the write lock for 300 ms.
+        let mut other =
+            sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", db.path.display()))
+                .await
+                .expect("other connection");
+        other.execute("BEGIN IMMEDIATE").await.expect("lock");
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            other.execute("COMMIT").await.expect("unlock");
+            other
+        });
+        let before = counts(&paths);
+        let started = Instant::now();
+        session
+            .execute(insert, &[Value::Integer(3)])
+            .await
+            .expect("insert once the lock is free");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert_eq!(counts(&paths).1 - before.1, 1, "waited on the worker");
+        let _ = release.await.expect("released").close().await;
+        let all = session
+            .execute("SELECT count(*) FROM t", &[])
+            .await
+            .expect("count");
+        assert_eq!(all.rows, vec![vec![Value::Integer(3)]]);
     }
 
     #[tokio::test]
@@ -680,8 +873,8 @@ mod tests {
         assert_eq!(err.code, sqlstate::UNIQUE_VIOLATION);
         assert_eq!(
             counts(&paths).0 - before.0,
-            1,
-            "refused on the serving thread"
+            2,
+            "BEGIN IMMEDIATE and the refused INSERT on the serving thread"
         );
         session.execute("ROLLBACK", &[]).await.expect("rollback");
 

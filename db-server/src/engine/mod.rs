@@ -270,7 +270,9 @@ impl Engine {
         if done.is_err() {
             // Some SQLite builds refuse VACUUM INTO on a read-only connection.
             let _ = std::fs::remove_file(dest);
-            let mut writer = db.writer(Duration::from_secs(60)).await?;
+            let mut writer = db
+                .writer(Duration::from_secs(60), database::SessionId::NONE)
+                .await?;
             writer
                 .connection
                 .execute(vacuum())

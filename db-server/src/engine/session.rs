@@ -14,7 +14,7 @@ use futures_util::TryStreamExt;
 use sqlx::sqlite::SqliteQueryResult;
 use sqlx::{Either, SqlSafeStr as _};
 
-use super::database::{Conn, Database, OwnedReader};
+use super::database::{Conn, Database, OwnedReader, SessionId};
 use super::direct::RawResult;
 use super::error::{SqlError, sqlstate};
 use super::guard;
@@ -192,6 +192,8 @@ pub struct Session {
     running: Arc<std::sync::Mutex<Option<Arc<super::database::Interrupt>>>>,
     /// The session may only read: its transactions run on a reader, never the writer.
     read_only: bool,
+    /// Marks the transactions this session leaves open on the writer.
+    id: SessionId,
 }
 
 impl std::fmt::Debug for Session {
@@ -225,6 +227,7 @@ impl Session {
             limits,
             running: Arc::new(std::sync::Mutex::new(None)),
             read_only: false,
+            id: SessionId::next(),
         }
     }
 
@@ -311,7 +314,7 @@ impl Session {
         if matches!(state, TxState::Pending)
             && !matches!(kind, Kind::Begin | Kind::Commit | Kind::Rollback)
         {
-            let mut writer = match self.db.writer(self.limits.lock_timeout).await {
+            let mut writer = match self.db.writer(self.limits.lock_timeout, self.id).await {
                 Ok(writer) => TxConn::Writer(writer),
                 Err(err) => {
                     self.state = TxState::PendingFailed;
@@ -331,6 +334,7 @@ impl Session {
                 return Err(err);
             }
             writer.open_tx = true;
+            writer.tx_owner = self.id;
             state = TxState::Active(writer);
         }
         match (kind, state) {
@@ -470,7 +474,7 @@ impl Session {
         sql: &str,
         params: &[Value],
     ) -> Result<StatementResult, SqlError> {
-        let mut writer = self.db.writer(self.limits.lock_timeout).await?;
+        let mut writer = self.db.writer(self.limits.lock_timeout, self.id).await?;
         let result = run_on(&mut writer, sql, params, self.limits, &self.running).await;
         drop(writer);
         let result = result?;
@@ -554,14 +558,7 @@ async fn run_on(
     limits: SessionLimits,
     running: &std::sync::Mutex<Option<Arc<super::database::Interrupt>>>,
 ) -> Result<StatementResult, SqlError> {
-    if conn.worker_busy {
-        // An abandoned statement may still run on sqlx's worker: stop it, and wait for the
-        // worker to be done before this thread uses the handle.
-        use sqlx::Connection as _;
-        conn.interrupt.cancel();
-        let _ = conn.connection.ping().await;
-        conn.worker_busy = false;
-    }
+    conn.settle_worker().await;
     conn.interrupt.arm(limits.statement_timeout);
     if let Ok(mut slot) = running.lock() {
         *slot = Some(Arc::clone(&conn.interrupt));

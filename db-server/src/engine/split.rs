@@ -88,6 +88,48 @@ pub fn code_mask(sql: &str) -> Vec<bool> {
     mask
 }
 
+/// `sql` with its literals (numbers, '…' strings) replaced by `?` and its comments left
+/// out: statements that differ only in their values have one shape. Used to remember how
+/// long a statement sent with its values inline (the simple query protocol) takes to run.
+pub fn shape(sql: &str) -> String {
+    let bytes = sql.as_bytes();
+    let mask = code_mask(sql);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if mask[i] {
+            let after_word = i > 0 && mask[i - 1] && is_word_byte(bytes[i - 1]);
+            // A parameter (`?1`, `$1`) has the shape of the value it stands for.
+            let parameter = matches!(byte, b'?' | b'$')
+                && !after_word
+                && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+            if parameter {
+                i += 1;
+            }
+            if (byte.is_ascii_digit() || parameter) && !after_word {
+                out.push(b'?');
+                while i < bytes.len() && mask[i] && (is_word_byte(bytes[i]) || bytes[i] == b'.') {
+                    i += 1;
+                }
+                continue;
+            }
+            out.push(byte);
+            i += 1;
+            continue;
+        }
+        // A run of what is not code: a string, a quoted identifier or a comment.
+        let end = (i..bytes.len()).find(|&j| mask[j]).unwrap_or(bytes.len());
+        match byte {
+            b'\'' => out.push(b'?'),
+            b'"' | b'`' | b'[' => out.extend_from_slice(&bytes[i..end]),
+            _ => out.push(b' '),
+        }
+        i = end;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The statements of `sql`, trimmed, without their `;`, empty ones left out.
 pub fn split_statements(sql: &str) -> Vec<&str> {
     let bytes = sql.as_bytes();
@@ -232,6 +274,21 @@ pub fn question_marks_to_dollars(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_differing_in_values_have_one_shape() {
+        let one = shape("UPDATE t1 SET a = a + -12 WHERE id = 3 AND name = 'x''y' -- c");
+        let two = shape("UPDATE t1 SET a = a + -7.5 WHERE id = 40 AND name = 'z'");
+        assert_eq!(one.trim_end(), two.trim_end());
+        assert_eq!(two, "UPDATE t1 SET a = a + -? WHERE id = ? AND name = ?");
+        assert_eq!(
+            shape("SELECT \"col 1\" FROM [t 2]"),
+            "SELECT \"col 1\" FROM [t 2]"
+        );
+        assert_ne!(shape("SELECT * FROM t1"), shape("SELECT * FROM t2"));
+        // Parameters and inline values alike.
+        assert_eq!(shape("VALUES ($1, ?2, ?)"), shape("VALUES (10, 'a', ?)"));
+    }
 
     #[test]
     fn question_marks_become_numbered_parameters() {
