@@ -302,8 +302,9 @@ async fn drivers_see_transactions_isolation_failed_state_and_cancel() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 100);
-    // A second writer waits for the first one's transaction, then gets a clear error.
-    a.batch_execute("BEGIN; UPDATE accounts SET balance = 1")
+    // A transaction that has read holds the writer: a second writer waits for it, then
+    // gets a clear error.
+    a.batch_execute("BEGIN; SELECT count(*) FROM accounts; UPDATE accounts SET balance = 1")
         .await
         .unwrap();
     let started = Instant::now();
@@ -314,6 +315,37 @@ async fn drivers_see_transactions_isolation_failed_state_and_cancel() {
     assert_eq!(sqlstate(&err), "55P03");
     assert!(started.elapsed() < Duration::from_secs(15));
     a.batch_execute("COMMIT").await.unwrap();
+    // One that has only written (counts, no rows) does not: b's write goes on, a's
+    // transaction is replayed at its COMMIT and still affects the rows it did (40001 when
+    // it no longer does).
+    for _ in 0..2 {
+        a.batch_execute("UPDATE accounts SET balance = 1 WHERE owner = 'ann'")
+            .await
+            .unwrap(); // the statement's first run, so that it is known quick
+    }
+    a.batch_execute("BEGIN; UPDATE accounts SET balance = 7 WHERE owner = 'ann'")
+        .await
+        .unwrap();
+    b.batch_execute("UPDATE accounts SET balance = 8 WHERE owner = 'ann'")
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    let row = b
+        .query_one("SELECT balance FROM accounts WHERE owner = 'ann'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 7, "a committed after b");
+    a.batch_execute("BEGIN; UPDATE accounts SET balance = 7 WHERE owner = 'ann'")
+        .await
+        .unwrap();
+    b.batch_execute("UPDATE accounts SET owner = 'anne' WHERE owner = 'ann'")
+        .await
+        .unwrap();
+    let err = a.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "40001");
+    b.batch_execute("UPDATE accounts SET owner = 'ann' WHERE owner = 'anne'")
+        .await
+        .unwrap();
 
     // CancelRequest interrupts the running statement.
     let cancel = a.cancel_token();
@@ -422,9 +454,9 @@ async fn psycopg_and_pgbench_in_all_three_modes() {
                 .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
         };
         let (serving, worker) = (count("serving"), count("worker"));
-        // 600 transactions: the SELECT and the UPDATE here (but each connection's first UPDATE);
-        // BEGIN IMMEDIATE and COMMIT, 1,200 in all, on the worker (with the psycopg script's
-        // statements and each first run, about 1,300).
+        // 600 transactions: the SELECT, BEGIN IMMEDIATE, the UPDATE and COMMIT here (but the
+        // first UPDATE and its COMMIT); on the worker, first runs and the psycopg script's
+        // statements.
         assert!(serving >= 1100, "pgbench's selects and updates: {serving} here, {worker} on the worker");
         assert!(worker <= 1500, "{serving} here, {worker} on the worker");
     })
@@ -503,7 +535,8 @@ async fn a_transaction_left_idle_is_ended_and_frees_the_writer() {
     let other = connect(addr, "quartet", "quartet", "quartet")
         .await
         .unwrap();
-    idle.batch_execute("CREATE TABLE t (n INTEGER); BEGIN; INSERT INTO t VALUES (1)")
+    // (RETURNING pins the transaction to the writer: it holds it while idle.)
+    idle.batch_execute("CREATE TABLE t (n INTEGER); BEGIN; INSERT INTO t VALUES (1) RETURNING n")
         .await
         .unwrap();
     // The other session's write waits for the writer, which the timeout frees.

@@ -130,11 +130,11 @@ pub struct Conn {
     /// mid-transaction (a client gone, a request abandoned) leaves it set; the next user of
     /// the writer rolls that transaction back before anything else.
     pub open_tx: bool,
-    /// The session whose transaction is open here ([`SessionId::NONE`] for none). A session
-    /// between two statements of an optimistic transaction leaves its transaction open on
-    /// the writer; another session that takes the writer meanwhile rolls it back, and the
-    /// owner replays it when it comes back (see `session`).
-    pub tx_owner: SessionId,
+    /// The transaction open here ([`TxId::NONE`] for none). A session between two
+    /// statements of an optimistic transaction leaves its transaction open on the writer;
+    /// another session that takes the writer meanwhile rolls it back, and the owner replays
+    /// it when it comes back (see `session`).
+    pub tx_owner: TxId,
     /// A statement was handed to sqlx's worker thread and its answer not yet taken (the
     /// future was dropped: a client gone). The worker may still be running it; the next user
     /// cancels it and waits for the worker before using the handle from this thread.
@@ -142,6 +142,20 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Rolls back the transaction open here, if any (on the serving thread: a rollback has
+    /// nothing to wait for).
+    pub async fn roll_back(&mut self) {
+        if self.open_tx {
+            self.settle_worker().await;
+            if !self.direct.rollback() {
+                use sqlx::Executor as _;
+                let _ = self.connection.execute("ROLLBACK").await;
+            }
+            self.open_tx = false;
+            self.tx_owner = TxId::NONE;
+        }
+    }
+
     /// An abandoned statement may still run on sqlx's worker: stops it, and waits for the
     /// worker to be done before this thread uses the handle.
     pub async fn settle_worker(&mut self) {
@@ -154,18 +168,19 @@ impl Conn {
     }
 }
 
-/// Who owns a transaction left open on the writer.
+/// One transaction, to tell whether the transaction open on the writer is still a
+/// session's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionId(u64);
+pub struct TxId(u64);
 
-impl SessionId {
-    /// No session: engine work such as a backup's fallback.
-    pub const NONE: SessionId = SessionId(0);
+impl TxId {
+    /// No transaction: engine work such as a backup's fallback.
+    pub const NONE: TxId = TxId(0);
 
     /// A new id, never handed out before in this process.
-    pub fn next() -> SessionId {
+    pub fn next() -> TxId {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        SessionId(NEXT.fetch_add(1, Ordering::Relaxed))
+        TxId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -298,7 +313,7 @@ async fn connect(
         connection,
         interrupt,
         open_tx: false,
-        tx_owner: SessionId::NONE,
+        tx_owner: TxId::NONE,
         worker_busy: false,
     })
 }
@@ -365,6 +380,8 @@ pub struct Database {
     readers: ReaderPool,
     /// Present when COMMITs must be durable before they are acknowledged.
     pub sync: Option<GroupSync>,
+    /// The engine's counters (`/metrics`).
+    pub metrics: StatementPaths,
     /// Taken by `close`; dropping it also stops the task.
     checkpointer: std::sync::Mutex<Option<Checkpointer>>,
 }
@@ -390,16 +407,17 @@ impl Database {
             readers: ReaderPool::new(readers),
             sync: (options.durability == Durability::Full).then(|| GroupSync::new(path)),
             checkpointer: std::sync::Mutex::new(Some(checkpointer)),
+            metrics: options.paths.clone(),
         })
     }
 
     /// The writer connection, waiting at most `wait` for the session holding it. A
     /// transaction another session left open on it (abandoned, or optimistic and between
-    /// two statements) is rolled back; one of `owner`'s own is kept.
+    /// two statements) is rolled back; transaction `owner` is kept.
     pub async fn writer(
         &self,
         wait: Duration,
-        owner: SessionId,
+        owner: TxId,
     ) -> Result<tokio::sync::OwnedMutexGuard<Conn>, SqlError> {
         let lock = Arc::clone(&self.writer).lock_owned();
         match if wait.is_zero() {
@@ -408,7 +426,7 @@ impl Database {
             tokio::time::timeout(wait, lock).await
         } {
             Ok(mut guard) => {
-                if guard.open_tx && (guard.tx_owner != owner || owner == SessionId::NONE) {
+                if guard.open_tx && (guard.tx_owner != owner || owner == TxId::NONE) {
                     end_abandoned(&mut guard).await;
                 }
                 Ok(guard)
@@ -422,6 +440,15 @@ impl Database {
                 ),
             )),
         }
+    }
+
+    /// The writer if no session holds it now, as [`Database::writer`] leaves it.
+    pub async fn writer_if_free(&self, owner: TxId) -> Option<tokio::sync::OwnedMutexGuard<Conn>> {
+        let mut guard = Arc::clone(&self.writer).try_lock_owned().ok()?;
+        if guard.open_tx && (guard.tx_owner != owner || owner == TxId::NONE) {
+            end_abandoned(&mut guard).await;
+        }
+        Some(guard)
     }
 
     /// A reader connection (readers are never held long: one statement at a time).
@@ -474,18 +501,9 @@ struct ReaderPool {
     available: Arc<tokio::sync::Semaphore>,
 }
 
-/// Rolls back a transaction another session left open on `conn` (on the serving thread:
-/// a rollback has nothing to wait for).
+/// Rolls back a transaction another session left open on `conn`.
 async fn end_abandoned(conn: &mut Conn) {
-    if conn.open_tx {
-        conn.settle_worker().await;
-        if !conn.direct.rollback() {
-            use sqlx::Executor as _;
-            let _ = conn.connection.execute("ROLLBACK").await;
-        }
-        conn.open_tx = false;
-        conn.tx_owner = SessionId::NONE;
-    }
+    conn.roll_back().await;
 }
 
 /// A reader owned by a session's read-only transaction; back to the pool when dropped.

@@ -58,11 +58,17 @@ pub const QUICK: Duration = Duration::from_millis(1);
 const CACHE_CAPACITY: usize = 256;
 
 /// Statements run, by where they ran: `quartet_db_statements_total{thread="serving"|"worker"}`
-/// on `/metrics`. Shared by every connection of an engine.
+/// on `/metrics`, and what became of optimistic transactions (see `session`). Shared by every
+/// connection of an engine.
 #[derive(Debug, Clone, Default)]
 pub struct StatementPaths {
     pub serving: Counter,
     pub worker: Counter,
+    /// Optimistic transactions begun again and replayed after another session took the
+    /// writer: `quartet_db_transactions_replayed_total`.
+    pub replayed: Counter,
+    /// Replays whose counts differed (40001): `quartet_db_serialization_failures_total`.
+    pub serialization_failures: Counter,
 }
 
 impl StatementPaths {
@@ -77,11 +83,23 @@ impl StatementPaths {
         let paths = Self {
             serving: on("serving"),
             worker: on("worker"),
+            replayed: Counter::default(),
+            serialization_failures: Counter::default(),
         };
         registry.register(
             "db_statements",
             "Statements run, on the thread serving the session or on sqlx's worker thread",
             family,
+        );
+        registry.register(
+            "db_transactions_replayed",
+            "Optimistic transactions replayed after another session took the writer",
+            paths.replayed.clone(),
+        );
+        registry.register(
+            "db_serialization_failures",
+            "Optimistic transactions ended with 40001: a replayed statement's count differed",
+            paths.serialization_failures.clone(),
         );
         paths
     }
@@ -179,6 +197,11 @@ impl Direct {
             statements: HashMap::new(),
             paths,
         }
+    }
+
+    /// A statement of the open transaction ran on the worker or took long.
+    pub fn transaction_was_slow(&self) -> bool {
+        self.slow_transaction
     }
 
     /// Rolls back the open transaction here; false if that failed (the caller asks the

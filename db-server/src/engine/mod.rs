@@ -271,7 +271,7 @@ impl Engine {
             // Some SQLite builds refuse VACUUM INTO on a read-only connection.
             let _ = std::fs::remove_file(dest);
             let mut writer = db
-                .writer(Duration::from_secs(60), database::SessionId::NONE)
+                .writer(Duration::from_secs(60), database::TxId::NONE)
                 .await?;
             writer
                 .connection
@@ -468,6 +468,12 @@ mod tests {
         a.execute("INSERT INTO t (name) VALUES ('y')", &[])
             .await
             .expect("insert");
+        // a reads its own write; a read pins the transaction to the writer.
+        let own = a
+            .execute("SELECT count(*) AS n FROM t", &[])
+            .await
+            .expect("select");
+        assert_eq!(own.rows, vec![vec![Value::Integer(2)]]);
         let seen = b
             .execute("SELECT count(*) AS n FROM t", &[])
             .await
@@ -526,6 +532,162 @@ mod tests {
             .await
             .expect("with insert");
         assert_eq!(with.rows_affected, 1);
+    }
+
+    /// Transactions whose statements answer with counts let go of the writer between
+    /// statements: another session's writes go on meanwhile, and the first transaction is
+    /// replayed, or fails with 40001 if its counts no longer hold.
+    #[tokio::test]
+    async fn optimistic_transactions_replay_or_fail_with_40001() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = StatementPaths::default();
+        let engine = engine_counting(dir.path(), &paths).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut a = Session::new(Arc::clone(&db), limits());
+        let mut b = Session::new(Arc::clone(&db), limits());
+        a.execute(
+            "CREATE TABLE acc (id INTEGER PRIMARY KEY, bal INTEGER)",
+            &[],
+        )
+        .await
+        .expect("create");
+        a.execute("CREATE TABLE hist (id INTEGER, delta INTEGER)", &[])
+            .await
+            .expect("create");
+        a.execute("INSERT INTO acc VALUES (1, 100), (2, 100), (3, 100)", &[])
+            .await
+            .expect("rows");
+        let update = "UPDATE acc SET bal = bal + ?2 WHERE id = ?1";
+        let insert = "INSERT INTO hist (id, delta) VALUES (?1, ?2)";
+        // Each shape once, so that both are known quick (a first run goes to the worker,
+        // which pins its transaction).
+        let delete = "DELETE FROM acc WHERE id = ?1";
+        for sql in [update, insert, delete] {
+            a.execute(sql, &[Value::Integer(9), Value::Integer(0)])
+                .await
+                .expect("warm");
+        }
+
+        // a and b interleave; b's statements take the writer while a's transaction is open.
+        a.execute("BEGIN", &[]).await.expect("begin a");
+        let moved = a
+            .execute(update, &[Value::Integer(1), Value::Integer(-10)])
+            .await
+            .expect("a updates");
+        assert_eq!(moved.tag, "UPDATE 1");
+        b.execute("BEGIN", &[]).await.expect("begin b");
+        b.execute(update, &[Value::Integer(2), Value::Integer(5)])
+            .await
+            .expect("b goes on: a does not hold the writer");
+        b.execute(insert, &[Value::Integer(2), Value::Integer(5)])
+            .await
+            .expect("b inserts");
+        a.execute(insert, &[Value::Integer(1), Value::Integer(-10)])
+            .await
+            .expect("a inserts, after replaying its update");
+        b.execute("COMMIT", &[]).await.expect("commit b");
+        a.execute("COMMIT", &[])
+            .await
+            .expect("commit a, replayed again");
+        assert!(
+            paths.replayed.get() >= 2,
+            "{} replays",
+            paths.replayed.get()
+        );
+        let balances = b
+            .execute("SELECT id, bal FROM acc ORDER BY id", &[])
+            .await
+            .expect("select");
+        let expected = [(1, 90), (2, 105), (3, 100)]
+            .map(|(id, bal)| vec![Value::Integer(id), Value::Integer(bal)]);
+        assert_eq!(balances.rows, expected.to_vec());
+        let history = b
+            .execute("SELECT count(*) FROM hist WHERE delta <> 0", &[])
+            .await
+            .expect("select");
+        assert_eq!(history.rows, vec![vec![Value::Integer(2)]]);
+
+        // a deletes account 3 (DELETE 1); b deletes it too and commits first: a's replay
+        // finds nothing to delete, so a's transaction fails with 40001 and changes nothing.
+        a.execute("BEGIN", &[]).await.expect("begin");
+        a.execute(delete, &[Value::Integer(3)])
+            .await
+            .expect("a deletes");
+        a.execute(update, &[Value::Integer(1), Value::Integer(1000)])
+            .await
+            .expect("a updates");
+        b.execute(delete, &[Value::Integer(3)])
+            .await
+            .expect("b deletes, autocommit");
+        let err = a.execute("COMMIT", &[]).await.expect_err("conflict");
+        assert_eq!(err.code, sqlstate::SERIALIZATION_FAILURE, "{err:?}");
+        assert_eq!(
+            a.status(),
+            TxStatus::Idle,
+            "a failed COMMIT ends the transaction"
+        );
+        assert_eq!(paths.serialization_failures.get(), 1);
+        let one = b
+            .execute("SELECT bal FROM acc WHERE id = 1", &[])
+            .await
+            .expect("select");
+        assert_eq!(
+            one.rows,
+            vec![vec![Value::Integer(90)]],
+            "a's update is gone"
+        );
+
+        // The same conflict seen at the next statement fails the transaction until ROLLBACK.
+        a.execute("BEGIN", &[]).await.expect("begin");
+        a.execute(delete, &[Value::Integer(2)])
+            .await
+            .expect("a deletes");
+        b.execute(delete, &[Value::Integer(2)])
+            .await
+            .expect("b deletes");
+        let err = a
+            .execute(update, &[Value::Integer(1), Value::Integer(1)])
+            .await
+            .expect_err("conflict");
+        assert_eq!(err.code, sqlstate::SERIALIZATION_FAILURE);
+        assert_eq!(a.status(), TxStatus::Failed);
+        assert_eq!(
+            a.execute("ROLLBACK", &[]).await.expect("rollback").tag,
+            "ROLLBACK"
+        );
+
+        // ROLLBACK of an optimistic transaction undoes it; so does a session that goes away.
+        a.execute("BEGIN", &[]).await.expect("begin");
+        a.execute(update, &[Value::Integer(1), Value::Integer(1)])
+            .await
+            .expect("update");
+        a.execute("ROLLBACK", &[]).await.expect("rollback");
+        let mut gone = Session::new(Arc::clone(&db), limits());
+        gone.execute("BEGIN", &[]).await.expect("begin");
+        gone.execute(update, &[Value::Integer(1), Value::Integer(1)])
+            .await
+            .expect("update");
+        gone.close().await;
+        let one = b
+            .execute("SELECT bal FROM acc WHERE id = 1", &[])
+            .await
+            .expect("select");
+        assert_eq!(one.rows, vec![vec![Value::Integer(90)]]);
+
+        // A transaction sees what it wrote, even after a replay.
+        a.execute("BEGIN", &[]).await.expect("begin");
+        a.execute(update, &[Value::Integer(1), Value::Integer(7)])
+            .await
+            .expect("update");
+        b.execute(insert, &[Value::Integer(5), Value::Integer(5)])
+            .await
+            .expect("b inserts");
+        let own = a
+            .execute("SELECT bal FROM acc WHERE id = 1", &[])
+            .await
+            .expect("select");
+        assert_eq!(own.rows, vec![vec![Value::Integer(97)]]);
+        a.execute("COMMIT", &[]).await.expect("commit");
     }
 
     #[tokio::test]
@@ -615,7 +777,8 @@ mod tests {
         a.execute("PRAGMA table_info(t)", &[])
             .await
             .expect("pragma");
-        a.execute("INSERT INTO t VALUES (1)", &[])
+        // A RETURNING answers with rows: it pins a's transaction to the writer.
+        a.execute("INSERT INTO t VALUES (1) RETURNING n", &[])
             .await
             .expect("a writes");
         // b's first statement now waits for a's writer and times out (55P03); b is failed.

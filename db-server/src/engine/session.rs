@@ -4,8 +4,23 @@
 //!
 //! Outside a transaction a statement that only reads goes to a reader connection (if it turns
 //! out to write after all, SQLite refuses it there and it runs on the writer); everything else
-//! runs on the writer in autocommit. `BEGIN` takes the writer with `BEGIN IMMEDIATE`, so a
-//! transaction never fails later for want of the write lock.
+//! runs on the writer in autocommit. A transaction's first statement takes the writer with
+//! `BEGIN IMMEDIATE`, so a transaction never fails later for want of the write lock.
+//!
+//! **Optimistic transactions.** SQLite has one writer, and a transaction that held it from
+//! its first statement to COMMIT would hold it across every round trip to its client: the
+//! other sessions' writes would take turns, waiting on the network. So while a transaction's
+//! statements only write and answer with a count (INSERT, UPDATE, DELETE without RETURNING),
+//! the session lets go of the writer after each one and leaves the transaction open on it,
+//! marked as its own ([`TxId`]). If another session takes the writer meanwhile, it rolls that
+//! transaction back; when the owner comes back (its next statement, or COMMIT), it begins
+//! again and replays its statements, checking that each affects as many rows as the client
+//! was told. Then what the client saw is what a serial run at that point gives, and the
+//! transaction goes on; if a count differs, or a replayed statement fails, the transaction
+//! ends with `40001` (serialization failure), which clients retry. The first statement that
+//! returns rows (a SELECT, a RETURNING), changes the schema, sets a savepoint or was slow
+//! pins the transaction to the writer until it ends, as before. The HTTP API, whose answers
+//! carry the last inserted rowid (which a replay may change), always pins.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +29,7 @@ use futures_util::TryStreamExt;
 use sqlx::sqlite::SqliteQueryResult;
 use sqlx::{Either, SqlSafeStr as _};
 
-use super::database::{Conn, Database, OwnedReader, SessionId};
+use super::database::{Conn, Database, OwnedReader, TxId};
 use super::direct::RawResult;
 use super::error::{SqlError, sqlstate};
 use super::guard;
@@ -75,17 +90,35 @@ enum TxState {
     /// (PostgreSQL also takes a transaction's snapshot at its first statement), so a
     /// transaction does not hold SQLite's single writer across BEGIN's round trip.
     Pending,
-    /// A pending transaction failed before it had a connection.
+    /// A pending transaction failed before it had a connection, or an optimistic one failed
+    /// (and was rolled back at once).
     PendingFailed,
     Active(TxConn),
     Failed(TxConn),
+    /// An optimistic transaction between two statements: open on the writer unless another
+    /// session rolled it back meanwhile; [`Session::replay`] holds what to do again.
+    Optimistic,
 }
+
+/// A statement of an optimistic transaction, kept to be run again.
+struct Logged {
+    sql: String,
+    params: Vec<Value>,
+    /// The row count the client was given.
+    affected: u64,
+}
+
+/// An optimistic transaction replays at most this many statements; past it, it pins the writer.
+const REPLAY_STATEMENTS: usize = 64;
+
+/// … and at most this many bytes of SQL and parameters.
+const REPLAY_BYTES: usize = 256 * 1024;
 
 /// The connection a transaction is pinned to: the writer, or (for a session that may only
 /// read) a reader, so that a read-only transaction never holds the write lock.
 enum TxConn {
     Writer(tokio::sync::OwnedMutexGuard<Conn>),
-    Reader(OwnedReader),
+    Reader(Box<OwnedReader>),
 }
 
 impl std::ops::Deref for TxConn {
@@ -192,8 +225,14 @@ pub struct Session {
     running: Arc<std::sync::Mutex<Option<Arc<super::database::Interrupt>>>>,
     /// The session may only read: its transactions run on a reader, never the writer.
     read_only: bool,
-    /// Marks the transactions this session leaves open on the writer.
-    id: SessionId,
+    /// The current (or last) transaction's mark on the writer.
+    tx: TxId,
+    /// Transactions may let go of the writer between statements (see the module's
+    /// documentation); off for the HTTP API.
+    optimistic: bool,
+    /// In a transaction that is still optimistic: its statements so far. `None` once the
+    /// transaction is pinned to its connection (or outside one).
+    replay: Option<Vec<Logged>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -227,8 +266,17 @@ impl Session {
             limits,
             running: Arc::new(std::sync::Mutex::new(None)),
             read_only: false,
-            id: SessionId::next(),
+            tx: TxId::NONE,
+            optimistic: true,
+            replay: None,
         }
+    }
+
+    /// For a caller that reports each INSERT's rowid (the HTTP API): a replay could change
+    /// it, so transactions hold the writer from their first statement to their end.
+    pub fn reporting_insert_ids(mut self) -> Self {
+        self.optimistic = false;
+        self
     }
 
     /// For a role that may only read: BEGIN pins a reader (`BEGIN DEFERRED`), so an idle read
@@ -251,15 +299,18 @@ impl Session {
     pub fn fail(&mut self) {
         self.state = match std::mem::replace(&mut self.state, TxState::Idle) {
             TxState::Active(writer) => TxState::Failed(writer),
-            TxState::Pending => TxState::PendingFailed,
+            // An optimistic transaction left on the writer is rolled back by the next session
+            // that takes it.
+            TxState::Pending | TxState::Optimistic => TxState::PendingFailed,
             other => other,
         };
+        self.replay = None;
     }
 
     pub fn status(&self) -> TxStatus {
         match self.state {
             TxState::Idle => TxStatus::Idle,
-            TxState::Active(_) | TxState::Pending => TxStatus::InTransaction,
+            TxState::Active(_) | TxState::Pending | TxState::Optimistic => TxStatus::InTransaction,
             TxState::Failed(_) | TxState::PendingFailed => TxStatus::Failed,
         }
     }
@@ -314,7 +365,8 @@ impl Session {
         if matches!(state, TxState::Pending)
             && !matches!(kind, Kind::Begin | Kind::Commit | Kind::Rollback)
         {
-            let mut writer = match self.db.writer(self.limits.lock_timeout, self.id).await {
+            self.tx = TxId::next();
+            let mut writer = match self.db.writer(self.limits.lock_timeout, self.tx).await {
                 Ok(writer) => TxConn::Writer(writer),
                 Err(err) => {
                     self.state = TxState::PendingFailed;
@@ -334,12 +386,36 @@ impl Session {
                 return Err(err);
             }
             writer.open_tx = true;
-            writer.tx_owner = self.id;
+            writer.tx_owner = self.tx;
+            self.replay = self.optimistic.then(Vec::new);
             state = TxState::Active(writer);
+        }
+        // An optimistic transaction takes the writer back for its next statement.
+        if matches!(state, TxState::Optimistic) {
+            match kind {
+                Kind::Begin => {}
+                Kind::Rollback => {
+                    self.end_optimistic().await;
+                    return Ok(StatementResult::tag_only("ROLLBACK"));
+                }
+                _ => match self.resume().await {
+                    Ok(writer) => state = TxState::Active(TxConn::Writer(writer)),
+                    Err(err) => {
+                        self.replay = None;
+                        // A COMMIT that fails ends the transaction; another statement fails it.
+                        self.state = if kind == Kind::Commit {
+                            TxState::Idle
+                        } else {
+                            TxState::PendingFailed
+                        };
+                        return Err(err);
+                    }
+                },
+            }
         }
         match (kind, state) {
             (Kind::Begin, TxState::Idle) if self.read_only => {
-                let mut reader = TxConn::Reader(self.db.reader_owned().await);
+                let mut reader = TxConn::Reader(Box::new(self.db.reader_owned().await));
                 run_on(&mut reader, "BEGIN", &[], self.limits, &self.running).await?;
                 reader.open_tx = true;
                 self.state = TxState::Active(reader);
@@ -354,7 +430,8 @@ impl Session {
                 state @ (TxState::Active(_)
                 | TxState::Failed(_)
                 | TxState::Pending
-                | TxState::PendingFailed),
+                | TxState::PendingFailed
+                | TxState::Optimistic),
             ) => {
                 self.state = state;
                 let mut result = StatementResult::tag_only("BEGIN");
@@ -412,6 +489,7 @@ impl Session {
                 Ok(result)
             }
             (Kind::RollbackTo, TxState::Active(mut writer) | TxState::Failed(mut writer)) => {
+                self.replay = None;
                 // PostgreSQL's `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] x` in SQLite's words.
                 let code = super::split::code_only(sql).to_ascii_lowercase();
                 let target = code
@@ -439,12 +517,38 @@ impl Session {
                     "current transaction is aborted, commands ignored until end of transaction block",
                 ))
             }
+            (_, TxState::Optimistic) => Err(SqlError::new(
+                sqlstate::INTERNAL_ERROR,
+                "an optimistic transaction was not resumed",
+            )),
             (_, TxState::Active(mut writer)) => {
                 let outcome = run_on(&mut writer, sql, params, self.limits, &self.running).await;
                 // As in PostgreSQL, any error aborts the transaction until ROLLBACK.
-                self.state = match outcome {
-                    Ok(_) => TxState::Active(writer),
-                    Err(_) => TxState::Failed(writer),
+                self.state = match (&outcome, self.replay.as_mut()) {
+                    (Err(_), Some(_)) => {
+                        // Optimistic: nothing to keep (no savepoint), so the writer is freed now.
+                        writer.roll_back().await;
+                        self.replay = None;
+                        TxState::PendingFailed
+                    }
+                    (Err(_), None) => TxState::Failed(writer),
+                    (Ok(result), Some(log))
+                        if replayable(kind, sql, params, result, log)
+                            && !writer.direct.transaction_was_slow() =>
+                    {
+                        log.push(Logged {
+                            sql: sql.to_owned(),
+                            params: params.to_vec(),
+                            affected: result.rows_affected,
+                        });
+                        // Lets go of the writer; the transaction stays open on it.
+                        drop(writer);
+                        TxState::Optimistic
+                    }
+                    (Ok(_), _) => {
+                        self.replay = None; // pinned from now on
+                        TxState::Active(writer)
+                    }
                 };
                 outcome
             }
@@ -474,13 +578,76 @@ impl Session {
         sql: &str,
         params: &[Value],
     ) -> Result<StatementResult, SqlError> {
-        let mut writer = self.db.writer(self.limits.lock_timeout, self.id).await?;
+        let mut writer = self.db.writer(self.limits.lock_timeout, TxId::NONE).await?;
         let result = run_on(&mut writer, sql, params, self.limits, &self.running).await;
         drop(writer);
         let result = result?;
         // An autocommitted change is acknowledged once durable, as a COMMIT is.
         self.durable().await?;
         Ok(result)
+    }
+
+    /// Takes the writer back for an optimistic transaction: as it was left, if no other
+    /// session took the writer meanwhile; else begun again with its statements replayed, each
+    /// checked to affect the rows it affected before (40001 if not).
+    async fn resume(&mut self) -> Result<tokio::sync::OwnedMutexGuard<Conn>, SqlError> {
+        let mut writer = self.db.writer(self.limits.lock_timeout, self.tx).await?;
+        if writer.open_tx && writer.tx_owner == self.tx {
+            return Ok(writer);
+        }
+        self.db.metrics.replayed.inc();
+        run_on(
+            &mut writer,
+            "BEGIN IMMEDIATE",
+            &[],
+            self.limits,
+            &self.running,
+        )
+        .await?;
+        writer.open_tx = true;
+        writer.tx_owner = self.tx;
+        for logged in self.replay.as_deref().unwrap_or_default() {
+            let again = run_on(
+                &mut writer,
+                &logged.sql,
+                &logged.params,
+                self.limits,
+                &self.running,
+            )
+            .await;
+            let differs = match again {
+                Ok(result) if result.rows_affected == logged.affected => continue,
+                Ok(result) => format!(
+                    "it now affects {} row(s), not {}",
+                    result.rows_affected, logged.affected
+                ),
+                Err(err) => format!("it now fails: {}", err.message),
+            };
+            writer.roll_back().await;
+            self.db.metrics.serialization_failures.inc();
+            return Err(SqlError::new(
+                sqlstate::SERIALIZATION_FAILURE,
+                format!(
+                    "could not serialize access due to concurrent update: a concurrent \
+                     transaction changed what \"{}\" touched ({differs})",
+                    logged.sql.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+        Ok(writer)
+    }
+
+    /// Rolls back an optimistic transaction (ROLLBACK, or the client gone) if it is still
+    /// open on the writer. If another session holds the writer, it has rolled it back.
+    async fn end_optimistic(&mut self) {
+        self.state = TxState::Idle;
+        self.replay = None;
+        if let Some(mut writer) = self.db.writer_if_free(self.tx).await
+            && writer.open_tx
+            && writer.tx_owner == self.tx
+        {
+            writer.roll_back().await;
+        }
     }
 
     async fn durable(&self) -> Result<(), SqlError> {
@@ -524,8 +691,23 @@ impl Session {
             }
             Ok::<_, SqlError>((columns, parameters))
         };
+        if matches!(self.state, TxState::Optimistic) {
+            // The statement may name what the transaction created: describe it there.
+            return match self.resume().await {
+                Ok(mut writer) => describe(&mut writer).await,
+                Err(err) => {
+                    self.state = TxState::PendingFailed;
+                    self.replay = None;
+                    Err(err)
+                }
+            };
+        }
         match &mut self.state {
             TxState::Active(writer) | TxState::Failed(writer) => describe(writer).await,
+            TxState::Optimistic => Err(SqlError::new(
+                sqlstate::INTERNAL_ERROR,
+                "an optimistic transaction was not resumed",
+            )),
             TxState::Idle | TxState::Pending | TxState::PendingFailed => {
                 let mut reader = self.db.reader().await;
                 match reader.conn() {
@@ -541,6 +723,9 @@ impl Session {
 
     /// Ends an open transaction (the client went away): rolled back, the writer freed.
     pub async fn close(&mut self) {
+        if matches!(self.state, TxState::Optimistic) {
+            self.end_optimistic().await;
+        }
         if let TxState::Active(mut writer) | TxState::Failed(mut writer) =
             std::mem::replace(&mut self.state, TxState::Idle)
         {
@@ -548,6 +733,42 @@ impl Session {
             writer.open_tx = false;
         }
     }
+}
+
+/// Whether a statement that just ran in an optimistic transaction may be replayed later:
+/// it only writes rows and answered with a count (a replay checks the count), and the
+/// transaction's log stays small.
+fn replayable(
+    kind: Kind,
+    sql: &str,
+    params: &[Value],
+    result: &StatementResult,
+    log: &[Logged],
+) -> bool {
+    if kind != Kind::Write || result.returns_rows || log.len() >= REPLAY_STATEMENTS {
+        return false;
+    }
+    let code = super::split::code_only(sql);
+    let first = code.split_whitespace().next().unwrap_or("");
+    if !["INSERT", "UPDATE", "DELETE", "REPLACE"]
+        .iter()
+        .any(|verb| first.eq_ignore_ascii_case(verb))
+    {
+        return false;
+    }
+    let size = |sql: &str, params: &[Value]| {
+        sql.len()
+            + params
+                .iter()
+                .map(|value| match value {
+                    Value::Text(text) => text.len(),
+                    Value::Blob(bytes) => bytes.len(),
+                    _ => 8,
+                })
+                .sum::<usize>()
+    };
+    let logged: usize = log.iter().map(|l| size(&l.sql, &l.params)).sum();
+    logged + size(sql, params) <= REPLAY_BYTES
 }
 
 /// Runs one statement on `conn` under the session's limits.

@@ -312,7 +312,8 @@ async fn query(
         max_rows: api.limits.max_rows,
         ..api.session_limits
     };
-    let mut session = Session::new(db, limits);
+    // Answers carry each INSERT's rowid: transactions hold the writer (no replay).
+    let mut session = Session::new(db, limits).reporting_insert_ids();
     if level == Privilege::Read {
         session = session.reading_only();
     }
