@@ -63,6 +63,10 @@ q -c "CREATE TABLE pgbench_branches (bid INTEGER PRIMARY KEY, bbalance INTEGER, 
   -c "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < $((SCALE * 10))) INSERT INTO pgbench_tellers SELECT x, (x - 1) / 10 + 1, 0, '' FROM n" \
   -c "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < $rows) INSERT INTO pgbench_accounts SELECT x, (x - 1) / 100000 + 1, 0, printf('%84s', '') FROM n"
 export PGPASSWORD=quartet
+# Like for like: the fresh PostgreSQL cluster has no TLS, and db-server in development
+# accepts TLS when a client asks (pgbench's default sslmode=prefer does), so both are
+# measured in plain text over loopback.
+export PGSSLMODE=disable
 
 cat > "$work/select.sql" <<SQL
 \set aid random(1, $rows)
@@ -109,7 +113,7 @@ R[http]=$(wrk -t2 -c"$CLIENTS" -d"${DURATION}s" -s "$work/http.lua" "http://127.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<TABLE
 ### Database — $(date -u +%Y-%m-%d) — \`SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS bench/db.sh\`
-2 cores; $("$PGBIN/postgres" --version); pgbench -n -c $CLIENTS -j 2 -T $DURATION on the same machine; $rows accounts; db-server with synchronous=full.
+2 cores; $("$PGBIN/postgres" --version); pgbench -n -c $CLIENTS -j 2 -T $DURATION on the same machine, plain text (PGSSLMODE=disable) to both; $rows accounts; db-server with synchronous=full.
 
 | workload | PostgreSQL TPS | db-server TPS | db-server / PostgreSQL | target |
 | --- | ---: | ---: | ---: | --- |
