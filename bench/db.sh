@@ -4,7 +4,8 @@
 #
 #   bench/db.sh                        # SCALE=10 DURATION=10 CLIENTS=8
 #
-# Measures, with `pgbench -n -c $CLIENTS -j 2 -T $DURATION`:
+# Measures, after a 5 s warm-up of each server, with `pgbench -n -c $CLIENTS -j 2 -T $DURATION`
+# in plain text:
 #   - a point select (`SELECT abalance FROM pgbench_accounts WHERE aid = :aid`) in -M simple,
 #     -M extended and -M prepared;
 #   - a write transaction (UPDATE one account, INSERT into history, COMMIT), every COMMIT
@@ -87,6 +88,10 @@ tps() { # port user db mode script -> tps
   "$PGBIN/pgbench" -h 127.0.0.1 -p "$1" -U "$2" -n -c "$CLIENTS" -j 2 -T "$DURATION" -M "$4" -f "$5" "$3" 2>/dev/null \
     | awk '/^tps = / {printf "%.0f", $3}'
 }
+# Warm-up, not measured: each server's caches (PostgreSQL's shared buffers, db-server's
+# connections' page caches and prepared statements) filled by the same reads first.
+"$PGBIN/pgbench" -h 127.0.0.1 -p $PG_PORT -U bench -n -c "$CLIENTS" -j 2 -T 5 -M prepared -f "$work/select.sql" postgres >/dev/null 2>&1
+"$PGBIN/pgbench" -h 127.0.0.1 -p $Q_PORT -U quartet -n -c "$CLIENTS" -j 2 -T 5 -M prepared -f "$work/select.sql" quartet >/dev/null 2>&1
 declare -A R
 for mode in simple extended prepared; do
   echo "point select, -M $mode" >&2
