@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 
-use super::direct::{Direct, StatementPaths};
+use super::direct::{Direct, StatementPaths, WalWatch};
 use super::error::{SqlError, sqlstate};
 
 /// How durable a COMMIT is (`db.synchronous`).
@@ -124,7 +124,8 @@ pub struct Conn {
     /// Declared before `connection`: its statements are finalized before sqlx closes the
     /// handle (SQLite refuses to close a connection with statements left).
     pub direct: Direct,
-    pub connection: SqliteConnection,
+    /// `None` once the database is closed (see [`Database::close`]).
+    pub(super) connection: Option<SqliteConnection>,
     pub interrupt: Arc<Interrupt>,
     /// A transaction was begun on this connection and not yet ended. A session dropped
     /// mid-transaction (a client gone, a request abandoned) leaves it set; the next user of
@@ -142,18 +143,27 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Rolls back the transaction open here, if any (on the serving thread: a rollback has
-    /// nothing to wait for).
+    /// sqlx's connection, for what runs on its worker thread.
+    pub fn sqlx(&mut self) -> Result<&mut SqliteConnection, SqlError> {
+        self.connection
+            .as_mut()
+            .ok_or_else(|| SqlError::new(sqlstate::ADMIN_SHUTDOWN, "the database was closed"))
+    }
+
+    /// Rolls back the transaction open here, if any: one a session marked (`open_tx`), or
+    /// one SQLite has that nobody marked (a BEGIN whose session went away while it ran on
+    /// the worker). On the serving thread, unless that fails.
     pub async fn roll_back(&mut self) {
-        if self.open_tx {
-            self.settle_worker().await;
-            if !self.direct.rollback() {
-                use sqlx::Executor as _;
-                let _ = self.connection.execute("ROLLBACK").await;
-            }
-            self.open_tx = false;
-            self.tx_owner = TxId::NONE;
+        self.settle_worker().await;
+        if (self.open_tx || self.direct.in_transaction())
+            && !self.direct.rollback()
+            && let Some(connection) = self.connection.as_mut()
+        {
+            use sqlx::Executor as _;
+            let _ = connection.execute("ROLLBACK").await;
         }
+        self.open_tx = false;
+        self.tx_owner = TxId::NONE;
     }
 
     /// An abandoned statement may still run on sqlx's worker: stops it, and waits for the
@@ -162,8 +172,32 @@ impl Conn {
         if self.worker_busy {
             use sqlx::Connection as _;
             self.interrupt.cancel();
-            let _ = self.connection.ping().await;
+            if let Some(connection) = self.connection.as_mut() {
+                let _ = connection.ping().await;
+            }
             self.worker_busy = false;
+        }
+    }
+
+    /// Whether a session taking this connection must first roll back what is open on it:
+    /// a transaction that is not `owner`'s, or one nobody marked.
+    fn needs_rollback(&self, owner: TxId) -> bool {
+        self.worker_busy
+            || if self.open_tx {
+                self.tx_owner != owner || owner == TxId::NONE
+            } else {
+                self.direct.in_transaction()
+            }
+    }
+
+    /// Closes the connection now (sqlx would otherwise close it later on its worker thread,
+    /// and SQLite's last connection to a file removes its `-wal` and `-shm` by name).
+    async fn close(&mut self) {
+        self.roll_back().await;
+        self.direct.finalize_all(); // SQLite refuses to close a handle with statements left
+        if let Some(connection) = self.connection.take() {
+            use sqlx::Connection as _;
+            let _ = connection.close().await;
         }
     }
 }
@@ -277,7 +311,9 @@ fn options(path: &Path, role: Role, create: bool) -> Result<SqliteConnectOptions
         .busy_timeout(BUSY_TIMEOUT)
         .statement_cache_capacity(256);
     Ok(match role {
-        Role::Writer => options.pragma("wal_autocheckpoint", "0"),
+        Role::Writer => options
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT),
         Role::Reader | Role::Checkpointer => options,
     })
 }
@@ -287,6 +323,7 @@ async fn connect(
     role: Role,
     create: bool,
     paths: &StatementPaths,
+    wal_watch: Option<&Arc<WalWatch>>,
 ) -> Result<Conn, SqlError> {
     let connect = options(path, role, create)?
         // SQLite serialises calls on the handle itself: statements run both here, on the
@@ -305,12 +342,15 @@ async fn connect(
     // SAFETY: the handle is in serialized mode and lives as long as `connection`, which the
     // returned Conn drops after `direct`.
     #[allow(unsafe_code)]
-    let direct =
+    let mut direct =
         unsafe { Direct::new(locked.as_raw_handle(), role == Role::Writer, paths.clone()) };
+    if let Some(watch) = wal_watch {
+        direct.watch_wal(Arc::clone(watch));
+    }
     drop(locked);
     Ok(Conn {
         direct,
-        connection,
+        connection: Some(connection),
         interrupt,
         open_tx: false,
         tx_owner: TxId::NONE,
@@ -320,45 +360,74 @@ async fn connect(
 
 /// Moves committed WAL frames into the database file in the background: the writer's own
 /// commits never checkpoint (`wal_autocheckpoint=0`), so a COMMIT on the serving thread is
-/// only a write to the WAL. A PASSIVE checkpoint waits for no one: readers and the writer go
-/// on while it copies, and SQLite fsyncs the WAL before and the database file after it.
+/// only a write to the WAL. SQLite fsyncs the WAL before a checkpoint and the database file
+/// after it.
+///
+/// Every [`CHECKPOINT_EVERY`], and as soon as a commit leaves [`RESTART_FRAMES`] in the WAL
+/// (the writer's WAL hook, [`WalWatch`]), a PASSIVE checkpoint on the checkpointer's own
+/// connection copies what it can while readers and the writer go on. That alone would let
+/// the WAL grow for ever under steady writes: SQLite starts the WAL over only when a write
+/// transaction begins with every frame already copied, and with commits landing during the
+/// copy that never happens. So once the WAL holds [`RESTART_FRAMES`], the checkpointer then
+/// takes the writer (as a session does, rolling back an optimistic transaction left on it,
+/// which its session replays) and checkpoints the rest on it, on sqlx's worker thread: the
+/// next write transaction starts the WAL over.
 #[derive(Debug)]
 struct Checkpointer {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// How often the checkpointer looks at the WAL.
+/// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
+/// Frames in the WAL past which the checkpointer checkpoints on the writer (about 4 MB of
+/// 4 KiB pages, SQLite's own autocheckpoint threshold).
+const RESTART_FRAMES: i64 = 1000;
+
+/// A WAL that grew past this (a big transaction) is cut back to it when it starts over.
+const WAL_SIZE_LIMIT: &str = "67108864";
+
 impl Checkpointer {
-    async fn start(name: &str, path: &Path) -> Result<Self, SqlError> {
+    async fn start(
+        name: &str,
+        path: &Path,
+        writer: Arc<tokio::sync::Mutex<Conn>>,
+        watch: Arc<WalWatch>,
+    ) -> Result<Self, SqlError> {
         let mut connection =
             SqliteConnection::connect_with(&options(path, Role::Checkpointer, false)?)
                 .await
                 .map_err(|e| SqlError::from_sqlx(&e))?;
-        let wal = PathBuf::from(format!("{}-wal", path.display()));
         let name = name.to_owned();
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            use sqlx::Executor as _;
-            let mut seen = None;
             loop {
                 tokio::select! {
                     _ = &mut stopped => break,
                     () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+                    () = watch.grown.notified() => {}
                 }
-                // Only after a change: the WAL's size and time move with every commit.
-                let now = std::fs::metadata(&wal)
-                    .ok()
-                    .map(|meta| (meta.len(), meta.modified().ok()));
-                if now.is_none() || now == seen {
+                let frames = match checkpoint(&mut connection).await {
+                    Ok(frames) => frames,
+                    Err(err) => {
+                        tracing::warn!(database = %name, error = %err.message, "checkpoint failed");
+                        continue;
+                    }
+                };
+                if frames < RESTART_FRAMES {
                     continue;
                 }
-                if let Err(err) = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
-                    tracing::warn!(database = %name, error = %err, "checkpoint failed");
+                let mut conn = writer.lock().await;
+                conn.roll_back().await;
+                let done = match conn.sqlx() {
+                    Ok(connection) => checkpoint(connection).await.map(|_| ()),
+                    Err(err) => Err(err),
+                };
+                drop(conn);
+                if let Err(err) = done {
+                    tracing::warn!(database = %name, error = %err.message, "checkpoint failed");
                 }
-                seen = now;
             }
             let _ = connection.close().await;
         });
@@ -369,6 +438,16 @@ impl Checkpointer {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
+}
+
+/// A PASSIVE checkpoint on `connection`; returns the frames in the WAL.
+async fn checkpoint(connection: &mut SqliteConnection) -> Result<i64, SqlError> {
+    let (_busy, frames, _copied): (i64, i64, i64) =
+        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(connection)
+            .await
+            .map_err(|e| SqlError::from_sqlx(&e))?;
+    Ok(frames)
 }
 
 /// One database file and its connections.
@@ -394,16 +473,21 @@ impl Database {
         options: &DatabaseOptions,
         create: bool,
     ) -> Result<Self, SqlError> {
-        let writer = connect(path, Role::Writer, create, &options.paths).await?;
+        let watch = Arc::new(WalWatch {
+            threshold: RESTART_FRAMES,
+            ..WalWatch::default()
+        });
+        let writer = connect(path, Role::Writer, create, &options.paths, Some(&watch)).await?;
         let mut readers = Vec::new();
         for _ in 0..options.readers.max(1) {
-            readers.push(connect(path, Role::Reader, false, &options.paths).await?);
+            readers.push(connect(path, Role::Reader, false, &options.paths, None).await?);
         }
-        let checkpointer = Checkpointer::start(name, path).await?;
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
+        let checkpointer = Checkpointer::start(name, path, Arc::clone(&writer), watch).await?;
         Ok(Self {
             name: name.to_owned(),
             path: path.to_path_buf(),
-            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            writer,
             readers: ReaderPool::new(readers),
             sync: (options.durability == Durability::Full).then(|| GroupSync::new(path)),
             checkpointer: std::sync::Mutex::new(Some(checkpointer)),
@@ -426,8 +510,8 @@ impl Database {
             tokio::time::timeout(wait, lock).await
         } {
             Ok(mut guard) => {
-                if guard.open_tx && (guard.tx_owner != owner || owner == TxId::NONE) {
-                    end_abandoned(&mut guard).await;
+                if guard.needs_rollback(owner) {
+                    guard.roll_back().await;
                 }
                 Ok(guard)
             }
@@ -442,13 +526,15 @@ impl Database {
         }
     }
 
-    /// The writer if no session holds it now, as [`Database::writer`] leaves it.
-    pub async fn writer_if_free(&self, owner: TxId) -> Option<tokio::sync::OwnedMutexGuard<Conn>> {
-        let mut guard = Arc::clone(&self.writer).try_lock_owned().ok()?;
-        if guard.open_tx && (guard.tx_owner != owner || owner == TxId::NONE) {
-            end_abandoned(&mut guard).await;
+    /// Rolls back transaction `owner` if it is still open on the writer. If a session holds
+    /// the writer now, it has rolled it back already (see [`Database::writer`]).
+    pub async fn roll_back_if_open(&self, owner: TxId) {
+        if let Ok(mut guard) = Arc::clone(&self.writer).try_lock_owned()
+            && guard.open_tx
+            && guard.tx_owner == owner
+        {
+            guard.roll_back().await;
         }
-        Some(guard)
     }
 
     /// A reader connection (readers are never held long: one statement at a time).
@@ -488,8 +574,7 @@ impl Database {
         if let Some(checkpointer) = checkpointer {
             checkpointer.stop().await;
         }
-        let writer = self.writer.lock().await;
-        drop(writer);
+        self.writer.lock().await.close().await;
         self.readers.close().await;
     }
 }
@@ -501,9 +586,12 @@ struct ReaderPool {
     available: Arc<tokio::sync::Semaphore>,
 }
 
-/// Rolls back a transaction another session left open on `conn`.
+/// Rolls back a transaction a session left open on a reader (a dropped read-only
+/// transaction).
 async fn end_abandoned(conn: &mut Conn) {
-    conn.roll_back().await;
+    if conn.needs_rollback(TxId::NONE) {
+        conn.roll_back().await;
+    }
 }
 
 /// A reader owned by a session's read-only transaction; back to the pool when dropped.
@@ -579,12 +667,8 @@ impl ReaderPool {
             .lock()
             .map(|mut idle| idle.drain(..).collect())
             .unwrap_or_default();
-        for Conn {
-            direct, connection, ..
-        } in conns
-        {
-            drop(direct); // its statements first: SQLite refuses to close a handle with some left
-            let _ = connection.close().await;
+        for mut conn in conns {
+            conn.close().await;
         }
     }
 }
@@ -611,6 +695,46 @@ mod tests {
 
     use super::*;
     use crate::engine::{Session, SessionLimits};
+
+    /// Under steady writes from several sessions (commits landing while the checkpointer
+    /// copies), the WAL still starts over: it stays near the restart threshold instead of
+    /// growing by everything written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_under_steady_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine =
+            crate::engine::tests::engine_counting(dir.path(), &StatementPaths::default()).await;
+        let db = engine.database("quartet").await.expect("db");
+        let limits = SessionLimits {
+            statement_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(10),
+            max_rows: 0,
+        };
+        Session::new(Arc::clone(&db), limits)
+            .execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)", &[])
+            .await
+            .expect("create");
+        // 4 writers × 600 rows of 8 KiB: about 40 MB of WAL frames in all.
+        let mut writers = Vec::new();
+        for _ in 0..4 {
+            let mut session = Session::new(Arc::clone(&db), limits);
+            writers.push(tokio::spawn(async move {
+                for _ in 0..600 {
+                    session
+                        .execute("INSERT INTO t (v) VALUES (zeroblob(8192))", &[])
+                        .await
+                        .expect("insert");
+                }
+            }));
+        }
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+        let wal = std::fs::metadata(format!("{}-wal", db.path.display()))
+            .map(|meta| meta.len())
+            .unwrap_or(0);
+        assert!(wal < 24 << 20, "the WAL grew to {} MB", wal >> 20);
+    }
 
     /// The writer's commits never checkpoint; the checkpointer moves committed frames into
     /// the database file on its own, so the file alone (without its WAL) holds them soon after.

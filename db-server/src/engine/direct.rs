@@ -7,22 +7,26 @@
 //! that, and they were most of db-server's time under pgbench. Running the statement where
 //! the session's task already runs removes them.
 //!
-//! A runtime thread must not be held by one slow statement, so two rules decide what runs
+//! A runtime thread must not be held by one slow statement, so these rules decide what runs
 //! here, and everything else still goes to sqlx's worker thread:
 //! - a statement that only reads runs under a budget ([`INLINE_BUDGET`]); past it the progress
 //!   handler stops it and the session runs it again on the worker (a read has nothing to
 //!   undo, and an interrupted read does not end the transaction around it);
-//! - a statement that writes runs here only after its last run on this connection finished
-//!   within [`QUICK`]; the first run, and the run after a slow one, go to the worker. A
-//!   write's time can still depend on its parameters: such a write holds this thread up to
-//!   the statement timeout, as it would hold the database's single writer anyway;
-//! - nothing here waits for a lock: the busy timeout is off while a statement runs here, and
-//!   a statement that finds the database locked (another process, a checkpoint) is run
-//!   again on the worker, which waits;
-//! - a COMMIT (explicit or implicit) runs here only on the writer, whose commits never
-//!   checkpoint (the database's checkpointer does that on its own connection), and only when
-//!   nothing in the transaction was slow: it then writes a few pages to the WAL, no fsync
-//!   (group commit fsyncs after the writer is released).
+//! - a statement that writes runs here only once its shape (its text without its values) has
+//!   been seen to finish within [`QUICK`]; the first run of a shape, and the next runs after
+//!   a slow one, go to the worker. Outside a transaction a write runs under the budget too
+//!   (SQLite undoes all of an interrupted autocommit statement, so it can run again on the
+//!   worker); inside one it cannot be stopped without ending the transaction, so a write of
+//!   a quick shape that turns out slow holds this thread up to the statement timeout, as it
+//!   would hold the database's single writer anyway;
+//! - no write waits for a lock here: the busy timeout is off while one runs, and a statement
+//!   that finds the database locked (another process) is run again on the worker, which
+//!   waits;
+//! - transaction control (BEGIN IMMEDIATE, SAVEPOINT, ROLLBACK) runs here only on the writer,
+//!   and a COMMIT (explicit or implicit) only on the writer, whose commits never checkpoint
+//!   (the database's checkpointer does that), and only when nothing in the transaction was
+//!   slow: it then writes a few pages to the WAL, no fsync (group commit fsyncs after the
+//!   writer is released).
 //!
 //! Safety: the connection is opened in SQLite's serialized mode (`SQLITE_OPEN_FULLMUTEX`), so
 //! SQLite itself serialises calls made here and on sqlx's worker thread, even if a statement
@@ -148,20 +152,56 @@ enum Speed {
 /// Shapes of writes remembered per connection; past this the memory is emptied.
 const SHAPE_CAPACITY: usize = 1024;
 
+/// Writes longer than this have no shape remembered.
+const SHAPE_MAX_BYTES: usize = 4096;
+
 /// The raw SQLite connection of one [`super::database::Conn`] and its prepared statements.
 pub struct Direct {
     handle: NonNull<ffi::sqlite3>,
     /// What is known of the speed of each shape of write. Keyed by shape so that a
     /// statement sent with its values inline, new text each time, is known after one run.
     speeds: HashMap<String, Speed>,
-    /// The database's writer, whose commits never checkpoint: transaction control and
-    /// commits may run here.
+    /// The database's writer, whose commits never checkpoint: transaction control, commits
+    /// and autocommitted writes may run here.
     commits_here: bool,
     /// A statement of the open transaction ran on the worker or took long: its COMMIT may
     /// have many pages to write, and runs on the worker too.
     slow_transaction: bool,
     statements: HashMap<String, Prepared>,
     paths: StatementPaths,
+    /// Told of every commit, when this is the writer (see [`Direct::watch_wal`]).
+    wal_watch: Option<std::sync::Arc<WalWatch>>,
+}
+
+/// What the database's checkpointer learns from the writer's commits: SQLite calls
+/// [`wal_committed`] after each one with the frames now in the WAL.
+#[derive(Debug, Default)]
+pub struct WalWatch {
+    /// Frames in the WAL after the last commit.
+    pub frames: std::sync::atomic::AtomicI64,
+    /// Notified once the WAL holds at least `threshold` frames.
+    pub grown: tokio::sync::Notify,
+    pub threshold: i64,
+}
+
+/// SQLite's WAL hook: runs on the thread of a COMMIT, so it only records and notifies.
+extern "C" fn wal_committed(
+    watch: *mut std::os::raw::c_void,
+    _handle: *mut ffi::sqlite3,
+    _database: *const std::os::raw::c_char,
+    frames: c_int,
+) -> c_int {
+    // SAFETY: `watch` is the `Arc<WalWatch>` that `watch_wal` registered; the Direct that owns
+    // it removes the hook before dropping it.
+    let watch = unsafe { &*(watch as *const WalWatch) };
+    let frames = i64::from(frames);
+    watch
+        .frames
+        .store(frames, std::sync::atomic::Ordering::Relaxed);
+    if frames >= watch.threshold {
+        watch.grown.notify_one();
+    }
+    ffi::SQLITE_OK
 }
 
 // SAFETY: the handle is in serialized mode (see the module's documentation), and a Direct is
@@ -196,12 +236,29 @@ impl Direct {
             slow_transaction: false,
             statements: HashMap::new(),
             paths,
+            wal_watch: None,
         }
+    }
+
+    /// Tells `watch` of every commit on this connection (SQLite's WAL hook, which also
+    /// replaces SQLite's own autocheckpoint: the checkpointer does that).
+    pub fn watch_wal(&mut self, watch: std::sync::Arc<WalWatch>) {
+        let arg = std::sync::Arc::as_ptr(&watch) as *mut std::os::raw::c_void;
+        // SAFETY: an open handle; `arg` stays valid while the hook is set, since this Direct
+        // keeps the Arc and removes the hook before dropping it.
+        unsafe { ffi::sqlite3_wal_hook(self.handle.as_ptr(), Some(wal_committed), arg) };
+        self.wal_watch = Some(watch);
     }
 
     /// A statement of the open transaction ran on the worker or took long.
     pub fn transaction_was_slow(&self) -> bool {
         self.slow_transaction
+    }
+
+    /// Whether SQLite has a transaction open on this connection.
+    pub fn in_transaction(&self) -> bool {
+        // SAFETY: an open handle.
+        unsafe { ffi::sqlite3_get_autocommit(self.handle.as_ptr()) == 0 }
     }
 
     /// Rolls back the open transaction here; false if that failed (the caller asks the
@@ -275,10 +332,16 @@ impl Direct {
                 ));
             }
         }
+        // A read, or a write outside a transaction (SQLite undoes all of an interrupted
+        // autocommit statement), runs under the budget: a statement of a shape seen quick
+        // can still be slow with other values. A write inside a transaction cannot be
+        // stopped so (SQLite would roll back the whole transaction).
+        let budgeted = reads_only || (!in_transaction && matches!(kind, Kind::Read | Kind::Write));
         let started = Instant::now();
-        if reads_only {
+        if budgeted {
             interrupt.set_budget(INLINE_BUDGET);
-        } else {
+        }
+        if !reads_only {
             // Never wait for a lock on this thread (see the module's documentation).
             // SAFETY: an open handle.
             unsafe { ffi::sqlite3_busy_timeout(handle, 0) };
@@ -317,7 +380,7 @@ impl Direct {
             _ => {}
         }
         match outcome {
-            Err(_) if reads_only && interrupt.took_over_budget() => Ok(None),
+            Err(_) if budgeted && interrupt.took_over_budget() => Ok(None),
             Err(err) => Err(err),
             Ok(mut raw) => {
                 if !reads_only {
@@ -428,11 +491,14 @@ impl Direct {
             reads_only: read_only && !control,
             kind,
             changes_nothing: read_only,
-            shape: (!read_only && !control).then(|| super::split::shape(sql)),
+            // (Long SQL, such as a many-row INSERT, is not remembered: always the worker.)
+            shape: (!read_only && !control && sql.len() <= SHAPE_MAX_BYTES)
+                .then(|| super::split::shape(sql)),
         }))
     }
 
-    fn finalize_all(&mut self) {
+    /// Finalizes every cached statement (before the connection closes).
+    pub fn finalize_all(&mut self) {
         for (_, prepared) in self.statements.drain() {
             // SAFETY: each statement was prepared on this handle and is finalized once.
             unsafe { ffi::sqlite3_finalize(prepared.statement.as_ptr()) };
@@ -443,6 +509,10 @@ impl Direct {
 impl Drop for Direct {
     fn drop(&mut self) {
         self.finalize_all();
+        if self.wal_watch.take().is_some() {
+            // SAFETY: an open handle; no hook is left pointing at the dropped watch.
+            unsafe { ffi::sqlite3_wal_hook(self.handle.as_ptr(), None, std::ptr::null_mut()) };
+        }
     }
 }
 

@@ -263,7 +263,10 @@ impl Engine {
         let vacuum = || sqlx::query("VACUUM INTO ?1").bind(dest_text.clone());
         let mut reader = db.reader().await;
         let done = match reader.conn() {
-            Some(conn) => conn.connection.execute(vacuum()).await.map(|_| ()),
+            Some(conn) => match conn.sqlx() {
+                Ok(connection) => connection.execute(vacuum()).await.map(|_| ()),
+                Err(_) => Err(sqlx::Error::PoolClosed),
+            },
             None => Err(sqlx::Error::PoolClosed),
         };
         drop(reader);
@@ -274,7 +277,7 @@ impl Engine {
                 .writer(Duration::from_secs(60), database::TxId::NONE)
                 .await?;
             writer
-                .connection
+                .sqlx()?
                 .execute(vacuum())
                 .await
                 .map_err(|e| SqlError::from_sqlx(&e))?;
@@ -627,6 +630,7 @@ mod tests {
             "a failed COMMIT ends the transaction"
         );
         assert_eq!(paths.serialization_failures.get(), 1);
+        let failures = 1;
         let one = b
             .execute("SELECT bal FROM acc WHERE id = 1", &[])
             .await
@@ -636,6 +640,27 @@ mod tests {
             vec![vec![Value::Integer(90)]],
             "a's update is gone"
         );
+
+        // What a driver asks while preparing (PRAGMA table_info) reads on a reader: it neither
+        // replays nor pins the transaction, and the conflict is still reported at COMMIT.
+        a.execute("BEGIN", &[]).await.expect("begin");
+        a.execute(update, &[Value::Integer(1), Value::Integer(0)])
+            .await
+            .expect("a updates");
+        b.execute("DELETE FROM acc WHERE id = ?1", &[Value::Integer(1)])
+            .await
+            .expect("b deletes");
+        let info = a
+            .execute("PRAGMA table_info(acc)", &[])
+            .await
+            .expect("pragma");
+        assert_eq!(info.rows.len(), 2);
+        assert_eq!(a.status(), TxStatus::InTransaction);
+        let err = a.execute("COMMIT", &[]).await.expect_err("conflict");
+        assert_eq!(err.code, sqlstate::SERIALIZATION_FAILURE);
+        b.execute("INSERT INTO acc VALUES (1, 90)", &[])
+            .await
+            .expect("put back");
 
         // The same conflict seen at the next statement fails the transaction until ROLLBACK.
         a.execute("BEGIN", &[]).await.expect("begin");
@@ -651,6 +676,7 @@ mod tests {
             .expect_err("conflict");
         assert_eq!(err.code, sqlstate::SERIALIZATION_FAILURE);
         assert_eq!(a.status(), TxStatus::Failed);
+        assert_eq!(paths.serialization_failures.get(), failures + 2);
         assert_eq!(
             a.execute("ROLLBACK", &[]).await.expect("rollback").tag,
             "ROLLBACK"
@@ -688,6 +714,47 @@ mod tests {
             .expect("select");
         assert_eq!(own.rows, vec![vec![Value::Integer(97)]]);
         a.execute("COMMIT", &[]).await.expect("commit");
+    }
+
+    /// A BEGIN that waits on the worker for a lock another process holds, abandoned (the
+    /// client gone): the transaction it opens once the lock is free is rolled back by the
+    /// writer's next user, whose own write is then committed, not swallowed by it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_begin_abandoned_while_waiting_leaves_no_transaction_behind() {
+        use sqlx::{Connection as _, Executor as _};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine(dir.path()).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut a = Session::new(Arc::clone(&db), limits());
+        let mut b = Session::new(Arc::clone(&db), limits());
+        a.execute("CREATE TABLE t (n INTEGER)", &[])
+            .await
+            .expect("create");
+        let mut other =
+            sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", db.path.display()))
+                .await
+                .expect("other connection");
+        other.execute("BEGIN IMMEDIATE").await.expect("lock");
+        a.execute("BEGIN", &[]).await.expect("begin");
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(200),
+            a.execute("INSERT INTO t VALUES (1)", &[]),
+        )
+        .await;
+        assert!(abandoned.is_err(), "still waiting for the lock");
+        drop(a);
+        other.execute("COMMIT").await.expect("unlock");
+        other.close().await.expect("close");
+        b.execute("INSERT INTO t VALUES (2)", &[])
+            .await
+            .expect("insert");
+        let mut c = Session::new(Arc::clone(&db), limits());
+        let seen = c.execute("SELECT n FROM t", &[]).await.expect("select");
+        assert_eq!(
+            seen.rows,
+            vec![vec![Value::Integer(2)]],
+            "b's write is committed"
+        );
     }
 
     #[tokio::test]

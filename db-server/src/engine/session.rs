@@ -90,8 +90,9 @@ enum TxState {
     /// (PostgreSQL also takes a transaction's snapshot at its first statement), so a
     /// transaction does not hold SQLite's single writer across BEGIN's round trip.
     Pending,
-    /// A pending transaction failed before it had a connection, or an optimistic one failed
-    /// (and was rolled back at once).
+    /// A transaction failed that holds no connection: a pending one, before it had one, or
+    /// an optimistic one (rolled back at once, or, after an error the engine did not see,
+    /// at ROLLBACK or by the writer's next user).
     PendingFailed,
     Active(TxConn),
     Failed(TxConn),
@@ -109,7 +110,7 @@ struct Logged {
 }
 
 /// An optimistic transaction replays at most this many statements; past it, it pins the writer.
-const REPLAY_STATEMENTS: usize = 64;
+const REPLAY_STATEMENTS: usize = 32;
 
 /// … and at most this many bytes of SQL and parameters.
 const REPLAY_BYTES: usize = 256 * 1024;
@@ -344,14 +345,15 @@ impl Session {
         }
         let mut state = std::mem::replace(&mut self.state, TxState::Idle);
         // What drivers ask about the schema while preparing (PRAGMA table_info…) does not
-        // begin the transaction: it reads on a reader.
-        if matches!(state, TxState::Pending)
+        // begin the transaction: it reads on a reader. (An optimistic transaction has not
+        // changed the schema: DDL pins a transaction.)
+        if matches!(state, TxState::Pending | TxState::Optimistic)
             && super::split::code_only(sql)
                 .trim_start()
                 .get(..6)
                 .is_some_and(|w| w.eq_ignore_ascii_case("pragma"))
         {
-            self.state = TxState::Pending;
+            self.state = state;
             let mut reader = self.db.reader().await;
             return match reader.conn() {
                 Some(conn) => run_on(conn, sql, params, self.limits, &self.running).await,
@@ -373,19 +375,10 @@ impl Session {
                     return Err(err);
                 }
             };
-            if let Err(err) = run_on(
-                &mut writer,
-                "BEGIN IMMEDIATE",
-                &[],
-                self.limits,
-                &self.running,
-            )
-            .await
-            {
+            if let Err(err) = begin_immediate(&mut writer, self.limits, &self.running).await {
                 self.state = TxState::PendingFailed;
                 return Err(err);
             }
-            writer.open_tx = true;
             writer.tx_owner = self.tx;
             self.replay = self.optimistic.then(Vec::new);
             state = TxState::Active(writer);
@@ -416,8 +409,15 @@ impl Session {
         match (kind, state) {
             (Kind::Begin, TxState::Idle) if self.read_only => {
                 let mut reader = TxConn::Reader(Box::new(self.db.reader_owned().await));
-                run_on(&mut reader, "BEGIN", &[], self.limits, &self.running).await?;
+                // Marked first: if this future is dropped while BEGIN runs, the reader's next
+                // user still ends the transaction.
                 reader.open_tx = true;
+                if let Err(err) =
+                    run_on(&mut reader, "BEGIN", &[], self.limits, &self.running).await
+                {
+                    reader.roll_back().await;
+                    return Err(err);
+                }
                 self.state = TxState::Active(reader);
                 Ok(StatementResult::tag_only("BEGIN"))
             }
@@ -439,12 +439,14 @@ impl Session {
                 Ok(result)
             }
             (Kind::Commit, TxState::Active(mut writer)) => {
+                self.replay = None;
                 let outcome = run_on(&mut writer, "COMMIT", &[], self.limits, &self.running).await;
                 if outcome.is_err() {
                     // A COMMIT that failed (disk full…) must not leave the transaction open.
-                    let _ = run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await;
+                    writer.roll_back().await;
                 }
                 writer.open_tx = false;
+                writer.tx_owner = TxId::NONE;
                 let wrote = matches!(writer, TxConn::Writer(_));
                 // The next writer may start while this commit is made durable.
                 drop(writer);
@@ -456,15 +458,17 @@ impl Session {
             }
             (Kind::Commit | Kind::Rollback, TxState::Failed(mut writer))
             | (Kind::Rollback, TxState::Active(mut writer)) => {
-                let outcome =
-                    run_on(&mut writer, "ROLLBACK", &[], self.limits, &self.running).await;
-                writer.open_tx = false;
-                outcome?;
+                // (SQLite may have rolled back already: an interrupted write ends the whole
+                // transaction. `roll_back` asks it.)
+                writer.roll_back().await;
+                self.replay = None;
                 Ok(StatementResult::tag_only("ROLLBACK"))
             }
             (Kind::Commit, TxState::Pending) => Ok(StatementResult::tag_only("COMMIT")),
-            (Kind::Rollback, TxState::Pending)
-            | (Kind::Commit | Kind::Rollback, TxState::PendingFailed) => {
+            (Kind::Rollback, TxState::Pending) => Ok(StatementResult::tag_only("ROLLBACK")),
+            (Kind::Commit | Kind::Rollback, TxState::PendingFailed) => {
+                // A failed optimistic transaction may still be open on the writer.
+                self.db.roll_back_if_open(self.tx).await;
                 Ok(StatementResult::tag_only("ROLLBACK"))
             }
             (_, TxState::PendingFailed) => {
@@ -489,7 +493,6 @@ impl Session {
                 Ok(result)
             }
             (Kind::RollbackTo, TxState::Active(mut writer) | TxState::Failed(mut writer)) => {
-                self.replay = None;
                 // PostgreSQL's `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] x` in SQLite's words.
                 let code = super::split::code_only(sql).to_ascii_lowercase();
                 let target = code
@@ -596,16 +599,9 @@ impl Session {
             return Ok(writer);
         }
         self.db.metrics.replayed.inc();
-        run_on(
-            &mut writer,
-            "BEGIN IMMEDIATE",
-            &[],
-            self.limits,
-            &self.running,
-        )
-        .await?;
-        writer.open_tx = true;
-        writer.tx_owner = self.tx;
+        // Marked as this transaction's only once the replay is complete: a replay cut short
+        // (this future dropped) is rolled back by whoever comes next, never continued.
+        begin_immediate(&mut writer, self.limits, &self.running).await?;
         for logged in self.replay.as_deref().unwrap_or_default() {
             let again = run_on(
                 &mut writer,
@@ -621,6 +617,10 @@ impl Session {
                     "it now affects {} row(s), not {}",
                     result.rows_affected, logged.affected
                 ),
+                Err(err) if err.code == sqlstate::QUERY_CANCELED => {
+                    writer.roll_back().await;
+                    return Err(err); // a cancel or a timeout, not a conflict
+                }
                 Err(err) => format!("it now fails: {}", err.message),
             };
             writer.roll_back().await;
@@ -634,6 +634,7 @@ impl Session {
                 ),
             ));
         }
+        writer.tx_owner = self.tx;
         Ok(writer)
     }
 
@@ -642,12 +643,7 @@ impl Session {
     async fn end_optimistic(&mut self) {
         self.state = TxState::Idle;
         self.replay = None;
-        if let Some(mut writer) = self.db.writer_if_free(self.tx).await
-            && writer.open_tx
-            && writer.tx_owner == self.tx
-        {
-            writer.roll_back().await;
-        }
+        self.db.roll_back_if_open(self.tx).await;
     }
 
     async fn durable(&self) -> Result<(), SqlError> {
@@ -661,7 +657,8 @@ impl Session {
     pub async fn describe(&mut self, sql: &str) -> Result<(Vec<Column>, usize), SqlError> {
         use sqlx::{Executor as _, Statement as _};
         let describe = async |conn: &mut Conn| {
-            let statement = (&mut conn.connection)
+            let statement = conn
+                .sqlx()?
                 .prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
                 .await
                 .map_err(|e| SqlError::from_sqlx(&e))?;
@@ -691,24 +688,11 @@ impl Session {
             }
             Ok::<_, SqlError>((columns, parameters))
         };
-        if matches!(self.state, TxState::Optimistic) {
-            // The statement may name what the transaction created: describe it there.
-            return match self.resume().await {
-                Ok(mut writer) => describe(&mut writer).await,
-                Err(err) => {
-                    self.state = TxState::PendingFailed;
-                    self.replay = None;
-                    Err(err)
-                }
-            };
-        }
         match &mut self.state {
             TxState::Active(writer) | TxState::Failed(writer) => describe(writer).await,
-            TxState::Optimistic => Err(SqlError::new(
-                sqlstate::INTERNAL_ERROR,
-                "an optimistic transaction was not resumed",
-            )),
-            TxState::Idle | TxState::Pending | TxState::PendingFailed => {
+            // An optimistic transaction has not changed the schema (DDL pins a transaction):
+            // a reader describes what it would.
+            TxState::Idle | TxState::Pending | TxState::PendingFailed | TxState::Optimistic => {
                 let mut reader = self.db.reader().await;
                 match reader.conn() {
                     Some(conn) => describe(conn).await,
@@ -723,7 +707,7 @@ impl Session {
 
     /// Ends an open transaction (the client went away): rolled back, the writer freed.
     pub async fn close(&mut self) {
-        if matches!(self.state, TxState::Optimistic) {
+        if matches!(self.state, TxState::Optimistic | TxState::PendingFailed) {
             self.end_optimistic().await;
         }
         if let TxState::Active(mut writer) | TxState::Failed(mut writer) =
@@ -771,6 +755,23 @@ fn replayable(
     logged + size(sql, params) <= REPLAY_BYTES
 }
 
+/// Begins a write transaction on the writer. Marked open first (with no owner): if this
+/// future is dropped while BEGIN runs on the worker, the writer's next user rolls back
+/// whatever it left.
+async fn begin_immediate(
+    writer: &mut Conn,
+    limits: SessionLimits,
+    running: &std::sync::Mutex<Option<Arc<super::database::Interrupt>>>,
+) -> Result<(), SqlError> {
+    writer.open_tx = true;
+    writer.tx_owner = TxId::NONE;
+    if let Err(err) = run_on(writer, "BEGIN IMMEDIATE", &[], limits, running).await {
+        writer.roll_back().await;
+        return Err(err);
+    }
+    Ok(())
+}
+
 /// Runs one statement on `conn` under the session's limits.
 async fn run_on(
     conn: &mut Conn,
@@ -794,12 +795,20 @@ async fn run_on(
         Err(err) => Err(err),
         Ok(None) => {
             let started = std::time::Instant::now();
-            // Cleared only if this future is not dropped before the answer.
-            conn.worker_busy = true;
-            let outcome = run_statement(&mut conn.connection, sql, params, limits.max_rows).await;
-            conn.worker_busy = false;
-            conn.direct.ran_on_worker(sql, started.elapsed());
-            outcome.map(|raw| finish(sql, raw))
+            match conn.connection.as_mut() {
+                Some(connection) => {
+                    // Cleared only if this future is not dropped before the answer.
+                    conn.worker_busy = true;
+                    let outcome = run_statement(connection, sql, params, limits.max_rows).await;
+                    conn.worker_busy = false;
+                    conn.direct.ran_on_worker(sql, started.elapsed());
+                    outcome.map(|raw| finish(sql, raw))
+                }
+                None => Err(SqlError::new(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "the database was closed",
+                )),
+            }
         }
     };
     conn.interrupt.disarm();
