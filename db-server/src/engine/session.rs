@@ -161,23 +161,32 @@ pub(super) fn kind_of(sql: &str) -> Kind {
     let code = super::split::code_only(sql);
     let mut words = code
         .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
-        .filter(|w| !w.is_empty())
-        .map(str::to_ascii_uppercase)
-        .filter(|w| w != "WORK" && w != "TRANSACTION");
+        .filter(|w| {
+            !w.is_empty()
+                && !w.eq_ignore_ascii_case("WORK")
+                && !w.eq_ignore_ascii_case("TRANSACTION")
+        });
     let first = words.next().unwrap_or_default();
-    match first.as_str() {
-        "BEGIN" | "START" => Kind::Begin,
-        "COMMIT" | "END" => Kind::Commit,
-        "ROLLBACK" | "ABORT" => match words.next().as_deref() {
-            Some("TO") => Kind::RollbackTo,
+    let is = |word: &str| first.eq_ignore_ascii_case(word);
+    if is("BEGIN") || is("START") {
+        Kind::Begin
+    } else if is("COMMIT") || is("END") {
+        Kind::Commit
+    } else if is("ROLLBACK") || is("ABORT") {
+        match words.next() {
+            Some(word) if word.eq_ignore_ascii_case("TO") => Kind::RollbackTo,
             _ => Kind::Rollback,
-        },
-        "SAVEPOINT" | "RELEASE" => Kind::Savepoint,
-        "SELECT" | "VALUES" | "EXPLAIN" => Kind::Read,
+        }
+    } else if is("SAVEPOINT") || is("RELEASE") {
+        Kind::Savepoint
+    } else if is("SELECT") || is("VALUES") || is("EXPLAIN") {
+        Kind::Read
+    } else if is("WITH") {
         // A WITH may end in INSERT/UPDATE/DELETE; the reader refuses it then, and it is run
         // again on the writer.
-        "WITH" => Kind::Read,
-        _ => Kind::Write,
+        Kind::Read
+    } else {
+        Kind::Write
     }
 }
 
@@ -336,6 +345,16 @@ impl Session {
             self.fail();
             return Err(err);
         }
+        // Values sent inline become parameters: one cached statement for all of them.
+        let inlined = if params.is_empty() {
+            super::split::inline_values(sql)
+        } else {
+            None
+        };
+        let (sql, params) = match &inlined {
+            Some((text, values)) => (text.as_str(), values.as_slice()),
+            None => (sql, params),
+        };
         let kind = kind_of(sql);
         if kind == Kind::Savepoint && matches!(self.state, TxState::Idle) {
             return Err(SqlError::new(

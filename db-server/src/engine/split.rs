@@ -67,7 +67,17 @@ pub fn is_word_byte(byte: u8) -> bool {
 /// `sql` with everything that is not code (strings, quoted identifiers, comments) blanked
 /// out with spaces, byte for byte: words can be read off it, and an offset in it is the same
 /// offset in `sql`.
-pub fn code_only(sql: &str) -> String {
+pub fn code_only(sql: &str) -> std::borrow::Cow<'_, str> {
+    // Most statements have no string, quoted name or comment: nothing to blank out.
+    let bytes = sql.as_bytes();
+    let plain = !bytes
+        .iter()
+        .any(|b| matches!(b, b'\'' | b'"' | b'`' | b'['))
+        && !sql.contains("--")
+        && !sql.contains("/*");
+    if plain {
+        return std::borrow::Cow::Borrowed(sql);
+    }
     let mask = code_mask(sql);
     let mut out = String::with_capacity(sql.len());
     for (i, c) in sql.char_indices() {
@@ -77,7 +87,7 @@ pub fn code_only(sql: &str) -> String {
             out.extend(std::iter::repeat_n(' ', c.len_utf8()));
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// For each byte of `sql`, whether it is code (not inside a string, a quoted identifier or a
@@ -128,6 +138,149 @@ pub fn shape(sql: &str) -> String {
         i = end;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Longest statement [`inline_values`] rewrites.
+const INLINE_VALUES_MAX_BYTES: usize = 4096;
+
+/// For a statement sent with its values inline (the simple query protocol): the statement
+/// with its numbers and '…' strings as numbered parameters, and their values. The same
+/// statement with other values then has the same text, which SQLite prepares once and the
+/// engine runs from its statement cache, as a client's prepared statement would be.
+///
+/// Only where a parameter means what the literal meant. INSERT, UPDATE, DELETE and REPLACE
+/// that neither select nor return rows; and a SELECT's values after its first FROM, when its
+/// select list has none (result columns are named after their expressions: `SELECT 1` answers
+/// a column named "1"). Never with parameters already there, with ORDER BY or GROUP BY (`1`
+/// names a column there), LIMIT, a compound SELECT or WITH; and `None` for any literal it does
+/// not read exactly (hex, exponents, blobs, numbers past 64 bits), leaving the text as sent.
+pub fn inline_values(sql: &str) -> Option<(String, Vec<super::value::Value>)> {
+    use super::value::Value;
+    if sql.len() > INLINE_VALUES_MAX_BYTES {
+        return None;
+    }
+    let code = code_only(sql);
+    let mut words = code
+        .split(|c: char| !c.is_ascii() || !is_word_byte(c as u8))
+        .filter(|w| !w.is_empty());
+    let first = words.next()?;
+    let select = first.eq_ignore_ascii_case("SELECT");
+    if !select
+        && !["INSERT", "UPDATE", "DELETE", "REPLACE"]
+            .iter()
+            .any(|verb| first.eq_ignore_ascii_case(verb))
+    {
+        return None;
+    }
+    let refused: &[&str] = if select {
+        &[
+            "SELECT",
+            "RETURNING",
+            "ORDER",
+            "GROUP",
+            "LIMIT",
+            "UNION",
+            "INTERSECT",
+            "EXCEPT",
+            "WITH",
+            "WINDOW",
+            "OVER",
+        ]
+    } else {
+        &["SELECT", "RETURNING", "ORDER", "GROUP", "LIMIT"]
+    };
+    if words.any(|w| refused.iter().any(|r| w.eq_ignore_ascii_case(r))) {
+        return None;
+    }
+    // A SELECT's values are taken only after its first FROM, and there must be one.
+    let from = if select {
+        let upper = code.to_ascii_uppercase();
+        let at = upper.match_indices("FROM").map(|(at, _)| at).find(|&at| {
+            let before = at.checked_sub(1).map(|b| upper.as_bytes()[b]);
+            let after = upper.as_bytes().get(at + 4).copied();
+            !before.is_some_and(is_word_byte) && !after.is_some_and(is_word_byte)
+        })?;
+        at + 4
+    } else {
+        0
+    };
+    let bytes = sql.as_bytes();
+    let mask = code_mask(sql);
+    if bytes
+        .iter()
+        .enumerate()
+        .any(|(i, b)| mask[i] && matches!(b, b'?' | b'$' | b':' | b'@'))
+    {
+        return None; // parameters already
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut values = Vec::new();
+    let mut i = 0;
+    let mut copied = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        let after_word =
+            i > 0 && mask[i - 1] && (is_word_byte(bytes[i - 1]) || bytes[i - 1] == b'.');
+        if mask[i] && byte.is_ascii_digit() && !after_word {
+            if i < from {
+                return None; // a value in the select list
+            }
+            let start = i;
+            while i < bytes.len() && mask[i] && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+                i += 1;
+            }
+            if i < bytes.len() && mask[i] && (is_word_byte(bytes[i]) || bytes[i] == b'\'') {
+                return None; // 0x1F, 1e5, 12abc: not read here
+            }
+            let literal = &sql[start..i];
+            let value = if literal.contains('.') {
+                Value::Real(literal.parse::<f64>().ok().filter(|r| r.is_finite())?)
+            } else {
+                Value::Integer(literal.parse::<i64>().ok()?)
+            };
+            out.push_str(&sql[copied..start]);
+            values.push(value);
+            out.push_str(&format!("?{}", values.len()));
+            copied = i;
+            continue;
+        }
+        // A string starts where code stops (a quote inside "…" or a comment is not one).
+        if !mask[i] && byte == b'\'' && (i == 0 || mask[i - 1]) {
+            // A string: up to its closing quote, '' standing for one quote.
+            if i > 0 && mask[i - 1] && is_word_byte(bytes[i - 1]) {
+                return None; // x'0A' (a blob) or N'…'
+            }
+            if i < from {
+                return None; // a value in the select list
+            }
+            let start = i;
+            let mut text = String::new();
+            i += 1;
+            loop {
+                let rest = sql.get(i..)?;
+                let end = rest.find('\'')?;
+                text.push_str(&rest[..end]);
+                i += end + 1;
+                if bytes.get(i) == Some(&b'\'') {
+                    text.push('\'');
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            out.push_str(&sql[copied..start]);
+            values.push(Value::Text(text));
+            out.push_str(&format!("?{}", values.len()));
+            copied = i;
+            continue;
+        }
+        i += 1;
+    }
+    if values.is_empty() {
+        return None;
+    }
+    out.push_str(&sql[copied..]);
+    Some((out, values))
 }
 
 /// The statements of `sql`, trimmed, without their `;`, empty ones left out.
@@ -274,6 +427,62 @@ pub fn question_marks_to_dollars(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_values_become_parameters_where_they_mean_the_same() {
+        use crate::engine::value::Value;
+        let (sql, values) = inline_values(
+            "UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 56 AND t1 = 'it''s' -- 9",
+        )
+        .expect("rewritten");
+        assert_eq!(
+            sql,
+            "UPDATE pgbench_accounts SET abalance = abalance + -?1 WHERE aid = ?2 AND t1 = ?3 -- 9"
+        );
+        assert_eq!(
+            values,
+            vec![
+                Value::Integer(1234),
+                Value::Integer(56),
+                Value::Text("it's".into())
+            ]
+        );
+        let (sql, values) =
+            inline_values("INSERT INTO h (a, b, c) VALUES (1, 2.5, CURRENT_TIMESTAMP)")
+                .expect("insert");
+        assert_eq!(
+            sql,
+            "INSERT INTO h (a, b, c) VALUES (?1, ?2, CURRENT_TIMESTAMP)"
+        );
+        assert_eq!(values, vec![Value::Integer(1), Value::Real(2.5)]);
+        let (sql, values) =
+            inline_values("SELECT abalance FROM pgbench_accounts WHERE aid = 42").expect("select");
+        assert_eq!(sql, "SELECT abalance FROM pgbench_accounts WHERE aid = ?1");
+        assert_eq!(values, vec![Value::Integer(42)]);
+        for kept in [
+            "SELECT 1",
+            "SELECT 1 AS one FROM t WHERE a = 2",
+            "SELECT 'a' || name FROM t WHERE a = 2",
+            "SELECT a FROM t WHERE b = 1 ORDER BY 1",
+            "SELECT a FROM t GROUP BY 1",
+            "SELECT a FROM t LIMIT 5",
+            "SELECT a FROM t WHERE b = 1 UNION SELECT 2 FROM u",
+            "SELECT a FROM t WHERE b IN (SELECT 1)",
+            "SELECT fromage FROM t",
+            "INSERT INTO t SELECT 1",
+            "INSERT INTO t VALUES (1) RETURNING id",
+            "DELETE FROM t WHERE id = ?1 OR id = 2",
+            "UPDATE t SET b = x'0A' WHERE id = 1",
+            "UPDATE t SET b = 0x1F",
+            "UPDATE t SET b = 1e5",
+            "UPDATE t SET b = 99999999999999999999",
+            "CREATE TABLE t (a VARCHAR(20) DEFAULT 5)",
+            "UPDATE t SET a = b",
+            "UPDATE \"it's\" SET a = b -- it's",
+        ] {
+            assert_eq!(inline_values(kept), None, "{kept}");
+        }
+    }
 
     #[test]
     fn statements_differing_in_values_have_one_shape() {
