@@ -757,6 +757,64 @@ mod tests {
         );
     }
 
+    /// Statements with their values inline (the simple protocol) answer as they did before
+    /// their values became parameters.
+    #[tokio::test]
+    async fn inline_values_answer_the_same() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = engine(dir.path()).await;
+        let db = engine.database("quartet").await.expect("db");
+        let mut a = Session::new(Arc::clone(&db), limits());
+        a.execute(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, v REAL)",
+            &[],
+        )
+        .await
+        .expect("create");
+        for (id, name) in [(1, "it''s"), (2, "b"), (3, "c")] {
+            let done = a
+                .execute(
+                    &format!("INSERT INTO t (id, name, v) VALUES ({id}, '{name}', {id}.5)"),
+                    &[],
+                )
+                .await
+                .expect("insert");
+            assert_eq!(done.tag, "INSERT 0 1");
+        }
+        let one = a
+            .execute("SELECT id, v FROM t WHERE name = 'it''s'", &[])
+            .await
+            .expect("select");
+        assert_eq!(one.rows, vec![vec![Value::Integer(1), Value::Real(1.5)]]);
+        assert_eq!(one.columns[0].name, "id");
+        let done = a
+            .execute(
+                "UPDATE t SET v = v + -1 WHERE id >= 2 AND name <> 'zz'",
+                &[],
+            )
+            .await
+            .expect("update");
+        assert_eq!(done.tag, "UPDATE 2");
+        let sum = a
+            .execute("SELECT sum(v) FROM t WHERE id > 1", &[])
+            .await
+            .expect("sum");
+        assert_eq!(sum.rows, vec![vec![Value::Real(4.0)]]);
+        assert_eq!(sum.columns[0].name, "sum(v)");
+        // A value in the select list keeps its text: columns are named after it.
+        let named = a
+            .execute("SELECT 1, 'x' FROM t WHERE id = 1", &[])
+            .await
+            .expect("select");
+        assert_eq!(named.columns[0].name, "1");
+        assert_eq!(named.columns[1].name, "'x'");
+        let deleted = a
+            .execute("DELETE FROM t WHERE id = 3", &[])
+            .await
+            .expect("delete");
+        assert_eq!(deleted.tag, "DELETE 1");
+    }
+
     #[tokio::test]
     async fn comments_savepoints_and_abandoned_transactions() {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -193,6 +193,29 @@ pub(super) fn kind_of(sql: &str) -> Kind {
 /// PostgreSQL's command tag for a statement that ran.
 fn tag_for(sql: &str, rows_returned: usize, affected: u64) -> String {
     let code = super::split::code_only(sql);
+    let first = code
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(['(', ';']);
+    // The common verbs without allocating; the rest (CREATE TABLE…) read off three words.
+    for (verb, tag) in [
+        ("SELECT", "SELECT"),
+        ("INSERT", "INSERT 0"),
+        ("UPDATE", "UPDATE"),
+        ("DELETE", "DELETE"),
+    ] {
+        if first.eq_ignore_ascii_case(verb)
+            && (verb != "SELECT" || rows_returned > 0 || affected == 0)
+        {
+            let count = if verb == "SELECT" {
+                rows_returned as u64
+            } else {
+                affected
+            };
+            return format!("{tag} {count}");
+        }
+    }
     let words: Vec<String> = code
         .split_whitespace()
         .take(3)
@@ -243,6 +266,10 @@ pub struct Session {
     /// In a transaction that is still optimistic: its statements so far. `None` once the
     /// transaction is pinned to its connection (or outside one).
     replay: Option<Vec<Logged>>,
+    /// The last statement text that passed the checks, and its kind: a client running one
+    /// prepared statement again and again (or the same statement with other values inline)
+    /// is not checked again each time.
+    checked: Option<(String, Kind)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -279,6 +306,7 @@ impl Session {
             tx: TxId::NONE,
             optimistic: true,
             replay: None,
+            checked: None,
         }
     }
 
@@ -331,21 +359,8 @@ impl Session {
         sql: &str,
         params: &[Value],
     ) -> Result<StatementResult, SqlError> {
-        let refused = guard::check(sql).and_then(|()| {
-            if super::split::split_statements(sql).len() > 1 {
-                Err(SqlError::new(
-                    sqlstate::SYNTAX_ERROR,
-                    "one statement at a time: this SQL holds several",
-                ))
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(err) = refused {
-            self.fail();
-            return Err(err);
-        }
-        // Values sent inline become parameters: one cached statement for all of them.
+        // Values sent inline become parameters: one cached statement for all of them. (The
+        // checks below read the code's words, which this leaves as they were.)
         let inlined = if params.is_empty() {
             super::split::inline_values(sql)
         } else {
@@ -355,7 +370,28 @@ impl Session {
             Some((text, values)) => (text.as_str(), values.as_slice()),
             None => (sql, params),
         };
-        let kind = kind_of(sql);
+        let kind = match &self.checked {
+            Some((text, kind)) if text == sql => *kind,
+            _ => {
+                let refused = guard::check(sql).and_then(|()| {
+                    if super::split::split_statements(sql).len() > 1 {
+                        Err(SqlError::new(
+                            sqlstate::SYNTAX_ERROR,
+                            "one statement at a time: this SQL holds several",
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(err) = refused {
+                    self.fail();
+                    return Err(err);
+                }
+                let kind = kind_of(sql);
+                self.checked = Some((sql.to_owned(), kind));
+                kind
+            }
+        };
         if kind == Kind::Savepoint && matches!(self.state, TxState::Idle) {
             return Err(SqlError::new(
                 "25P01",

@@ -185,9 +185,11 @@ pub fn inline_values(sql: &str) -> Option<(String, Vec<super::value::Value>)> {
             "WITH",
             "WINDOW",
             "OVER",
+            "CAST",
         ]
     } else {
-        &["SELECT", "RETURNING", "ORDER", "GROUP", "LIMIT"]
+        // (CAST: `AS DECIMAL(10, 2)` takes numbers, not parameters.)
+        &["SELECT", "RETURNING", "ORDER", "GROUP", "LIMIT", "CAST"]
     };
     if words.any(|w| refused.iter().any(|r| w.eq_ignore_ascii_case(r))) {
         return None;
@@ -469,6 +471,8 @@ mod tests {
             "SELECT a FROM t WHERE b = 1 UNION SELECT 2 FROM u",
             "SELECT a FROM t WHERE b IN (SELECT 1)",
             "SELECT fromage FROM t",
+            "SELECT a FROM t WHERE CAST(b AS VARCHAR(10)) = 'x'",
+            "UPDATE t SET a = CAST(b AS DECIMAL(10, 2)) WHERE id = 1",
             "INSERT INTO t SELECT 1",
             "INSERT INTO t VALUES (1) RETURNING id",
             "DELETE FROM t WHERE id = ?1 OR id = 2",
