@@ -388,7 +388,8 @@ impl Session {
                     return Err(err);
                 }
                 let kind = kind_of(sql);
-                self.checked = Some((sql.to_owned(), kind));
+                // (Not a bulk INSERT's megabytes: statements run again are short.)
+                self.checked = (sql.len() <= 4096).then(|| (sql.to_owned(), kind));
                 kind
             }
         };

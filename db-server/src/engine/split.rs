@@ -148,12 +148,17 @@ const INLINE_VALUES_MAX_BYTES: usize = 4096;
 /// statement with other values then has the same text, which SQLite prepares once and the
 /// engine runs from its statement cache, as a client's prepared statement would be.
 ///
-/// Only where a parameter means what the literal meant. INSERT, UPDATE, DELETE and REPLACE
-/// that neither select nor return rows; and a SELECT's values after its first FROM, when its
-/// select list has none (result columns are named after their expressions: `SELECT 1` answers
-/// a column named "1"). Never with parameters already there, with ORDER BY or GROUP BY (`1`
-/// names a column there), LIMIT, a compound SELECT or WITH; and `None` for any literal it does
-/// not read exactly (hex, exponents, blobs, numbers past 64 bits), leaving the text as sent.
+/// Only where a parameter means what the literal meant, and the rest stays as written. A
+/// value becomes a parameter where an expression's operand goes (after an operator, or after
+/// WHERE, SET, AND, LIKE…), in an INSERT, UPDATE, DELETE or REPLACE, or after a SELECT's
+/// first FROM (result columns are named after their expressions: `SELECT 1` answers a
+/// column named "1"); never inside a function's arguments (an index on an expression matches
+/// its literals; `likelihood` takes only one), nor a string where SQLite reads a name
+/// (`FROM 't'`, `'t'.a`). Statements where the place of a literal matters more are left
+/// whole: with parameters already, ORDER BY or GROUP BY (`1` names a column there), LIMIT,
+/// CAST, an upsert's ON CONFLICT (matched against an index's own literals), INDEXED BY,
+/// subqueries, compound SELECTs, WITH, DISTINCT; and `None` for a literal it does not read
+/// exactly (hex, exponents, blobs, integers past 64 bits).
 pub fn inline_values(sql: &str) -> Option<(String, Vec<super::value::Value>)> {
     use super::value::Value;
     if sql.len() > INLINE_VALUES_MAX_BYTES {
@@ -186,10 +191,22 @@ pub fn inline_values(sql: &str) -> Option<(String, Vec<super::value::Value>)> {
             "WINDOW",
             "OVER",
             "CAST",
+            "DISTINCT",
+            "INDEXED",
         ]
     } else {
         // (CAST: `AS DECIMAL(10, 2)` takes numbers, not parameters.)
-        &["SELECT", "RETURNING", "ORDER", "GROUP", "LIMIT", "CAST"]
+        // (CONFLICT: an upsert's target is matched against an index's own literals.)
+        &[
+            "SELECT",
+            "RETURNING",
+            "ORDER",
+            "GROUP",
+            "LIMIT",
+            "CAST",
+            "CONFLICT",
+            "INDEXED",
+        ]
     };
     if words.any(|w| refused.iter().any(|r| w.eq_ignore_ascii_case(r))) {
         return None;
@@ -217,45 +234,60 @@ pub fn inline_values(sql: &str) -> Option<(String, Vec<super::value::Value>)> {
     }
     let mut out = String::with_capacity(sql.len() + 16);
     let mut values = Vec::new();
+    // For each open parenthesis: whether a value inside may become a parameter (a group, a
+    // VALUES row, an IN list), or not (a function's arguments: an index on an expression
+    // matches its literals, and some functions take only literals; a list of column names).
+    let mut parens: Vec<bool> = Vec::new();
     let mut i = 0;
     let mut copied = 0;
     while i < bytes.len() {
         let byte = bytes[i];
+        if mask[i] && byte == b'(' {
+            parens.push(opens_values(previous_token(sql, &mask, i)));
+            i += 1;
+            continue;
+        }
+        if mask[i] && byte == b')' {
+            parens.pop();
+            i += 1;
+            continue;
+        }
         let after_word =
             i > 0 && mask[i - 1] && (is_word_byte(bytes[i - 1]) || bytes[i - 1] == b'.');
-        if mask[i] && byte.is_ascii_digit() && !after_word {
-            if i < from {
-                return None; // a value in the select list
-            }
-            let start = i;
+        let is_number = mask[i] && byte.is_ascii_digit() && !after_word;
+        // A string starts where code stops (a quote inside "…" or a comment is not one).
+        let is_string = !mask[i] && byte == b'\'' && (i == 0 || mask[i - 1]);
+        if !is_number && !is_string {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let value = if is_number {
             while i < bytes.len() && mask[i] && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
                 i += 1;
             }
-            if i < bytes.len() && mask[i] && (is_word_byte(bytes[i]) || bytes[i] == b'\'') {
+            if i < bytes.len() && (is_word_byte(bytes[i]) || bytes[i] == b'\'') {
                 return None; // 0x1F, 1e5, 12abc: not read here
             }
             let literal = &sql[start..i];
-            let value = if literal.contains('.') {
-                Value::Real(literal.parse::<f64>().ok().filter(|r| r.is_finite())?)
+            if literal.contains('.') {
+                // Exactly as SQLite reads it: short, and not a zero (`-0.0` keeps its sign
+                // only as text).
+                let digits = literal.bytes().filter(u8::is_ascii_digit).count();
+                match literal.parse::<f64>() {
+                    Ok(real) if real.is_finite() && real != 0.0 && digits <= 15 => {
+                        Some(Value::Real(real))
+                    }
+                    _ => None,
+                }
             } else {
-                Value::Integer(literal.parse::<i64>().ok()?)
-            };
-            out.push_str(&sql[copied..start]);
-            values.push(value);
-            out.push_str(&format!("?{}", values.len()));
-            copied = i;
-            continue;
-        }
-        // A string starts where code stops (a quote inside "…" or a comment is not one).
-        if !mask[i] && byte == b'\'' && (i == 0 || mask[i - 1]) {
-            // A string: up to its closing quote, '' standing for one quote.
+                Some(Value::Integer(literal.parse::<i64>().ok()?))
+            }
+        } else {
             if i > 0 && mask[i - 1] && is_word_byte(bytes[i - 1]) {
                 return None; // x'0A' (a blob) or N'…'
             }
-            if i < from {
-                return None; // a value in the select list
-            }
-            let start = i;
+            // Up to the closing quote, '' standing for one quote.
             let mut text = String::new();
             i += 1;
             loop {
@@ -270,19 +302,78 @@ pub fn inline_values(sql: &str) -> Option<(String, Vec<super::value::Value>)> {
                     break;
                 }
             }
+            // 'a'.b: a name, not a value.
+            let next = sql[i..].trim_start().bytes().next();
+            (next != Some(b'.')).then_some(Value::Text(text))
+        };
+        // Only a value where an expression's operand goes, outside any function's arguments
+        // and after a SELECT's FROM; anything else stays as written.
+        let in_place = start >= from
+            && parens.iter().all(|&values| values)
+            && takes_value(previous_token(sql, &mask, start));
+        if let (Some(value), true) = (value, in_place) {
             out.push_str(&sql[copied..start]);
-            values.push(Value::Text(text));
+            values.push(value);
             out.push_str(&format!("?{}", values.len()));
             copied = i;
-            continue;
         }
-        i += 1;
     }
     if values.is_empty() {
         return None;
     }
     out.push_str(&sql[copied..]);
     Some((out, values))
+}
+
+/// The code token before byte `at`: a word, or a single character (`None` at the start).
+fn previous_token<'a>(sql: &'a str, mask: &[bool], at: usize) -> Option<&'a str> {
+    let bytes = sql.as_bytes();
+    let mut end = at;
+    while end > 0 && (!mask[end - 1] || bytes[end - 1].is_ascii_whitespace()) {
+        end -= 1;
+    }
+    if end == 0 {
+        return None;
+    }
+    let mut begin = end - 1;
+    if is_word_byte(bytes[begin]) {
+        while begin > 0 && mask[begin - 1] && is_word_byte(bytes[begin - 1]) {
+            begin -= 1;
+        }
+    }
+    sql.get(begin..end)
+}
+
+/// Whether what follows `previous` is an operand: after an operator, or a keyword that an
+/// expression follows.
+fn takes_value(previous: Option<&str>) -> bool {
+    const WORDS: &[&str] = &[
+        "AND", "OR", "NOT", "IS", "LIKE", "GLOB", "BETWEEN", "CASE", "WHEN", "THEN", "ELSE",
+        "WHERE", "ON",
+    ];
+    match previous {
+        None => false,
+        Some(token) if token.len() == 1 && !is_word_byte(token.as_bytes()[0]) => {
+            matches!(
+                token.as_bytes()[0],
+                b'=' | b'<' | b'>' | b',' | b'(' | b'+' | b'-' | b'*' | b'/' | b'%' | b'|'
+            )
+        }
+        Some(word) => WORDS.iter().any(|w| word.eq_ignore_ascii_case(w)),
+    }
+}
+
+/// Whether a parenthesis after `previous` holds values (a group, a VALUES row, an IN list)
+/// rather than a function's arguments or a list of names.
+fn opens_values(previous: Option<&str>) -> bool {
+    match previous {
+        Some(word) if is_word_byte(word.as_bytes()[0]) => {
+            word.eq_ignore_ascii_case("VALUES")
+                || word.eq_ignore_ascii_case("IN")
+                || takes_value(Some(word))
+        }
+        other => other.is_none() || takes_value(other),
+    }
 }
 
 /// The statements of `sql`, trimmed, without their `;`, empty ones left out.
@@ -461,18 +552,97 @@ mod tests {
             inline_values("SELECT abalance FROM pgbench_accounts WHERE aid = 42").expect("select");
         assert_eq!(sql, "SELECT abalance FROM pgbench_accounts WHERE aid = ?1");
         assert_eq!(values, vec![Value::Integer(42)]);
+        // Values where a parameter means the same become parameters; the rest stay.
+        for (sql, rewritten) in [
+            (
+                "SELECT 1 AS one FROM t WHERE a = 2",
+                "SELECT 1 AS one FROM t WHERE a = ?1",
+            ),
+            (
+                "SELECT 'a' || name FROM t WHERE a = 2",
+                "SELECT 'a' || name FROM t WHERE a = ?1",
+            ),
+            // An index on an expression matches its literals: function arguments stay.
+            (
+                "SELECT id FROM d WHERE json_extract(data, '$.k') = 5",
+                "SELECT id FROM d WHERE json_extract(data, '$.k') = ?1",
+            ),
+            (
+                "SELECT id FROM t WHERE likelihood(a = 1, 0.25) AND b = 2",
+                "SELECT id FROM t WHERE likelihood(a = 1, 0.25) AND b = ?1",
+            ),
+            // Strings where SQLite reads a name stay.
+            (
+                "SELECT id FROM 't' WHERE a = 1",
+                "SELECT id FROM 't' WHERE a = ?1",
+            ),
+            (
+                "SELECT x.id FROM t AS 'x' WHERE a = 1",
+                "SELECT x.id FROM t AS 'x' WHERE a = ?1",
+            ),
+            (
+                "INSERT INTO t ('a','b') VALUES (7,'x')",
+                "INSERT INTO t ('a','b') VALUES (?1,?2)",
+            ),
+            (
+                "UPDATE t SET 'b' = 3 WHERE id = 9",
+                "UPDATE t SET 'b' = ?1 WHERE id = ?2",
+            ),
+            (
+                "SELECT id FROM t WHERE t.'b' = 2",
+                "SELECT id FROM t WHERE t.'b' = ?1",
+            ),
+            (
+                "SELECT id FROM t WHERE 'b'.c = 2",
+                "SELECT id FROM t WHERE 'b'.c = ?1",
+            ),
+            (
+                "SELECT id FROM t WHERE a = 'x' COLLATE 'nocase'",
+                "SELECT id FROM t WHERE a = ?1 COLLATE 'nocase'",
+            ),
+            (
+                "SELECT id FROM t WHERE a IN 't2' AND b = 1",
+                "SELECT id FROM t WHERE a IN 't2' AND b = ?1",
+            ),
+            (
+                "SELECT id FROM t JOIN u USING ('a') WHERE b = 1",
+                "SELECT id FROM t JOIN u USING ('a') WHERE b = ?1",
+            ),
+            (
+                "UPDATE t SET a = 1 WHERE b IN (2, 3)",
+                "UPDATE t SET a = ?1 WHERE b IN (?2, ?3)",
+            ),
+            // -0.0 keeps its sign only as text; long reals are read as SQLite reads them.
+            (
+                "INSERT INTO t (a, b) VALUES (-0.0, 1)",
+                "INSERT INTO t (a, b) VALUES (-0.0, ?1)",
+            ),
+            (
+                "INSERT INTO t (a, b) VALUES (9007199254740993.0000000000001, 1)",
+                "INSERT INTO t (a, b) VALUES (9007199254740993.0000000000001, ?1)",
+            ),
+        ] {
+            assert_eq!(
+                inline_values(sql).map(|(text, _)| text).as_deref(),
+                Some(rewritten),
+                "{sql}"
+            );
+        }
         for kept in [
             "SELECT 1",
-            "SELECT 1 AS one FROM t WHERE a = 2",
-            "SELECT 'a' || name FROM t WHERE a = 2",
             "SELECT a FROM t WHERE b = 1 ORDER BY 1",
             "SELECT a FROM t GROUP BY 1",
             "SELECT a FROM t LIMIT 5",
             "SELECT a FROM t WHERE b = 1 UNION SELECT 2 FROM u",
             "SELECT a FROM t WHERE b IN (SELECT 1)",
             "SELECT fromage FROM t",
+            "SELECT a IS DISTINCT FROM 1 FROM t",
+            "SELECT NULL IS NOT DISTINCT FROM 5",
+            "SELECT id FROM t INDEXED BY pi WHERE b = 2",
             "SELECT a FROM t WHERE CAST(b AS VARCHAR(10)) = 'x'",
             "UPDATE t SET a = CAST(b AS DECIMAL(10, 2)) WHERE id = 1",
+            "INSERT INTO d VALUES ('{}') ON CONFLICT(json_extract(data, '$.id')) DO UPDATE SET data = excluded.data",
+            "INSERT INTO t VALUES (1) ON CONFLICT(a) WHERE b = 1 DO NOTHING",
             "INSERT INTO t SELECT 1",
             "INSERT INTO t VALUES (1) RETURNING id",
             "DELETE FROM t WHERE id = ?1 OR id = 2",
