@@ -363,9 +363,10 @@ async fn connect(
 /// only a write to the WAL. SQLite fsyncs the WAL before a checkpoint and the database file
 /// after it.
 ///
-/// Every [`CHECKPOINT_EVERY`], and as soon as a commit leaves [`RESTART_FRAMES`] in the WAL
-/// (the writer's WAL hook, [`WalWatch`]), a PASSIVE checkpoint on the checkpointer's own
-/// connection copies what it can while readers and the writer go on. That alone would let
+/// Every [`CHECKPOINT_EVERY`] if something was committed since, and as soon as a commit
+/// leaves [`RESTART_FRAMES`] in the WAL (the writer's WAL hook, [`WalWatch`]), a PASSIVE
+/// checkpoint on the checkpointer's own connection copies what it can while readers and the
+/// writer go on. That alone would let
 /// the WAL grow for ever under steady writes: SQLite starts the WAL over only when a write
 /// transaction begins with every frame already copied, and with commits landing during the
 /// copy that never happens. So once the WAL holds [`RESTART_FRAMES`], the checkpointer then
@@ -402,12 +403,19 @@ impl Checkpointer {
         let name = name.to_owned();
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
+            let mut checkpointed = 0;
             loop {
                 tokio::select! {
                     _ = &mut stopped => break,
                     () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
                     () = watch.grown.notified() => {}
                 }
+                // Nothing committed since the last look: nothing to copy.
+                let commits = watch.commits.load(Ordering::Relaxed);
+                if commits == checkpointed {
+                    continue;
+                }
+                checkpointed = commits;
                 let frames = match checkpoint(&mut connection).await {
                     Ok(frames) => frames,
                     Err(err) => {

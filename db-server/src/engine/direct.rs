@@ -179,6 +179,8 @@ pub struct Direct {
 pub struct WalWatch {
     /// Frames in the WAL after the last commit.
     pub frames: std::sync::atomic::AtomicI64,
+    /// Commits seen.
+    pub commits: std::sync::atomic::AtomicU64,
     /// Notified once the WAL holds at least `threshold` frames.
     pub grown: tokio::sync::Notify,
     pub threshold: i64,
@@ -198,6 +200,9 @@ extern "C" fn wal_committed(
     watch
         .frames
         .store(frames, std::sync::atomic::Ordering::Relaxed);
+    watch
+        .commits
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if frames >= watch.threshold {
         watch.grown.notify_one();
     }
