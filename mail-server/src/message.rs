@@ -48,10 +48,24 @@ pub fn rfc5322_date(unix: i64) -> String {
 }
 
 /// The headers a message is searched by.
+///
+/// Only the headers are parsed, unless the message may carry attachments: a message that is
+/// one text part, with no Content-Disposition and no file name, has none, and decoding its
+/// body (100 KiB or more) only to learn that was a tenth of a delivery's time.
 pub fn metadata(raw: &[u8]) -> Metadata {
-    let Some(message) = mail_parser::MessageParser::default().parse(raw) else {
+    use mail_parser::MimeHeaders as _;
+    let parser = mail_parser::MessageParser::default();
+    let Some(message) = parser.parse_headers(raw) else {
         return Metadata::default();
     };
+    let one_text_part = message.content_disposition().is_none()
+        && message.content_type().is_none_or(|kind| {
+            kind.ctype().eq_ignore_ascii_case("text") && kind.attribute("name").is_none()
+        });
+    let has_attachments = !one_text_part
+        && parser
+            .parse(raw)
+            .is_some_and(|whole| whole.attachment_count() > 0);
     let addresses = |list: Option<&mail_parser::Address<'_>>| {
         list.map(|list| {
             list.iter()
@@ -67,7 +81,7 @@ pub fn metadata(raw: &[u8]) -> Metadata {
         subject: message.subject().map(str::to_owned),
         date: message.date().map(|date| date.to_timestamp()),
         message_id: message.message_id().map(str::to_owned),
-        has_attachments: message.attachment_count() > 0,
+        has_attachments,
     }
 }
 
@@ -96,5 +110,32 @@ mod tests {
         assert_eq!(meta.message_id.as_deref(), Some("m1@example.test"));
         assert!(meta.date.is_some());
         assert!(!meta.has_attachments);
+    }
+
+    /// Parsing the headers alone finds attachments exactly where parsing the whole message does.
+    #[test]
+    fn attachments_are_found_as_a_whole_parse_finds_them() {
+        let messages: [&[u8]; 6] = [
+            b"Subject: plain\r\n\r\nHi\r\n",
+            b"Content-Type: text/plain; charset=utf-8\r\n\r\nHi\r\n",
+            b"Content-Type: text/plain; name=\"notes.txt\"\r\n\r\nHi\r\n",
+            b"Content-Disposition: attachment; filename=\"a.txt\"\r\n\r\nHi\r\n",
+            b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n",
+            b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nHi\r\n--b\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=\"x.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0=\r\n--b--\r\n",
+        ];
+        let mut found = 0;
+        for raw in messages {
+            let whole = mail_parser::MessageParser::default()
+                .parse(raw)
+                .is_some_and(|message| message.attachment_count() > 0);
+            assert_eq!(
+                metadata(raw).has_attachments,
+                whole,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+            found += usize::from(whole);
+        }
+        assert!(found >= 2, "the multipart and the PDF carry attachments");
     }
 }
