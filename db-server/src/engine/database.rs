@@ -709,10 +709,7 @@ mod tests {
     /// growing by everything written.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_under_steady_writes() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let engine =
-            crate::engine::tests::engine_counting(dir.path(), &StatementPaths::default()).await;
-        let db = engine.database("quartet").await.expect("db");
+        let (_dir, _engine, db) = crate::engine::tests::scratch(&StatementPaths::default()).await;
         let limits = SessionLimits {
             statement_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(10),
@@ -748,10 +745,7 @@ mod tests {
     /// the database file on its own, so the file alone (without its WAL) holds them soon after.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_checkpointer_moves_commits_into_the_database_file() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let engine =
-            crate::engine::tests::engine_counting(dir.path(), &StatementPaths::default()).await;
-        let db = engine.database("quartet").await.expect("db");
+        let (dir, _engine, db) = crate::engine::tests::scratch(&StatementPaths::default()).await;
         let mut session = Session::new(
             Arc::clone(&db),
             SessionLimits {

@@ -704,11 +704,10 @@ fn last_error(handle: *mut ffi::sqlite3) -> SqlError {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::{Engine, Session, SessionLimits};
+    use crate::engine::{Session, SessionLimits};
 
     fn limits() -> SessionLimits {
         SessionLimits {
@@ -718,20 +717,14 @@ mod tests {
         }
     }
 
-    async fn engine(dir: &Path, paths: &StatementPaths) -> Engine {
-        crate::engine::tests::engine_counting(dir, paths).await
-    }
-
     fn counts(paths: &StatementPaths) -> (u64, u64) {
         (paths.serving.get(), paths.worker.get())
     }
 
     #[tokio::test]
     async fn short_statements_run_here_and_long_reads_move_to_the_worker() {
-        let dir = tempfile::tempdir().expect("temp dir");
         let paths = StatementPaths::default();
-        let engine = engine(dir.path(), &paths).await;
-        let db = engine.database("quartet").await.expect("db");
+        let (_dir, _engine, db) = crate::engine::tests::scratch(&paths).await;
         let mut session = Session::new(Arc::clone(&db), limits());
         session
             .execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)", &[])
@@ -829,10 +822,8 @@ mod tests {
     /// before the connection's next statement runs here; the next one does not wait for it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_abandoned_statement_is_stopped_before_the_next_one() {
-        let dir = tempfile::tempdir().expect("temp dir");
         let paths = StatementPaths::default();
-        let engine = engine(dir.path(), &paths).await;
-        let db = engine.database("quartet").await.expect("db");
+        let (_dir, _engine, db) = crate::engine::tests::scratch(&paths).await;
         let mut session = Session::new(Arc::clone(&db), limits());
         let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500000000) SELECT count(*) FROM c";
         let abandoned =
@@ -853,10 +844,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_locked_database_moves_a_write_to_the_worker() {
         use sqlx::{Connection as _, Executor as _};
-        let dir = tempfile::tempdir().expect("temp dir");
         let paths = StatementPaths::default();
-        let engine = engine(dir.path(), &paths).await;
-        let db = engine.database("quartet").await.expect("db");
+        let (_dir, _engine, db) = crate::engine::tests::scratch(&paths).await;
         let mut session = Session::new(Arc::clone(&db), limits());
         session
             .execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", &[])
@@ -899,10 +888,8 @@ mod tests {
 
     #[tokio::test]
     async fn parameters_errors_limits_and_schema_changes() {
-        let dir = tempfile::tempdir().expect("temp dir");
         let paths = StatementPaths::default();
-        let engine = engine(dir.path(), &paths).await;
-        let db = engine.database("quartet").await.expect("db");
+        let (_dir, _engine, db) = crate::engine::tests::scratch(&paths).await;
         let mut session = Session::new(
             Arc::clone(&db),
             SessionLimits {
