@@ -535,6 +535,35 @@ async fn a_transaction_left_idle_is_ended_and_frees_the_writer() {
     let other = connect(addr, "quartet", "quartet", "quartet")
         .await
         .unwrap();
+    // A transaction that keeps working past the timeout is not idle; and its statements do
+    // not each leave a sleeping task behind (one watcher per connection).
+    let busy = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    busy.batch_execute("CREATE TABLE w (n INTEGER); BEGIN")
+        .await
+        .unwrap();
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(1500) || n < 100 {
+        busy.batch_execute(&format!("INSERT INTO w VALUES ({n})"))
+            .await
+            .unwrap();
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let grown = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+        .saturating_sub(tasks);
+    assert!(grown < 20, "{grown} more tasks after {n} statements");
+    busy.batch_execute("COMMIT").await.unwrap();
+    let rows = busy.query_one("SELECT count(*) FROM w", &[]).await.unwrap();
+    assert_eq!(rows.get::<_, i64>(0), n);
+    drop(busy);
     // (RETURNING pins the transaction to the writer: it holds it while idle.)
     idle.batch_execute("CREATE TABLE t (n INTEGER); BEGIN; INSERT INTO t VALUES (1) RETURNING n")
         .await

@@ -85,7 +85,7 @@ impl PgService {
                 service: Arc::clone(&self),
                 state: Arc::new(tokio::sync::Mutex::new(None)),
                 registered: Arc::new(std::sync::Mutex::new(None)),
-                activity: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+                idle: Arc::new(IdleClock::default()),
             }),
             service: Arc::clone(&self),
         });
@@ -188,16 +188,38 @@ struct QueryHandler {
     state: Arc<tokio::sync::Mutex<Option<Open>>>,
     /// The pid this connection is registered under for CancelRequest.
     registered: Arc<std::sync::Mutex<Option<i32>>>,
-    /// Counts the client's queries, so an idle-transaction timer knows whether any came.
-    activity: Arc<std::sync::atomic::AtomicU64>,
+    /// Since when the connection's transaction has been idle.
+    idle: Arc<IdleClock>,
+}
+
+/// When the connection's transaction went idle, for `db.idle_in_transaction_timeout_secs`.
+#[derive(Debug, Default)]
+struct IdleClock {
+    /// [`idle_now`] when the last query left a transaction open; 0 while a query runs or
+    /// outside a transaction.
+    since: std::sync::atomic::AtomicU64,
+    /// The connection's watcher task is running (one per connection, started by its first
+    /// transaction: a timer per query would leave a sleeping task behind every statement).
+    watched: std::sync::atomic::AtomicBool,
+}
+
+/// Milliseconds since the first call, from 1 (0 means "not idle").
+fn idle_now() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 impl QueryHandler {
     /// Marks the start of a client query; refuses one on a connection whose idle transaction
     /// was ended.
     fn begin_query(&self, open: &Open) -> PgWireResult<()> {
-        self.activity
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.idle
+            .since
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         if open.terminated {
             return Err(fatal(
                 "25P03",
@@ -212,31 +234,62 @@ impl QueryHandler {
     /// connection's next query gets a FATAL error, as PostgreSQL's
     /// `idle_in_transaction_session_timeout` does.
     fn watch_idle(&self, in_transaction: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
         let timeout = self.service.idle_in_transaction;
-        if timeout.is_zero() || !in_transaction {
+        if timeout.is_zero() {
             return;
         }
-        let generation = self.activity.load(std::sync::atomic::Ordering::Relaxed);
-        let (state, activity) = (Arc::clone(&self.state), Arc::clone(&self.activity));
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            let idle = || activity.load(std::sync::atomic::Ordering::Relaxed) == generation;
-            if !idle() {
-                return;
-            }
-            let mut state = state.lock().await;
-            if let Some(open) = state.as_mut()
-                && idle()
-                && open.session.status() != crate::engine::TxStatus::Idle
-            {
-                open.session.close().await;
-                open.terminated = true;
-                tracing::info!(
-                    pid = open.pid,
-                    "rolled back a transaction left idle past db.idle_in_transaction_timeout_secs"
-                );
-            }
-        });
+        let since = if in_transaction { idle_now() } else { 0 };
+        self.idle.since.store(since, Relaxed);
+        if in_transaction && !self.idle.watched.swap(true, Relaxed) {
+            tokio::spawn(watch_idle(
+                Arc::downgrade(&self.state),
+                Arc::clone(&self.idle),
+                timeout,
+            ));
+        }
+    }
+}
+
+/// A connection's idle-transaction watcher: wakes when the transaction would have been idle
+/// for `timeout`, and ends it if it still is. Ends with the connection.
+async fn watch_idle(
+    state: std::sync::Weak<tokio::sync::Mutex<Option<Open>>>,
+    idle: Arc<IdleClock>,
+    timeout: std::time::Duration,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let timeout = timeout.as_millis() as u64;
+    loop {
+        let since = idle.since.load(Relaxed);
+        let wait = if since == 0 {
+            timeout
+        } else {
+            (since + timeout).saturating_sub(idle_now())
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(wait.max(1))).await;
+        let Some(state) = state.upgrade() else {
+            return; // the connection is gone
+        };
+        let since = idle.since.load(Relaxed);
+        if since == 0 || idle_now() < since + timeout {
+            continue;
+        }
+        let mut state = state.lock().await;
+        if idle.since.load(Relaxed) != since {
+            continue; // a query came meanwhile
+        }
+        if let Some(open) = state.as_mut()
+            && open.session.status() != crate::engine::TxStatus::Idle
+        {
+            open.session.close().await;
+            open.terminated = true;
+            tracing::info!(
+                pid = open.pid,
+                "rolled back a transaction left idle past db.idle_in_transaction_timeout_secs"
+            );
+            return;
+        }
     }
 }
 
