@@ -50,7 +50,7 @@ pub async fn run(
             engine::Durability::Full
         },
         readers: db.readers,
-        paths: engine::StatementPaths::register(server.registry_mut()),
+        paths: engine::EngineMetrics::register(server.registry_mut()),
     };
     let dir = config.data_dir.join("db");
     let _lock = engine::lock_dir(&dir)?;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 
-use super::direct::{Direct, StatementPaths, WalWatch};
+use super::direct::{Direct, EngineMetrics, WalWatch};
 use super::error::{SqlError, sqlstate};
 
 /// How durable a COMMIT is (`db.synchronous`).
@@ -37,7 +37,7 @@ pub struct DatabaseOptions {
     pub durability: Durability,
     pub readers: usize,
     /// Where statements ran, for `/metrics`.
-    pub paths: StatementPaths,
+    pub paths: EngineMetrics,
 }
 
 /// Stops a running statement when its deadline passes or it is cancelled.
@@ -322,7 +322,7 @@ async fn connect(
     path: &Path,
     role: Role,
     create: bool,
-    paths: &StatementPaths,
+    paths: &EngineMetrics,
     wal_watch: Option<&Arc<WalWatch>>,
 ) -> Result<Conn, SqlError> {
     let connect = options(path, role, create)?
@@ -468,7 +468,7 @@ pub struct Database {
     /// Present when COMMITs must be durable before they are acknowledged.
     pub sync: Option<GroupSync>,
     /// The engine's counters (`/metrics`).
-    pub metrics: StatementPaths,
+    pub metrics: EngineMetrics,
     /// Taken by `close`; dropping it also stops the task.
     checkpointer: std::sync::Mutex<Option<Checkpointer>>,
 }
@@ -709,7 +709,7 @@ mod tests {
     /// growing by everything written.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_under_steady_writes() {
-        let (_dir, _engine, db) = crate::engine::tests::scratch(&StatementPaths::default()).await;
+        let (_dir, _engine, db) = crate::engine::tests::scratch(&EngineMetrics::default()).await;
         let limits = SessionLimits {
             statement_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(10),
@@ -745,7 +745,7 @@ mod tests {
     /// the database file on its own, so the file alone (without its WAL) holds them soon after.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_checkpointer_moves_commits_into_the_database_file() {
-        let (dir, _engine, db) = crate::engine::tests::scratch(&StatementPaths::default()).await;
+        let (dir, _engine, db) = crate::engine::tests::scratch(&EngineMetrics::default()).await;
         let mut session = Session::new(
             Arc::clone(&db),
             SessionLimits {

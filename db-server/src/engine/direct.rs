@@ -61,11 +61,11 @@ pub const QUICK: Duration = Duration::from_millis(1);
 /// Prepared statements kept per connection; past this the cache is emptied.
 const CACHE_CAPACITY: usize = 256;
 
-/// Statements run, by where they ran: `quartet_db_statements_total{thread="serving"|"worker"}`
-/// on `/metrics`, and what became of optimistic transactions (see `session`). Shared by every
-/// connection of an engine.
+/// The engine's counters on `/metrics`: statements run, by where they ran
+/// (`quartet_db_statements_total{thread="serving"|"worker"}`), and what became of optimistic
+/// transactions (see `session`). Shared by every connection of an engine.
 #[derive(Debug, Clone, Default)]
-pub struct StatementPaths {
+pub struct EngineMetrics {
     pub serving: Counter,
     pub worker: Counter,
     /// Optimistic transactions begun again and replayed after another session took the
@@ -75,7 +75,7 @@ pub struct StatementPaths {
     pub serialization_failures: Counter,
 }
 
-impl StatementPaths {
+impl EngineMetrics {
     /// Counters registered in `registry` (a role's `/metrics`).
     pub fn register(registry: &mut Registry) -> Self {
         let family = Family::<Vec<(String, String)>, Counter>::default();
@@ -168,7 +168,7 @@ pub struct Direct {
     /// have many pages to write, and runs on the worker too.
     slow_transaction: bool,
     statements: HashMap<String, Prepared>,
-    paths: StatementPaths,
+    paths: EngineMetrics,
     /// Told of every commit, when this is the writer (see [`Direct::watch_wal`]).
     wal_watch: Option<std::sync::Arc<WalWatch>>,
 }
@@ -232,7 +232,7 @@ impl Direct {
     pub unsafe fn new(
         handle: NonNull<ffi::sqlite3>,
         commits_here: bool,
-        paths: StatementPaths,
+        paths: EngineMetrics,
     ) -> Self {
         Self {
             handle,
@@ -717,13 +717,13 @@ mod tests {
         }
     }
 
-    fn counts(paths: &StatementPaths) -> (u64, u64) {
+    fn counts(paths: &EngineMetrics) -> (u64, u64) {
         (paths.serving.get(), paths.worker.get())
     }
 
     #[tokio::test]
     async fn short_statements_run_here_and_long_reads_move_to_the_worker() {
-        let paths = StatementPaths::default();
+        let paths = EngineMetrics::default();
         let (_dir, _engine, db) = crate::engine::tests::scratch(&paths).await;
         let mut session = Session::new(Arc::clone(&db), limits());
         session
@@ -822,7 +822,7 @@ mod tests {
     /// before the connection's next statement runs here; the next one does not wait for it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_abandoned_statement_is_stopped_before_the_next_one() {
-        let paths = StatementPaths::default();
+        let paths = EngineMetrics::default();
         let (_dir, _engine, db) = crate::engine::tests::scratch(&paths).await;
         let mut session = Session::new(Arc::clone(&db), limits());
         let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500000000) SELECT count(*) FROM c";
@@ -844,7 +844,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_locked_database_moves_a_write_to_the_worker() {
         use sqlx::{Connection as _, Executor as _};
-        let paths = StatementPaths::default();
+        let paths = EngineMetrics::default();
         let (_dir, _engine, db) = crate::engine::tests::scratch(&paths).await;
         let mut session = Session::new(Arc::clone(&db), limits());
         session
@@ -888,7 +888,7 @@ mod tests {
 
     #[tokio::test]
     async fn parameters_errors_limits_and_schema_changes() {
-        let paths = StatementPaths::default();
+        let paths = EngineMetrics::default();
         let (_dir, _engine, db) = crate::engine::tests::scratch(&paths).await;
         let mut session = Session::new(
             Arc::clone(&db),

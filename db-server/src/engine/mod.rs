@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use auth::{Catalog, Privilege};
 pub use database::{Database, DatabaseOptions, Durability};
-pub use direct::StatementPaths;
+pub use direct::EngineMetrics;
 pub use error::{SqlError, sqlstate};
 pub use session::{Session, SessionLimits, StatementResult, TxStatus};
 
@@ -419,13 +419,13 @@ mod tests {
     }
 
     async fn engine(dir: &Path) -> Engine {
-        engine_counting(dir, &StatementPaths::default()).await
+        engine_counting(dir, &EngineMetrics::default()).await
     }
 
     /// A scratch engine in a temporary directory (kept as long as the engine is) and its
     /// database `quartet`, counting where statements run in `paths`.
     pub(super) async fn scratch(
-        paths: &StatementPaths,
+        paths: &EngineMetrics,
     ) -> (tempfile::TempDir, Engine, Arc<Database>) {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = engine_counting(dir.path(), paths).await;
@@ -435,7 +435,7 @@ mod tests {
 
     /// An engine with the database and role `quartet`, counting where statements run in
     /// `paths` (the `direct` tests read them).
-    pub(super) async fn engine_counting(dir: &Path, paths: &StatementPaths) -> Engine {
+    pub(super) async fn engine_counting(dir: &Path, paths: &EngineMetrics) -> Engine {
         let engine = Engine::open(
             dir,
             DatabaseOptions {
@@ -455,7 +455,7 @@ mod tests {
 
     #[tokio::test]
     async fn transactions_follow_postgresql() {
-        let (_dir, _engine, db) = scratch(&StatementPaths::default()).await;
+        let (_dir, _engine, db) = scratch(&EngineMetrics::default()).await;
         let mut a = Session::new(Arc::clone(&db), limits());
         let mut b = Session::new(Arc::clone(&db), limits());
         a.execute(
@@ -551,7 +551,7 @@ mod tests {
     /// replayed, or fails with 40001 if its counts no longer hold.
     #[tokio::test]
     async fn optimistic_transactions_replay_or_fail_with_40001() {
-        let paths = StatementPaths::default();
+        let paths = EngineMetrics::default();
         let (_dir, _engine, db) = scratch(&paths).await;
         let mut a = Session::new(Arc::clone(&db), limits());
         let mut b = Session::new(Arc::clone(&db), limits());
@@ -729,7 +729,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_begin_abandoned_while_waiting_leaves_no_transaction_behind() {
         use sqlx::{Connection as _, Executor as _};
-        let (_dir, _engine, db) = scratch(&StatementPaths::default()).await;
+        let (_dir, _engine, db) = scratch(&EngineMetrics::default()).await;
         let mut a = Session::new(Arc::clone(&db), limits());
         let mut b = Session::new(Arc::clone(&db), limits());
         a.execute("CREATE TABLE t (n INTEGER)", &[])
@@ -766,7 +766,7 @@ mod tests {
     /// their values became parameters.
     #[tokio::test]
     async fn inline_values_answer_the_same() {
-        let (_dir, _engine, db) = scratch(&StatementPaths::default()).await;
+        let (_dir, _engine, db) = scratch(&EngineMetrics::default()).await;
         let mut a = Session::new(Arc::clone(&db), limits());
         a.execute(
             "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, v REAL)",
@@ -820,7 +820,7 @@ mod tests {
 
     #[tokio::test]
     async fn comments_savepoints_and_abandoned_transactions() {
-        let (_dir, _engine, db) = scratch(&StatementPaths::default()).await;
+        let (_dir, _engine, db) = scratch(&EngineMetrics::default()).await;
         let mut a = Session::new(Arc::clone(&db), limits());
         a.execute("CREATE TABLE t (n INTEGER)", &[])
             .await
@@ -887,7 +887,7 @@ mod tests {
 
     #[tokio::test]
     async fn begin_takes_the_writer_only_at_the_first_statement() {
-        let (_dir, _engine, db) = scratch(&StatementPaths::default()).await;
+        let (_dir, _engine, db) = scratch(&EngineMetrics::default()).await;
         let mut a = Session::new(Arc::clone(&db), limits());
         let mut b = Session::new(Arc::clone(&db), limits());
         a.execute("CREATE TABLE t (n INTEGER)", &[])
@@ -932,7 +932,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_only_transaction_does_not_hold_the_writer() {
-        let (_dir, _engine, db) = scratch(&StatementPaths::default()).await;
+        let (_dir, _engine, db) = scratch(&EngineMetrics::default()).await;
         let mut writer = Session::new(Arc::clone(&db), limits());
         writer
             .execute("CREATE TABLE t (n INTEGER)", &[])
@@ -982,7 +982,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_statement_past_its_timeout_or_cancelled_is_interrupted() {
-        let (_dir, _engine, db) = scratch(&StatementPaths::default()).await;
+        let (_dir, _engine, db) = scratch(&EngineMetrics::default()).await;
         let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
         let mut session = Session::new(
             Arc::clone(&db),

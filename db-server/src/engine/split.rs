@@ -658,6 +658,34 @@ mod tests {
         }
     }
 
+    /// Garbage and half-written SQL: no panic, and nothing rewritten that is not read whole.
+    #[test]
+    fn inline_values_and_shapes_take_garbage() {
+        for sql in [
+            "",
+            "'",
+            "UPDATE t SET a = 'unterminated",
+            "UPDATE t SET a = 'x'' WHERE b = 1",
+            "UPDATE t SET a = 1é WHERE b = 2",
+            "UPDATE t SET a = é'x' WHERE b = 2",
+            "UPDATE t SET a = 'é' WHERE b = 2.",
+            "DELETE FROM t WHERE a = 1.2.3",
+            "INSERT INTO t VALUES ((((1",
+            "INSERT INTO t VALUES 1))))",
+            "UPDATE t SET a = -- 1\n2",
+            "UPDATE t SET a = /* 1",
+            "SELECT a FROM",
+            "\u{0}\u{7f}\u{10ffff}",
+        ] {
+            let _ = shape(sql);
+            if let Some((text, values)) = inline_values(sql) {
+                assert!(!values.is_empty(), "{sql}");
+                assert!(text.contains("?1"), "{sql} -> {text}");
+            }
+        }
+        assert_eq!(inline_values("UPDATE t SET a = 'unterminated"), None);
+    }
+
     #[test]
     fn statements_differing_in_values_have_one_shape() {
         let one = shape("UPDATE t1 SET a = a + -12 WHERE id = 3 AND name = 'x''y' -- c");
