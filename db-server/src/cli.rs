@@ -1,8 +1,9 @@
 //! `db-server backup DB FILE` and `db-server restore DB FILE`: snapshots by hand, on the same
 //! data folder the server uses (`--env`, `--config` as for the server).
 //!
-//! A backup may run while the server serves (SQLite readers never block it); a restore needs
-//! the server stopped (or use `POST /db/{name}/restore`, which refuses while sessions use the
+//! A backup may run while the server serves: the server takes it and sends it over its
+//! control socket (`control`), since its database files are closed to other processes while
+//! it runs; a restore needs the server stopped (or use `POST /db/{name}/restore`, which refuses while sessions use the
 //! database).
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::control;
 use crate::engine::{self, DatabaseOptions, Durability, Engine};
 
 #[derive(Debug, Parser)]
@@ -70,13 +72,27 @@ async fn run(command: SnapshotCommand, config: common::Config) -> Result<String,
                     format!("{} exists: a backup never overwrites", file.display()),
                 ));
             }
-            let engine = Engine::open(&dir, options).await?;
-            let outcome = async {
-                engine.backup_to(&database, &file).await?;
-                engine::check_snapshot(&file).await
-            }
-            .await;
-            engine.close().await;
+            let outcome = match engine::lock_dir(&dir) {
+                // The folder is free: the snapshot is taken here, the folder locked meanwhile
+                // so that no server starts on it halfway.
+                Ok(_lock) => {
+                    let engine = Engine::open(&dir, options).await?;
+                    let taken = engine.backup_to(&database, &file).await;
+                    engine.close().await;
+                    match taken {
+                        Ok(()) => engine::check_snapshot(&file).await,
+                        Err(err) => Err(err),
+                    }
+                }
+                // A running server has the folder (and its files): it takes the snapshot.
+                Err(err) if err.code == engine::sqlstate::OBJECT_IN_USE => {
+                    match control::request_backup(&dir, &database, &file).await {
+                        Ok(_) => engine::check_snapshot(&file).await,
+                        Err(err) => Err(err),
+                    }
+                }
+                Err(err) => Err(err),
+            };
             if outcome.is_err() {
                 let _ = std::fs::remove_file(&file);
             }

@@ -5,10 +5,13 @@
 //!   PostgreSQL's transaction semantics, roles and grants, SQLSTATEs.
 //! - [`pg`]: the PostgreSQL wire protocol on `db.pg_listen` (pgwire).
 //! - [`http`]: the HTTP SQL API on `db.http_listen`, beside `/healthz` and `/metrics`.
+//! - [`control`]: the Unix socket through which `db-server backup` gets a snapshot from the
+//!   running server.
 //! - [`upstream`]: with `db.backend = "postgres://…"`, both front ends in front of a real
 //!   PostgreSQL (sessions proxied through a pool).
 
 pub mod cli;
+pub mod control;
 pub mod engine;
 pub mod http;
 pub mod pg;
@@ -145,6 +148,18 @@ pub async fn run(
     server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
         Arc::clone(&service).serve(stream)
     });
+    match control::ControlSocket::bind(&dir) {
+        Ok(socket) => {
+            server
+                .shutdown
+                .spawn(socket.serve(Arc::clone(&engine), server.shutdown.token().clone()));
+        }
+        Err(err) => tracing::warn!(
+            path = %dir.join(control::SOCKET_NAME).display(),
+            error = %err,
+            "no control socket: `db-server backup` cannot take a snapshot while this server runs"
+        ),
+    }
     if let Ok(Some(every)) = common::config::parse_interval(&db.backup.every) {
         let stop = server.shutdown.token().clone();
         tokio::spawn(engine::backup::run_schedule(

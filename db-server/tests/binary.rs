@@ -81,7 +81,26 @@ fn a_commit_survives_kill_9_and_snapshots_restore_by_hand() {
     let addrs = server.wait_for_listeners(2);
     assert_eq!(psql(addrs["db pg"], "SELECT sum(n) FROM t"), "3\n");
 
-    // A backup while the server runs; a restore needs it stopped.
+    // While the server runs its files are its own: another process cannot even read them.
+    let live = test.data_dir().join("db").join("quartet.db");
+    let outside = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            use sqlx::ConnectOptions as _;
+            let mut other = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&live)
+                .busy_timeout(std::time::Duration::ZERO)
+                .connect()
+                .await?;
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM t")
+                .fetch_one(&mut other)
+                .await
+        });
+    let refused = outside.expect_err("another process reads the live file");
+    assert!(refused.to_string().contains("locked"), "{refused}");
+
+    // A backup while the server runs (the server takes it, over its control socket); a
+    // restore needs it stopped.
     let snapshot = test.dir.path().join("by-hand.db");
     let (ok, text) = snapshot_command(&test, &["backup", "quartet", snapshot.to_str().unwrap()]);
     assert!(ok, "{text}");

@@ -7,6 +7,36 @@ use std::time::Duration;
 
 use super::{Engine, SqlError, check_snapshot, sqlstate};
 
+/// A scratch file beside the databases (a snapshot on its way out, an upload on its way in),
+/// removed when dropped.
+#[derive(Debug)]
+pub struct ScratchFile(PathBuf);
+
+impl ScratchFile {
+    /// A fresh name beside `database`'s file, tagged with `what` it is for.
+    pub fn beside(engine: &Engine, database: &str, what: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Self(
+            engine
+                .path_of(database)
+                .with_extension(format!("{what}-{nanos}")),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Where the scheduled snapshots of `database` go.
 pub fn snapshot_dir(engine_dir: &Path, database: &str) -> PathBuf {
     engine_dir.join("backups").join(database)

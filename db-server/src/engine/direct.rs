@@ -839,7 +839,7 @@ mod tests {
         );
     }
 
-    /// A write that finds the database locked by another process does not wait on the
+    /// A write that finds the database locked by another connection does not wait on the
     /// serving thread: it is run again on the worker, which waits for the lock.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_locked_database_moves_a_write_to_the_worker() {
@@ -859,11 +859,14 @@ mod tests {
                 .expect("insert"); // the second one, here
         }
 
-        // Another process holds the write lock for 300 ms.
-        let mut other =
-            sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", db.path.display()))
-                .await
-                .expect("other connection");
+        // Another connection holds the write lock for 300 ms (in this process: with the
+        // unix-excl VFS no other process can open the file).
+        let mut other = sqlx::sqlite::SqliteConnection::connect(&format!(
+            "sqlite://{}?vfs=unix-excl",
+            db.path.display()
+        ))
+        .await
+        .expect("other connection");
         other.execute("BEGIN IMMEDIATE").await.expect("lock");
         let release = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;

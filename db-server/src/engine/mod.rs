@@ -405,7 +405,7 @@ pub async fn check_snapshot(path: &Path) -> Result<(), SqlError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::value::Value;
     use std::time::Duration;
@@ -424,7 +424,7 @@ mod tests {
 
     /// A scratch engine in a temporary directory (kept as long as the engine is) and its
     /// database `quartet`, counting where statements run in `paths`.
-    pub(super) async fn scratch(
+    pub(crate) async fn scratch(
         paths: &EngineMetrics,
     ) -> (tempfile::TempDir, Engine, Arc<Database>) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -735,10 +735,12 @@ mod tests {
         a.execute("CREATE TABLE t (n INTEGER)", &[])
             .await
             .expect("create");
-        let mut other =
-            sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", db.path.display()))
-                .await
-                .expect("other connection");
+        let mut other = sqlx::sqlite::SqliteConnection::connect(&format!(
+            "sqlite://{}?vfs=unix-excl",
+            db.path.display()
+        ))
+        .await
+        .expect("other connection");
         other.execute("BEGIN IMMEDIATE").await.expect("lock");
         a.execute("BEGIN", &[]).await.expect("begin");
         let abandoned = tokio::time::timeout(

@@ -25,6 +25,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
+use crate::engine::backup::ScratchFile;
 use crate::engine::value::Value;
 use crate::engine::{Engine, Privilege, Session, SessionLimits, SqlError, sqlstate};
 
@@ -664,27 +665,6 @@ async fn drop_database(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// A scratch file beside the databases, removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn scratch(api: &Api, name: &str, what: &str) -> Scratch {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    Scratch(
-        api.engine
-            .path_of(name)
-            .with_extension(format!("{what}-{nanos}")),
-    )
-}
-
 async fn backup(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -692,9 +672,9 @@ async fn backup(
 ) -> Result<Response, Failure> {
     let role = caller(&api, &headers).await?;
     privilege(&api, &role, &name).await?;
-    let file = scratch(&api, &name, "backup");
-    api.engine.backup_to(&name, &file.0).await?;
-    let bytes = tokio::fs::read(&file.0)
+    let file = ScratchFile::beside(&api.engine, &name, "backup");
+    api.engine.backup_to(&name, file.path()).await?;
+    let bytes = tokio::fs::read(file.path())
         .await
         .map_err(|err| SqlError::new(sqlstate::INTERNAL_ERROR, err.to_string()))?;
     Ok((
@@ -740,11 +720,11 @@ async fn restore(
             format!("restoring \"{name}\" needs admin on it"),
         )));
     }
-    let file = scratch(&api, &name, "upload");
-    tokio::fs::write(&file.0, &body)
+    let file = ScratchFile::beside(&api.engine, &name, "upload");
+    tokio::fs::write(file.path(), &body)
         .await
         .map_err(|err| SqlError::new(sqlstate::INTERNAL_ERROR, err.to_string()))?;
-    api.engine.restore_from(&name, &file.0).await?;
+    api.engine.restore_from(&name, file.path()).await?;
     Ok(Json(json!({ "restored": name, "bytes": body.len() })).into_response())
 }
 
