@@ -43,6 +43,10 @@ struct Common {
     roles: Vec<Role>,
 }
 
+/// mimalloc, as in `db-server`'s binary: the roles run here allocate per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {

@@ -22,10 +22,7 @@ pub fn checks(roles: &[Role]) -> Vec<RoleCheck> {
 }
 
 pub fn run(options: LoadOptions, loaded: Loaded, roles: Vec<Role>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match common::cli::runtime_for(&roles) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("quartet: cannot start the async runtime: {err}");
