@@ -137,6 +137,58 @@ mod tests {
     use crate::engine::{DatabaseOptions, Durability, Session, SessionLimits};
     use std::sync::Arc;
 
+    /// A snapshot reads beside the writer: a transaction holding the writer neither blocks it
+    /// nor shows up in it.
+    #[tokio::test]
+    async fn a_snapshot_neither_waits_for_the_writer_nor_sees_uncommitted_rows() {
+        use crate::engine::value::Value;
+        let (dir, engine, db) = crate::engine::tests::scratch(&Default::default()).await;
+        let limits = SessionLimits {
+            statement_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(5),
+            max_rows: 0,
+        };
+        let mut session = Session::new(Arc::clone(&db), limits);
+        for sql in [
+            "CREATE TABLE t (id INTEGER PRIMARY KEY)",
+            "INSERT INTO t VALUES (1)",
+            "BEGIN",
+            // RETURNING keeps the transaction on the writer until it ends.
+            "INSERT INTO t VALUES (2) RETURNING id",
+        ] {
+            session.execute(sql, &[]).await.expect(sql);
+        }
+        let file = dir.path().join("during.db");
+        tokio::time::timeout(Duration::from_secs(2), engine.backup_to("quartet", &file))
+            .await
+            .expect("the snapshot does not wait for the writer")
+            .expect("snapshot");
+        session.execute("COMMIT", &[]).await.expect("commit");
+        let live = session
+            .execute("SELECT count(*) FROM t", &[])
+            .await
+            .expect("count");
+        assert_eq!(live.rows, vec![vec![Value::Integer(2)]]);
+
+        check_snapshot(&file)
+            .await
+            .expect("the snapshot checks out");
+        let mut alone = {
+            use sqlx::Connection as _;
+            sqlx::sqlite::SqliteConnection::connect(&format!(
+                "sqlite://{}?mode=ro&immutable=1",
+                file.display()
+            ))
+            .await
+            .expect("open the snapshot")
+        };
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM t ORDER BY id")
+            .fetch_all(&mut alone)
+            .await
+            .expect("select");
+        assert_eq!(ids, vec![1], "only what was committed");
+    }
+
     #[tokio::test]
     async fn snapshots_are_checked_kept_by_number_and_restore() {
         let dir = tempfile::tempdir().expect("temp dir");

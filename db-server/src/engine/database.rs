@@ -292,8 +292,8 @@ enum Role {
     /// they can run on the serving thread.
     Writer,
     Reader,
-    /// The checkpointer's own connection.
-    Checkpointer,
+    /// A connection of its own, beside the pool: the checkpointer's, a snapshot's.
+    Aside,
 }
 
 /// How much of a database file each connection reads through a memory map
@@ -330,7 +330,7 @@ fn options(path: &Path, role: Role, create: bool) -> Result<SqliteConnectOptions
         Role::Writer => options
             .pragma("wal_autocheckpoint", "0")
             .pragma("journal_size_limit", WAL_SIZE_LIMIT),
-        Role::Reader | Role::Checkpointer => options,
+        Role::Reader | Role::Aside => options,
     })
 }
 
@@ -412,10 +412,9 @@ impl Checkpointer {
         writer: Arc<tokio::sync::Mutex<Conn>>,
         watch: Arc<WalWatch>,
     ) -> Result<Self, SqlError> {
-        let mut connection =
-            SqliteConnection::connect_with(&options(path, Role::Checkpointer, false)?)
-                .await
-                .map_err(|e| SqlError::from_sqlx(&e))?;
+        let mut connection = SqliteConnection::connect_with(&options(path, Role::Aside, false)?)
+            .await
+            .map_err(|e| SqlError::from_sqlx(&e))?;
         let name = name.to_owned();
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
@@ -561,6 +560,14 @@ impl Database {
         {
             guard.roll_back().await;
         }
+    }
+
+    /// A read-write connection of its own, beside the writer and the readers (a snapshot's
+    /// `VACUUM INTO`): the caller closes it.
+    pub async fn connection_aside(&self) -> Result<SqliteConnection, SqlError> {
+        SqliteConnection::connect_with(&options(&self.path, Role::Aside, false)?)
+            .await
+            .map_err(|e| SqlError::from_sqlx(&e))
     }
 
     /// A reader connection (readers are never held long: one statement at a time).

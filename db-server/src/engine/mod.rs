@@ -17,7 +17,6 @@ pub mod value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use auth::{Catalog, Privilege};
 pub use database::{Database, DatabaseOptions, Durability};
@@ -254,33 +253,21 @@ impl Engine {
     /// Writes a consistent snapshot of database `name` to `dest` (`VACUUM INTO`, which reads
     /// one transaction's view while writers go on), fsynced.
     pub async fn backup_to(&self, name: &str, dest: &Path) -> Result<(), SqlError> {
-        use sqlx::Executor as _;
+        use sqlx::{Connection as _, Executor as _};
         if self.upstream.is_some() {
             return Err(not_with_postgres("a snapshot"));
         }
         let db = self.database(name).await?;
         let dest_text = dest.display().to_string();
         let vacuum = || sqlx::query("VACUUM INTO ?1").bind(dest_text.clone());
-        let mut reader = db.reader().await;
-        let done = match reader.conn() {
-            Some(conn) => match conn.sqlx() {
-                Ok(connection) => connection.execute(vacuum()).await.map(|_| ()),
-                Err(_) => Err(sqlx::Error::PoolClosed),
-            },
-            None => Err(sqlx::Error::PoolClosed),
-        };
-        drop(reader);
-        if done.is_err() {
-            // Some SQLite builds refuse VACUUM INTO on a read-only connection.
+        // On a connection of its own: readers refuse writes (`query_only`), and SQLite counts
+        // VACUUM INTO as one though it only reads this database.
+        let mut connection = db.connection_aside().await?;
+        let done = connection.execute(vacuum()).await;
+        let _ = connection.close().await;
+        if let Err(err) = done {
             let _ = std::fs::remove_file(dest);
-            let mut writer = db
-                .writer(Duration::from_secs(60), database::TxId::NONE)
-                .await?;
-            writer
-                .sqlx()?
-                .execute(vacuum())
-                .await
-                .map_err(|e| SqlError::from_sqlx(&e))?;
+            return Err(SqlError::from_sqlx(&err));
         }
         std::fs::File::open(dest)
             .and_then(|file| file.sync_all())
