@@ -77,12 +77,23 @@ fn tag(tag: &str) -> StatementResult {
     }
 }
 
+/// Whether `sql` is one of the statements [`answer`] takes (by its first word).
+pub fn handles(sql: &str) -> bool {
+    let first = sql.split_whitespace().next().unwrap_or("");
+    ["SET", "RESET", "SHOW", "DISCARD", "DEALLOCATE"]
+        .iter()
+        .any(|word| first.eq_ignore_ascii_case(word))
+}
+
 /// Answers `SET`, `SHOW` and `RESET` (and `DISCARD`, `DEALLOCATE`, which have nothing to undo
 /// here). `None`: not one of them, run it.
 pub fn answer(
     sql: &str,
     settings: &mut BTreeMap<String, String>,
 ) -> Option<Result<StatementResult, SqlError>> {
+    if !handles(sql) {
+        return None;
+    }
     let words: Vec<&str> = sql.split_whitespace().collect();
     let first = words.first()?.to_ascii_uppercase();
     match first.as_str() {

@@ -80,11 +80,18 @@ impl PgService {
 
     /// Serves one client connection to its end.
     pub async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream) {
+        let state = Arc::new(tokio::sync::Mutex::new(None));
+        let registered = Arc::new(std::sync::Mutex::new(None));
         let handlers = Arc::new(ConnectionHandlers {
             query: Arc::new(QueryHandler {
                 service: Arc::clone(&self),
-                state: Arc::new(tokio::sync::Mutex::new(None)),
-                registered: Arc::new(std::sync::Mutex::new(None)),
+                parser: Arc::new(Parser {
+                    state: Arc::clone(&state),
+                    service: Arc::clone(&self),
+                    registered: Arc::clone(&registered),
+                }),
+                state,
+                registered,
                 idle: Arc::new(IdleClock::default()),
             }),
             service: Arc::clone(&self),
@@ -181,10 +188,13 @@ pub(crate) struct Prepared {
     columns: Vec<Column>,
     /// Each parameter's type: the client's, else inferred from the schema, else text.
     parameter_types: Vec<Type>,
+    route: Route,
 }
 
 struct QueryHandler {
     service: Arc<PgService>,
+    /// The extended protocol's parser, one per connection (pgwire asks for it at every Bind).
+    parser: Arc<Parser>,
     state: Arc<tokio::sync::Mutex<Option<Open>>>,
     /// The pid this connection is registered under for CancelRequest.
     registered: Arc<std::sync::Mutex<Option<i32>>>,
@@ -409,8 +419,9 @@ async fn run_statement(
     original: &str,
     sql: &str,
     params: &[crate::engine::value::Value],
+    route: Route,
 ) -> Result<crate::engine::StatementResult, SqlError> {
-    let outcome = run_statement_inner(engine, open, original, sql, params).await;
+    let outcome = run_statement_inner(engine, open, original, sql, params, route).await;
     if outcome.is_err() {
         // Whatever refused it (privilege, compatibility layer, catalog), an error inside a
         // transaction fails the transaction, as the client is told.
@@ -425,30 +436,29 @@ async fn run_statement_inner(
     original: &str,
     sql: &str,
     params: &[crate::engine::value::Value],
+    route: Route,
 ) -> Result<crate::engine::StatementResult, SqlError> {
-    let caller = crate::engine::admin::Caller {
-        role: &open.user,
-        superuser: open.superuser,
-    };
-    if let Some(answer) = crate::engine::admin::answer(engine, caller, original).await {
-        return answer;
+    if !route.plain {
+        let caller = crate::engine::admin::Caller {
+            role: &open.user,
+            superuser: open.superuser,
+        };
+        if let Some(answer) = crate::engine::admin::answer(engine, caller, original).await {
+            return answer;
+        }
+        if route.changes_schema {
+            // Column types and parameters described before may change.
+            open.parsed.clear();
+        }
+        if let Some(answer) = compat::answer(original, &mut open.settings) {
+            return answer;
+        }
+        if let Some(answer) = catalog::answer(original, engine, &mut open.session, &open.user).await
+        {
+            return answer;
+        }
     }
-    let first = original
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    if matches!(first.as_str(), "CREATE" | "DROP" | "ALTER") {
-        // Column types and parameters described before may change.
-        open.parsed.clear();
-    }
-    if let Some(answer) = compat::answer(original, &mut open.settings) {
-        return answer;
-    }
-    if let Some(answer) = catalog::answer(original, engine, &mut open.session, &open.user).await {
-        return answer;
-    }
-    if open.privilege == Privilege::Read && !is_read_only(sql) {
+    if open.privilege == Privilege::Read && !route.read_only {
         return Err(SqlError::new(
             sqlstate::INSUFFICIENT_PRIVILEGE,
             format!(
@@ -458,6 +468,38 @@ async fn run_statement_inner(
         ));
     }
     open.session.execute(sql, params).await
+}
+
+/// Where a client's statement goes, decided from its text once: a prepared statement is routed
+/// at Parse, not again at every Execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route {
+    /// Not Quartet's administration, nor the compatibility layer's (SET, SHOW…), nor one of
+    /// psql's catalog queries, nor DDL: the engine runs it as it is.
+    plain: bool,
+    /// CREATE, DROP or ALTER: what was described before may change.
+    changes_schema: bool,
+    /// A read-only grant may run it ([`is_read_only`]).
+    read_only: bool,
+}
+
+impl Route {
+    /// `original` as the client wrote it, `sql` as SQLite runs it.
+    fn of(original: &str, sql: &str) -> Self {
+        let first = original.split_whitespace().next().unwrap_or("");
+        let changes_schema = ["CREATE", "DROP", "ALTER"]
+            .iter()
+            .any(|word| first.eq_ignore_ascii_case(word));
+        let plain = !changes_schema
+            && !crate::engine::admin::is_admin(original)
+            && !compat::handles(original)
+            && !catalog::is_catalog_query(original);
+        Self {
+            plain,
+            changes_schema,
+            read_only: is_read_only(sql),
+        }
+    }
 }
 
 /// What a read-only grant may run: queries and transaction control.
@@ -506,7 +548,8 @@ impl SimpleQueryHandler for QueryHandler {
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
             let sql = engine_sql(statement, open);
-            match run_statement(&self.service.engine, open, statement, &sql, &[]).await {
+            let route = Route::of(statement, &sql);
+            match run_statement(&self.service.engine, open, statement, &sql, &[], route).await {
                 Ok(result) => responses.push(encode::response(
                     result,
                     &Format::UnifiedText,
@@ -664,6 +707,7 @@ impl QueryParser for Parser {
         let parameter_types =
             infer_parameter_types(&mut open.session, &rewritten, types, count).await;
         let prepared = Prepared {
+            route: Route::of(statement, &rewritten),
             original: statement.to_owned(),
             sql: rewritten,
             columns,
@@ -696,11 +740,7 @@ impl ExtendedQueryHandler for QueryHandler {
     type QueryParser = Parser;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        Arc::new(Parser {
-            state: Arc::clone(&self.state),
-            service: Arc::clone(&self.service),
-            registered: Arc::clone(&self.registered),
-        })
+        Arc::clone(&self.parser)
     }
 
     // Parse, Bind, Describe and Execute queue their answers; Sync writes them (batched.rs).
@@ -819,6 +859,7 @@ impl ExtendedQueryHandler for QueryHandler {
             &prepared.original,
             &prepared.sql,
             &params,
+            prepared.route,
         )
         .await
         {
