@@ -2,7 +2,7 @@
 # Database benchmark: PostgreSQL 15 (Debian's package, a cluster this script creates) and
 # Quartet's db-server on the same machine, the same tables and rows, the same pgbench scripts.
 #
-#   bench/db.sh                        # SCALE=10 DURATION=10 CLIENTS=8
+#   bench/db.sh                        # SCALE=10 DURATION=10 CLIENTS=8 ROUNDS=3
 #
 # Measures, after a 5 s warm-up of each server, with `pgbench -n -c $CLIENTS -j 2 -T $DURATION`
 # in plain text:
@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 SCALE=${SCALE:-10}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-8}
+ROUNDS=${ROUNDS:-3}
 for tool in pgbench:postgresql psql:postgresql-client wrk:wrk curl:curl; do
   command -v "${tool%%:*}" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tool#*:}" >&2
 done
@@ -92,15 +93,24 @@ tps() { # port user db mode script -> tps
 # connections' page caches and prepared statements) filled by the same reads first.
 "$PGBIN/pgbench" -h 127.0.0.1 -p $PG_PORT -U bench -n -c "$CLIENTS" -j 2 -T 5 -M prepared -f "$work/select.sql" postgres >/dev/null 2>&1
 "$PGBIN/pgbench" -h 127.0.0.1 -p $Q_PORT -U quartet -n -c "$CLIENTS" -j 2 -T 5 -M prepared -f "$work/select.sql" quartet >/dev/null 2>&1
-declare -A R
-for mode in simple extended prepared; do
-  echo "point select, -M $mode" >&2
-  R[pg.$mode]=$(tps $PG_PORT bench postgres $mode "$work/select.sql")
-  R[q.$mode]=$(tps $Q_PORT quartet quartet $mode "$work/select.sql")
+# This machine's speed drifts by a third from one minute to the next, for both servers alike:
+# each workload is measured ROUNDS times, the two servers back to back in each round, and the
+# table gives each server's median.
+declare -A R ALL
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+for round in $(seq "$ROUNDS"); do
+  for mode in simple extended prepared; do
+    pg_tps=$(tps $PG_PORT bench postgres $mode "$work/select.sql")
+    q_tps=$(tps $Q_PORT quartet quartet $mode "$work/select.sql")
+    echo "round $round, point select -M $mode: PostgreSQL $pg_tps, db-server $q_tps" >&2
+    ALL[pg.$mode]+=" $pg_tps"; ALL[q.$mode]+=" $q_tps"
+  done
+  pg_tps=$(tps $PG_PORT bench postgres simple "$work/write.sql")
+  q_tps=$(tps $Q_PORT quartet quartet simple "$work/write.sql")
+  echo "round $round, write transaction: PostgreSQL $pg_tps, db-server $q_tps" >&2
+  ALL[pg.write]+=" $pg_tps"; ALL[q.write]+=" $q_tps"
 done
-echo "write transaction" >&2
-R[pg.write]=$(tps $PG_PORT bench postgres simple "$work/write.sql")
-R[q.write]=$(tps $Q_PORT quartet quartet simple "$work/write.sql")
+for key in "${!ALL[@]}"; do R[$key]=$(echo "${ALL[$key]}" | median); done
 
 # The HTTP API: one point select per request, a random id each time.
 cat > "$work/http.lua" <<LUA
@@ -117,14 +127,15 @@ R[http]=$(wrk -t2 -c"$CLIENTS" -d"${DURATION}s" -s "$work/http.lua" "http://127.
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<TABLE
-### Database — $(date -u +%Y-%m-%d) — \`SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS bench/db.sh\`
-2 cores; $("$PGBIN/postgres" --version); pgbench -n -c $CLIENTS -j 2 -T $DURATION on the same machine, plain text (PGSSLMODE=disable) to both; $rows accounts; db-server with synchronous=full.
+### Database — $(date -u +%Y-%m-%d) — \`SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS ROUNDS=$ROUNDS bench/db.sh\`
+2 cores; $("$PGBIN/postgres" --version); pgbench -n -c $CLIENTS -j 2 -T $DURATION on the same machine, plain text (PGSSLMODE=disable) to both; $rows accounts; db-server with synchronous=full. Medians of $ROUNDS rounds, the servers back to back in each.
 
-| workload | PostgreSQL TPS | db-server TPS | db-server / PostgreSQL | target |
+| workload | PostgreSQL TPS (rounds) | db-server TPS (rounds) | db-server / PostgreSQL | target |
 | --- | ---: | ---: | ---: | --- |
-| point select, -M simple | ${R[pg.simple]} | ${R[q.simple]} | $(ratio "${R[q.simple]}" "${R[pg.simple]}") | ≥ 1.0 |
-| point select, -M extended | ${R[pg.extended]} | ${R[q.extended]} | $(ratio "${R[q.extended]}" "${R[pg.extended]}") | ≥ 1.0 |
-| point select, -M prepared | ${R[pg.prepared]} | ${R[q.prepared]} | $(ratio "${R[q.prepared]}" "${R[pg.prepared]}") | ≥ 1.0 |
-| write transaction (UPDATE + INSERT + COMMIT) | ${R[pg.write]} | ${R[q.write]} | $(ratio "${R[q.write]}" "${R[pg.write]}") | ≥ 0.8 |
+| point select, -M simple | ${R[pg.simple]} (${ALL[pg.simple]# }) | ${R[q.simple]} (${ALL[q.simple]# }) | $(ratio "${R[q.simple]}" "${R[pg.simple]}") | ≥ 1.0 |
+| point select, -M extended | ${R[pg.extended]} (${ALL[pg.extended]# }) | ${R[q.extended]} (${ALL[q.extended]# }) | $(ratio "${R[q.extended]}" "${R[pg.extended]}") | ≥ 1.0 |
+| point select, -M prepared | ${R[pg.prepared]} (${ALL[pg.prepared]# }) | ${R[q.prepared]} (${ALL[q.prepared]# }) | $(ratio "${R[q.prepared]}" "${R[pg.prepared]}") | ≥ 1.0 |
+| write transaction (UPDATE + INSERT + COMMIT) | ${R[pg.write]} (${ALL[pg.write]# }) | ${R[q.write]} (${ALL[q.write]# }) | $(ratio "${R[q.write]}" "${R[pg.write]}") | ≥ 0.8 |
 | HTTP API point selects/s (wrk, $CLIENTS connections) | | ${R[http]} | | |
 TABLE
+
