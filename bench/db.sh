@@ -89,6 +89,9 @@ tps() { # port user db mode script -> tps
   "$PGBIN/pgbench" -h 127.0.0.1 -p "$1" -U "$2" -n -c "$CLIENTS" -j 2 -T "$DURATION" -M "$4" -f "$5" "$3" 2>/dev/null \
     | awk '/^tps = / {printf "%.0f", $3}'
 }
+# The loads' writes reach the disk before anything is measured (writeback would otherwise
+# run during the first rounds).
+sync
 # Warm-up, not measured: each server's caches (PostgreSQL's shared buffers, db-server's
 # connections' page caches and prepared statements) filled by the same reads first.
 "$PGBIN/pgbench" -h 127.0.0.1 -p $PG_PORT -U bench -n -c "$CLIENTS" -j 2 -T 5 -M prepared -f "$work/select.sql" postgres >/dev/null 2>&1
