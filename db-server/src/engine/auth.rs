@@ -4,7 +4,9 @@
 //! ServerKey), the form PostgreSQL keeps in `pg_authid`: a client proves it knows the password
 //! without sending it, and the file never holds anything a login could be replayed from.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use ring::{digest, hmac, rand::SecureRandom};
 use serde::Serialize;
@@ -140,6 +142,34 @@ pub struct RoleInfo {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pool: SqlitePool,
+    remembered: Arc<Mutex<Remembered>>,
+}
+
+/// Answers the catalog gave lately, kept in memory: the HTTP API needs a role's verifier, its
+/// privilege and the database at every request, and each query is a round trip to the
+/// catalog's single connection. Every change to the catalog goes through this process's
+/// [`Catalog`] (the file is the server's alone while it runs), which forgets everything once
+/// the change is made; an answer read while a change was under way is not kept.
+#[derive(Debug, Default)]
+struct Remembered {
+    /// Changes made so far: an answer is kept only if none was made while it was read.
+    generation: u64,
+    verifiers: HashMap<String, Option<Verifier>>,
+    superusers: HashMap<String, bool>,
+    grants: HashMap<(String, String), Option<Privilege>>,
+    databases: HashMap<String, bool>,
+    /// Known bearer tokens (by digest) and their roles; unknown ones are not kept.
+    tokens: HashMap<String, String>,
+}
+
+/// Entries per map past which it is emptied (names a flood of bad logins made up).
+const REMEMBERED_MAX: usize = 4096;
+
+fn keep<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) {
+    if map.len() >= REMEMBERED_MAX {
+        map.clear();
+    }
+    map.insert(key, value);
 }
 
 const SCHEMA: &str = "
@@ -188,7 +218,38 @@ impl Catalog {
             .execute(&pool)
             .await
             .map_err(db_error)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            remembered: Arc::default(),
+        })
+    }
+
+    /// What is remembered, picked by `pick`, and the generation it belongs to.
+    fn recall<T>(&self, pick: impl FnOnce(&Remembered) -> Option<T>) -> (Option<T>, u64) {
+        match self.remembered.lock() {
+            Ok(remembered) => (pick(&remembered), remembered.generation),
+            Err(_) => (None, u64::MAX),
+        }
+    }
+
+    /// Keeps an answer read during `generation`, unless the catalog changed since.
+    fn remember(&self, generation: u64, put: impl FnOnce(&mut Remembered)) {
+        if let Ok(mut remembered) = self.remembered.lock()
+            && remembered.generation == generation
+        {
+            put(&mut remembered);
+        }
+    }
+
+    /// After a change: nothing remembered holds any more.
+    fn forget(&self) {
+        if let Ok(mut remembered) = self.remembered.lock() {
+            let generation = remembered.generation.wrapping_add(1);
+            *remembered = Remembered {
+                generation,
+                ..Remembered::default()
+            };
+        }
     }
 
     /// Creates `name`, or with `replace` sets its password and superuser flag.
@@ -223,6 +284,7 @@ impl Catalog {
                     err
                 }
             })?;
+        self.forget();
         Ok(())
     }
 
@@ -232,6 +294,7 @@ impl Catalog {
             .execute(&self.pool)
             .await
             .map_err(db_error)?;
+        self.forget();
         if done.rows_affected() == 0 {
             return Err(SqlError::new(
                 sqlstate::UNDEFINED_OBJECT,
@@ -251,21 +314,37 @@ impl Catalog {
     }
 
     pub async fn verifier(&self, role: &str) -> Result<Option<Verifier>, SqlError> {
+        let (known, generation) = self.recall(|r| r.verifiers.get(role).cloned());
+        if let Some(known) = known {
+            return Ok(known);
+        }
         let row = sqlx::query("SELECT verifier FROM roles WHERE name = ?")
             .bind(role)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        Ok(row.and_then(|row| Verifier::from_text(&row.get::<String, _>("verifier"))))
+        let verifier = row.and_then(|row| Verifier::from_text(&row.get::<String, _>("verifier")));
+        self.remember(generation, |r| {
+            keep(&mut r.verifiers, role.to_owned(), verifier.clone())
+        });
+        Ok(verifier)
     }
 
     pub async fn is_superuser(&self, role: &str) -> Result<bool, SqlError> {
+        let (known, generation) = self.recall(|r| r.superusers.get(role).copied());
+        if let Some(known) = known {
+            return Ok(known);
+        }
         let row = sqlx::query("SELECT superuser FROM roles WHERE name = ?")
             .bind(role)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        Ok(row.is_some_and(|row| row.get::<i64, _>("superuser") != 0))
+        let superuser = row.is_some_and(|row| row.get::<i64, _>("superuser") != 0);
+        self.remember(generation, |r| {
+            keep(&mut r.superusers, role.to_owned(), superuser)
+        });
+        Ok(superuser)
     }
 
     pub async fn roles(&self) -> Result<Vec<RoleInfo>, SqlError> {
@@ -291,14 +370,22 @@ impl Catalog {
         if self.is_superuser(role).await? {
             return Ok(Some(Privilege::Admin));
         }
+        let key = (role.to_owned(), database.to_owned());
+        let (known, generation) = self.recall(|r| r.grants.get(&key).copied());
+        if let Some(known) = known {
+            return Ok(known);
+        }
         let row = sqlx::query("SELECT privilege FROM grants WHERE role = ? AND database = ?")
             .bind(role)
             .bind(database)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        row.map(|row| row.get::<String, _>("privilege").parse())
-            .transpose()
+        let privilege = row
+            .map(|row| row.get::<String, _>("privilege").parse())
+            .transpose()?;
+        self.remember(generation, |r| keep(&mut r.grants, key, privilege));
+        Ok(privilege)
     }
 
     pub async fn grant(
@@ -327,6 +414,7 @@ impl Catalog {
                 err
             }
         })?;
+        self.forget();
         Ok(())
     }
 
@@ -337,6 +425,7 @@ impl Catalog {
             .execute(&self.pool)
             .await
             .map_err(db_error)?;
+        self.forget();
         Ok(())
     }
 
@@ -356,6 +445,7 @@ impl Catalog {
                     err
                 }
             })?;
+        self.forget();
         Ok(())
     }
 
@@ -365,6 +455,7 @@ impl Catalog {
             .execute(&self.pool)
             .await
             .map_err(db_error)?;
+        self.forget();
         Ok(done.rows_affected() > 0)
     }
 
@@ -377,12 +468,20 @@ impl Catalog {
     }
 
     pub async fn has_database(&self, name: &str) -> Result<bool, SqlError> {
+        let (known, generation) = self.recall(|r| r.databases.get(name).copied());
+        if let Some(known) = known {
+            return Ok(known);
+        }
         let row = sqlx::query("SELECT 1 AS present FROM databases WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        Ok(row.is_some())
+        let present = row.is_some();
+        self.remember(generation, |r| {
+            keep(&mut r.databases, name.to_owned(), present)
+        });
+        Ok(present)
     }
 
     /// A new bearer token for `role` (only its digest is stored).
@@ -403,12 +502,21 @@ impl Catalog {
 
     /// The role a bearer token is bound to.
     pub async fn token_role(&self, token: &str) -> Result<Option<String>, SqlError> {
+        let digest = token_digest(token);
+        let (known, generation) = self.recall(|r| r.tokens.get(&digest).cloned());
+        if known.is_some() {
+            return Ok(known);
+        }
         let row = sqlx::query("SELECT role FROM tokens WHERE digest = ?")
-            .bind(token_digest(token))
+            .bind(&digest)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        Ok(row.map(|row| row.get("role")))
+        let role: Option<String> = row.map(|row| row.get("role"));
+        if let Some(role) = &role {
+            self.remember(generation, |r| keep(&mut r.tokens, digest, role.clone()));
+        }
+        Ok(role)
     }
 
     pub async fn close(&self) {
@@ -427,6 +535,79 @@ fn token_digest(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Answers are remembered, and every kind of change is seen at once.
+    #[tokio::test]
+    async fn remembered_answers_follow_every_change() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let catalog = Catalog::open(&dir.path().join("system.db"))
+            .await
+            .expect("catalog");
+        catalog
+            .put_role("ann", "one", false, false)
+            .await
+            .expect("role");
+        catalog.add_database("shop").await.expect("database");
+        let first = catalog.verifier("ann").await.expect("verifier");
+        assert!(first.as_ref().is_some_and(|v| v.matches("one")));
+        assert_eq!(catalog.privilege("ann", "shop").await.expect("p"), None);
+        assert!(catalog.has_database("shop").await.expect("has"));
+        let token = catalog.create_token("ann").await.expect("token");
+        assert_eq!(
+            catalog.token_role(&token).await.expect("t").as_deref(),
+            Some("ann")
+        );
+        // Asked again: the same answers, from memory.
+        assert_eq!(catalog.verifier("ann").await.expect("verifier"), first);
+        assert!(catalog.has_database("shop").await.expect("has"));
+
+        catalog
+            .put_role("ann", "two", true, true)
+            .await
+            .expect("alter");
+        let second = catalog.verifier("ann").await.expect("verifier");
+        assert!(
+            second
+                .as_ref()
+                .is_some_and(|v| v.matches("two") && !v.matches("one"))
+        );
+        assert!(catalog.is_superuser("ann").await.expect("superuser"));
+        catalog
+            .put_role("ann", "two", false, true)
+            .await
+            .expect("alter");
+        assert!(!catalog.is_superuser("ann").await.expect("superuser"));
+
+        catalog
+            .grant("ann", "shop", Privilege::Read)
+            .await
+            .expect("grant");
+        assert_eq!(
+            catalog.privilege("ann", "shop").await.expect("p"),
+            Some(Privilege::Read)
+        );
+        catalog
+            .grant("ann", "shop", Privilege::Write)
+            .await
+            .expect("grant");
+        assert_eq!(
+            catalog.privilege("ann", "shop").await.expect("p"),
+            Some(Privilege::Write)
+        );
+        catalog.revoke("ann", "shop").await.expect("revoke");
+        assert_eq!(catalog.privilege("ann", "shop").await.expect("p"), None);
+
+        assert!(catalog.remove_database("shop").await.expect("remove"));
+        assert!(!catalog.has_database("shop").await.expect("has"));
+
+        catalog.drop_role("ann").await.expect("drop");
+        assert_eq!(catalog.verifier("ann").await.expect("verifier"), None);
+        assert_eq!(
+            catalog.token_role(&token).await.expect("t"),
+            None,
+            "tokens go with the role"
+        );
+    }
 
     #[test]
     fn verifiers_check_passwords_and_round_trip_as_text() {

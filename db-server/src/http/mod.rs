@@ -170,8 +170,8 @@ async fn caller(api: &Api, headers: &HeaderMap) -> Result<String, SqlError> {
         .as_ref()
         .try_into()
         .unwrap_or([0; 32]);
-    // The current verifier is read every time (one small query): a changed password or a
-    // dropped role ends a cached login at once.
+    // The current verifier is looked up every time (the catalog remembers it until it
+    // changes): a changed password or a dropped role ends a cached login at once.
     let verifier = api.engine.catalog.verifier(role).await?;
     let Some(verifier) = verifier else {
         return Err(SqlError::new(
