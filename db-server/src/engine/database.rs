@@ -281,8 +281,8 @@ impl GroupSync {
     }
 }
 
-/// How long a statement on sqlx's worker waits for a lock held by another process (or a
-/// checkpoint); on the serving thread statements never wait (see `direct`).
+/// How long a statement on sqlx's worker waits for a lock held by another connection of this
+/// process (or a checkpoint); on the serving thread statements never wait (see `direct`).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The role of a connection to a database file.
@@ -322,7 +322,7 @@ fn options(path: &Path, role: Role, create: bool) -> Result<SqliteConnectOptions
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         // Writers queue on the writer lock, readers never wait in WAL: a short busy timeout
-        // only covers checkpoints and other processes.
+        // only covers checkpoints and connections beside the pool.
         .busy_timeout(BUSY_TIMEOUT)
         .statement_cache_capacity(256)
         .pragma("mmap_size", MMAP_SIZE);
@@ -798,7 +798,10 @@ mod tests {
         let copy = dir.path().join("copy.db");
         let deadline = Instant::now() + Duration::from_secs(5);
         let rows = loop {
-            // The database file alone, as it is on disk now.
+            // The database file alone, as it is on disk now. (Closing this copy's handle on
+            // the live file drops the process's `unix-excl` lock on it, POSIX locks being per
+            // process: harmless here, where no other process looks; the server itself never
+            // opens its files but through SQLite.)
             std::fs::copy(&db.path, &copy).expect("copy");
             let rows = async {
                 use sqlx::Connection as _;

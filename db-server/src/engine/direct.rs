@@ -20,8 +20,8 @@
 //!   a quick shape that turns out slow holds this thread up to the statement timeout, as it
 //!   would hold the database's single writer anyway;
 //! - no write waits for a lock here: the busy timeout is off while one runs, and a statement
-//!   that finds the database locked (another process) is run again on the worker, which
-//!   waits;
+//!   that finds the database locked (another connection of this process) is run again on
+//!   the worker, which waits;
 //! - transaction control (BEGIN IMMEDIATE, SAVEPOINT, ROLLBACK) runs here only on the writer,
 //!   and a COMMIT (explicit or implicit) only on the writer, whose commits never checkpoint
 //!   (the database's checkpointer does that), and only when nothing in the transaction was
@@ -326,10 +326,9 @@ impl Direct {
                 }
                 return Ok(None);
             }
-            // SAFETY: an open handle; "main" is a NUL-terminated name.
-            if !changes_nothing
-                && unsafe { ffi::sqlite3_db_readonly(handle, c"main".as_ptr()) } == 1
-            {
+            // Readers refuse writes (`query_only`); `sqlite3_db_readonly` does not see that,
+            // so the connection's role decides.
+            if !changes_nothing && !self.commits_here {
                 // A reader connection: the session moves the statement to the writer.
                 return Err(SqlError::new(
                     sqlstate::READ_ONLY_SQL_TRANSACTION,

@@ -259,15 +259,28 @@ impl Engine {
         }
         let db = self.database(name).await?;
         let dest_text = dest.display().to_string();
-        let vacuum = || sqlx::query("VACUUM INTO ?1").bind(dest_text.clone());
+        let vacuum = move || sqlx::query("VACUUM INTO ?1").bind(dest_text.clone());
         // On a connection of its own: readers refuse writes (`query_only`), and SQLite counts
-        // VACUUM INTO as one though it only reads this database.
-        let mut connection = db.connection_aside().await?;
-        let done = connection.execute(vacuum()).await;
-        let _ = connection.close().await;
+        // VACUUM INTO as one though it only reads this database. On a task of its own too,
+        // which holds the database until that connection is closed: a caller that goes away
+        // mid-snapshot (an HTTP client hanging up) must not leave the connection open on a
+        // database that, no longer in use, could then be restored or dropped under it.
+        let snapshot = tokio::spawn(async move {
+            let mut connection = db.connection_aside().await?;
+            let done = connection.execute(vacuum()).await;
+            let _ = connection.close().await;
+            drop(db);
+            done.map(|_| ()).map_err(|err| SqlError::from_sqlx(&err))
+        });
+        let done = snapshot.await.unwrap_or_else(|err| {
+            Err(SqlError::new(
+                sqlstate::INTERNAL_ERROR,
+                format!("the snapshot task failed: {err}"),
+            ))
+        });
         if let Err(err) = done {
             let _ = std::fs::remove_file(dest);
-            return Err(SqlError::from_sqlx(&err));
+            return Err(err);
         }
         std::fs::File::open(dest)
             .and_then(|file| file.sync_all())
@@ -710,7 +723,7 @@ pub(crate) mod tests {
         a.execute("COMMIT", &[]).await.expect("commit");
     }
 
-    /// A BEGIN that waits on the worker for a lock another process holds, abandoned (the
+    /// A BEGIN that waits on the worker for a lock another connection holds, abandoned (the
     /// client gone): the transaction it opens once the lock is free is rolled back by the
     /// writer's next user, whose own write is then committed, not swallowed by it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
