@@ -148,8 +148,9 @@ pub struct Catalog {
 /// Answers the catalog gave lately, kept in memory: the HTTP API needs a role's verifier, its
 /// privilege and the database at every request, and each query is a round trip to the
 /// catalog's single connection. Every change to the catalog goes through this process's
-/// [`Catalog`] (the file is the server's alone while it runs), which forgets everything once
-/// the change is made; an answer read while a change was under way is not kept.
+/// [`Catalog`] (the file is opened with `unix-excl`: no other process can open it while the
+/// server runs), which forgets everything once the change is made; an answer read while a
+/// change was under way is not kept.
 #[derive(Debug, Default)]
 struct Remembered {
     /// Changes made so far: an answer is kept only if none was made while it was read.
@@ -160,6 +161,17 @@ struct Remembered {
     databases: HashMap<String, bool>,
     /// Known bearer tokens (by digest) and their roles; unknown ones are not kept.
     tokens: HashMap<String, String>,
+}
+
+/// After a change: nothing remembered holds any more.
+fn forget(remembered: &Mutex<Remembered>) {
+    if let Ok(mut remembered) = remembered.lock() {
+        let generation = remembered.generation.wrapping_add(1);
+        *remembered = Remembered {
+            generation,
+            ..Remembered::default()
+        };
+    }
 }
 
 /// Entries per map past which it is emptied (names a flood of bad logins made up).
@@ -206,6 +218,9 @@ impl Catalog {
             .map_err(|e| SqlError::new(sqlstate::INTERNAL_ERROR, e.to_string()))?
             .filename(path)
             .create_if_missing(true)
+            // The file is the server's alone while it runs (as its databases are), which is
+            // what lets the catalog remember its answers: no other process can change it.
+            .vfs("unix-excl")
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true);
@@ -241,15 +256,22 @@ impl Catalog {
         }
     }
 
-    /// After a change: nothing remembered holds any more.
-    fn forget(&self) {
-        if let Ok(mut remembered) = self.remembered.lock() {
-            let generation = remembered.generation.wrapping_add(1);
-            *remembered = Remembered {
-                generation,
-                ..Remembered::default()
-            };
-        }
+    /// Runs a change to the catalog, then forgets everything remembered, on a task of its
+    /// own: a caller that goes away mid-change (an HTTP client hanging up during `ALTER ROLE`)
+    /// must not leave the change made and the old answers still in memory.
+    async fn change(
+        &self,
+        query: sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error> {
+        let pool = self.pool.clone();
+        let remembered = Arc::clone(&self.remembered);
+        let task = tokio::spawn(async move {
+            let outcome = query.execute(&pool).await;
+            forget(&remembered);
+            outcome
+        });
+        task.await
+            .unwrap_or_else(|err| Err(sqlx::Error::Protocol(format!("catalog change: {err}"))))
     }
 
     /// Creates `name`, or with `replace` sets its password and superuser flag.
@@ -267,34 +289,32 @@ impl Catalog {
         } else {
             "INSERT INTO roles (name, verifier, superuser) VALUES (?, ?, ?)"
         };
-        sqlx::query(sql)
-            .bind(name)
-            .bind(verifier)
-            .bind(superuser)
-            .execute(&self.pool)
-            .await
-            .map_err(|err| {
-                let err = SqlError::from_sqlx(&err);
-                if err.code == sqlstate::UNIQUE_VIOLATION {
-                    SqlError::new(
-                        sqlstate::DUPLICATE_OBJECT,
-                        format!("role \"{name}\" already exists"),
-                    )
-                } else {
-                    err
-                }
-            })?;
-        self.forget();
+        self.change(
+            sqlx::query(sql)
+                .bind(name.to_owned())
+                .bind(verifier)
+                .bind(superuser),
+        )
+        .await
+        .map_err(|err| {
+            let err = SqlError::from_sqlx(&err);
+            if err.code == sqlstate::UNIQUE_VIOLATION {
+                SqlError::new(
+                    sqlstate::DUPLICATE_OBJECT,
+                    format!("role \"{name}\" already exists"),
+                )
+            } else {
+                err
+            }
+        })?;
         Ok(())
     }
 
     pub async fn drop_role(&self, name: &str) -> Result<(), SqlError> {
-        let done = sqlx::query("DELETE FROM roles WHERE name = ?")
-            .bind(name)
-            .execute(&self.pool)
+        let done = self
+            .change(sqlx::query("DELETE FROM roles WHERE name = ?").bind(name.to_owned()))
             .await
             .map_err(db_error)?;
-        self.forget();
         if done.rows_affected() == 0 {
             return Err(SqlError::new(
                 sqlstate::UNDEFINED_OBJECT,
@@ -324,9 +344,12 @@ impl Catalog {
             .await
             .map_err(db_error)?;
         let verifier = row.and_then(|row| Verifier::from_text(&row.get::<String, _>("verifier")));
-        self.remember(generation, |r| {
-            keep(&mut r.verifiers, role.to_owned(), verifier.clone())
-        });
+        // Only roles that exist: a login may name anything.
+        if verifier.is_some() {
+            self.remember(generation, |r| {
+                keep(&mut r.verifiers, role.to_owned(), verifier.clone())
+            });
+        }
         Ok(verifier)
     }
 
@@ -394,14 +417,15 @@ impl Catalog {
         database: &str,
         privilege: Privilege,
     ) -> Result<(), SqlError> {
-        sqlx::query(
-            "INSERT INTO grants (role, database, privilege) VALUES (?, ?, ?)
-             ON CONFLICT(role, database) DO UPDATE SET privilege = excluded.privilege",
+        self.change(
+            sqlx::query(
+                "INSERT INTO grants (role, database, privilege) VALUES (?, ?, ?)
+                 ON CONFLICT(role, database) DO UPDATE SET privilege = excluded.privilege",
+            )
+            .bind(role.to_owned())
+            .bind(database.to_owned())
+            .bind(privilege.as_str()),
         )
-        .bind(role)
-        .bind(database)
-        .bind(privilege.as_str())
-        .execute(&self.pool)
         .await
         .map_err(|err| {
             let err = SqlError::from_sqlx(&err);
@@ -414,25 +438,22 @@ impl Catalog {
                 err
             }
         })?;
-        self.forget();
         Ok(())
     }
 
     pub async fn revoke(&self, role: &str, database: &str) -> Result<(), SqlError> {
-        sqlx::query("DELETE FROM grants WHERE role = ? AND database = ?")
-            .bind(role)
-            .bind(database)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        self.forget();
+        self.change(
+            sqlx::query("DELETE FROM grants WHERE role = ? AND database = ?")
+                .bind(role.to_owned())
+                .bind(database.to_owned()),
+        )
+        .await
+        .map_err(db_error)?;
         Ok(())
     }
 
     pub async fn add_database(&self, name: &str) -> Result<(), SqlError> {
-        sqlx::query("INSERT INTO databases (name) VALUES (?)")
-            .bind(name)
-            .execute(&self.pool)
+        self.change(sqlx::query("INSERT INTO databases (name) VALUES (?)").bind(name.to_owned()))
             .await
             .map_err(|err| {
                 let err = SqlError::from_sqlx(&err);
@@ -445,17 +466,14 @@ impl Catalog {
                     err
                 }
             })?;
-        self.forget();
         Ok(())
     }
 
     pub async fn remove_database(&self, name: &str) -> Result<bool, SqlError> {
-        let done = sqlx::query("DELETE FROM databases WHERE name = ?")
-            .bind(name)
-            .execute(&self.pool)
+        let done = self
+            .change(sqlx::query("DELETE FROM databases WHERE name = ?").bind(name.to_owned()))
             .await
             .map_err(db_error)?;
-        self.forget();
         Ok(done.rows_affected() > 0)
     }
 
