@@ -3,12 +3,12 @@
 //! While db-server runs, its database files are its own: their connections use SQLite's
 //! `unix-excl` VFS (see `engine::database`), which keeps every other process out of them. So a
 //! backup taken by hand while the server runs asks the server, over a Unix socket in the data
-//! folder (`data_dir/db/control.sock`, mode 0600: whoever may connect may read the database
-//! files anyway), and the server answers with a snapshot taken as `GET /db/{name}/backup`
-//! takes one.
+//! folder (`data_dir/db/control/socket`, in a folder of mode 0700: whoever may connect may
+//! read the database files anyway), and the server answers with a snapshot taken as
+//! `GET /db/{name}/backup` takes one.
 //!
-//! One request per connection. The client sends `backup NAME\n`; the server answers `ok\n`
-//! followed by the snapshot's bytes and closes, or `error SQLSTATE MESSAGE\n`.
+//! One request per connection. The client sends `backup NAME\n`; the server answers
+//! `ok SIZE\n` followed by the snapshot's SIZE bytes and closes, or `error SQLSTATE MESSAGE\n`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +21,17 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::backup::ScratchFile;
 use crate::engine::{Engine, SqlError, sqlstate};
 
-/// The socket's name in the engine's folder (`data_dir/db`).
-pub const SOCKET_NAME: &str = "control.sock";
+/// The socket's folder in the engine's folder (`data_dir/db`): only the server's user may
+/// enter it, so the socket is never reachable by anyone else, not even while it is created.
+pub const SOCKET_DIR: &str = "control";
+
+/// The socket's name in [`SOCKET_DIR`].
+pub const SOCKET_NAME: &str = "socket";
+
+/// Where the control socket of the server on engine folder `dir` is.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join(SOCKET_DIR).join(SOCKET_NAME)
+}
 
 /// A request line is a verb and a database name.
 const MAX_REQUEST_BYTES: u64 = 256;
@@ -32,6 +41,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Requests served at once; more wait to be accepted.
 const MAX_CONCURRENT: usize = 2;
+
+/// The longest a snapshot may take to reach its client.
+const SEND_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The bound socket; its file is removed when this is dropped.
 #[derive(Debug)]
@@ -47,28 +59,38 @@ impl Drop for ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds `dir/control.sock`. The caller holds the folder's lock (`engine::lock_dir`), so a
+    /// Binds `dir/control/socket`. The caller holds the folder's lock (`engine::lock_dir`), so a
     /// socket file already there is a crashed server's and is replaced.
     pub fn bind(dir: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let path = dir.join(SOCKET_NAME);
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        let folder = dir.join(SOCKET_DIR);
+        match std::fs::DirBuilder::new().mode(0o700).create(&folder) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+        // Made by an older server or by hand: closed before the socket appears in it.
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))?;
+        let path = socket_path(dir);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(err),
         }
         let listener = UnixListener::bind(&path)?;
-        let socket = Self { listener, path };
-        std::fs::set_permissions(&socket.path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(socket)
+        Ok(Self { listener, path })
     }
 
     /// Serves requests until `stop`.
     pub async fn serve(self, engine: Arc<Engine>, stop: CancellationToken) {
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
         loop {
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                return;
+            let permit = tokio::select! {
+                () = stop.cancelled() => return,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
             };
             let stream = tokio::select! {
                 () = stop.cancelled() => return,
@@ -108,10 +130,11 @@ async fn answer(stream: UnixStream, engine: &Engine) -> std::io::Result<()> {
         Ok(Err(err)) => return Err(err),
         _ => None,
     };
+    let database = database.filter(|name| crate::engine::valid_database_name(name));
     let Some(database) = database else {
         let refusal = SqlError::new(
             sqlstate::PROTOCOL_VIOLATION,
-            "expected one line: backup DATABASE",
+            "expected one line: backup DATABASE (a database name)",
         );
         return write.write_all(error_line(&refusal).as_bytes()).await;
     };
@@ -121,9 +144,15 @@ async fn answer(stream: UnixStream, engine: &Engine) -> std::io::Result<()> {
         return write.write_all(error_line(&err).as_bytes()).await;
     }
     let mut file = tokio::fs::File::open(snapshot.path()).await?;
-    write.write_all(b"ok\n").await?;
-    tokio::io::copy(&mut file, &mut write).await?;
-    write.shutdown().await
+    let size = file.metadata().await?.len();
+    let send = async {
+        write.write_all(format!("ok {size}\n").as_bytes()).await?;
+        tokio::io::copy(&mut file, &mut write).await?;
+        write.shutdown().await
+    };
+    tokio::time::timeout(SEND_TIMEOUT, send)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 fn error_line(err: &SqlError) -> String {
@@ -133,7 +162,7 @@ fn error_line(err: &SqlError) -> String {
 /// Asks the server running on `dir` for a snapshot of `database` and writes it to `dest`
 /// (which must not exist), synced to disk. Returns its size.
 pub async fn request_backup(dir: &Path, database: &str, dest: &Path) -> Result<u64, SqlError> {
-    let path = dir.join(SOCKET_NAME);
+    let path = socket_path(dir);
     let failed = |what: &str, err: std::io::Error| {
         SqlError::new(
             sqlstate::INTERNAL_ERROR,
@@ -162,12 +191,16 @@ pub async fn request_backup(dir: &Path, database: &str, dest: &Path) -> Result<u
         let (code, message) = refusal.split_once(' ').unwrap_or((refusal, ""));
         return Err(SqlError::new(sqlstate::intern(code), message.to_owned()));
     }
-    if status != "ok\n" {
+    let size = status
+        .strip_prefix("ok ")
+        .and_then(|size| size.strip_suffix('\n'))
+        .and_then(|size| size.parse::<u64>().ok());
+    let Some(size) = size else {
         return Err(SqlError::new(
             sqlstate::PROTOCOL_VIOLATION,
             format!("unexpected answer from {}: {status:?}", path.display()),
         ));
-    }
+    };
     let io = |err: std::io::Error| {
         SqlError::new(
             sqlstate::INTERNAL_ERROR,
@@ -182,7 +215,10 @@ pub async fn request_backup(dir: &Path, database: &str, dest: &Path) -> Result<u
         .map_err(io)?;
     let copied = tokio::io::copy(&mut answer, &mut file).await;
     let synced = match copied {
-        Ok(size) => file.sync_all().await.map(|()| size),
+        Ok(copied) if copied == size => file.sync_all().await.map(|()| size),
+        Ok(copied) => Err(std::io::Error::other(format!(
+            "the snapshot ended after {copied} of {size} bytes"
+        ))),
         Err(err) => Err(err),
     };
     synced.map_err(|err| {
@@ -216,12 +252,13 @@ mod tests {
         }
         let engine = Arc::new(engine);
         let socket = ControlSocket::bind(dir.path()).expect("bind");
-        let socket_path = dir.path().join(SOCKET_NAME);
-        let mode = std::fs::metadata(&socket_path)
-            .expect("socket")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "only the server's user may connect");
+        let socket_path = socket_path(dir.path());
+        let folder = std::fs::metadata(dir.path().join(SOCKET_DIR)).expect("folder");
+        assert_eq!(
+            folder.permissions().mode() & 0o777,
+            0o700,
+            "only the server's user may reach the socket"
+        );
         let stop = CancellationToken::new();
         let served = tokio::spawn(socket.serve(Arc::clone(&engine), stop.clone()));
 
@@ -260,8 +297,12 @@ mod tests {
         assert_eq!(err.code, sqlstate::INVALID_CATALOG_NAME, "{}", err.message);
         assert!(!nowhere.exists());
 
-        // Anything but one request line is refused with an error line.
-        for request in ["hello\n".to_owned(), "x".repeat(300)] {
+        // Anything but one request line naming a database is refused with an error line.
+        for request in [
+            "hello\n".to_owned(),
+            "x".repeat(300),
+            "backup ../../etc/passwd\n".to_owned(),
+        ] {
             let mut stream = UnixStream::connect(&socket_path).await.expect("connect");
             stream.write_all(request.as_bytes()).await.expect("send");
             let mut answer = String::new();

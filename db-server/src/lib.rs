@@ -155,7 +155,7 @@ pub async fn run(
                 .spawn(socket.serve(Arc::clone(&engine), server.shutdown.token().clone()));
         }
         Err(err) => tracing::warn!(
-            path = %dir.join(control::SOCKET_NAME).display(),
+            path = %control::socket_path(&dir).display(),
             error = %err,
             "no control socket: `db-server backup` cannot take a snapshot while this server runs"
         ),
