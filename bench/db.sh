@@ -19,6 +19,7 @@ SCALE=${SCALE:-10}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-8}
 ROUNDS=${ROUNDS:-3}
+[ "$ROUNDS" -ge 1 ] 2>/dev/null || { echo "ROUNDS must be a whole number, at least 1" >&2; exit 2; }
 for tool in pgbench:postgresql psql:postgresql-client wrk:wrk curl:curl; do
   command -v "${tool%%:*}" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tool#*:}" >&2
 done
@@ -87,7 +88,7 @@ SQL
 
 tps() { # port user db mode script -> tps
   "$PGBIN/pgbench" -h 127.0.0.1 -p "$1" -U "$2" -n -c "$CLIENTS" -j 2 -T "$DURATION" -M "$4" -f "$5" "$3" 2>/dev/null \
-    | awk '/^tps = / {printf "%.0f", $3}'
+    | awk '/^tps = / {printf "%.0f", $3; found = 1} END {if (!found) printf "0"}' || true
 }
 # The loads' writes reach the disk before anything is measured (writeback would otherwise
 # run during the first rounds).
@@ -97,19 +98,26 @@ sync
 "$PGBIN/pgbench" -h 127.0.0.1 -p $PG_PORT -U bench -n -c "$CLIENTS" -j 2 -T 5 -M prepared -f "$work/select.sql" postgres >/dev/null 2>&1
 "$PGBIN/pgbench" -h 127.0.0.1 -p $Q_PORT -U quartet -n -c "$CLIENTS" -j 2 -T 5 -M prepared -f "$work/select.sql" quartet >/dev/null 2>&1
 # This machine's speed drifts by a third from one minute to the next, for both servers alike:
-# each workload is measured ROUNDS times, the two servers back to back in each round, and the
-# table gives each server's median.
+# each workload is measured ROUNDS times, the two servers back to back in each round (which
+# one goes first alternates), and the table gives each server's median.
 declare -A R ALL
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+median() { tr ' ' '\n' | awk 'NF' | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)] + 0}'; }
+both() { # round mode script -> "pg_tps q_tps", the first server alternating by round
+  local pg_tps q_tps
+  if [ $(($1 % 2)) -eq 1 ]; then
+    pg_tps=$(tps $PG_PORT bench postgres "$2" "$3"); q_tps=$(tps $Q_PORT quartet quartet "$2" "$3")
+  else
+    q_tps=$(tps $Q_PORT quartet quartet "$2" "$3"); pg_tps=$(tps $PG_PORT bench postgres "$2" "$3")
+  fi
+  echo "${pg_tps:-0} ${q_tps:-0}"
+}
 for round in $(seq "$ROUNDS"); do
   for mode in simple extended prepared; do
-    pg_tps=$(tps $PG_PORT bench postgres $mode "$work/select.sql")
-    q_tps=$(tps $Q_PORT quartet quartet $mode "$work/select.sql")
+    read -r pg_tps q_tps < <(both "$round" $mode "$work/select.sql")
     echo "round $round, point select -M $mode: PostgreSQL $pg_tps, db-server $q_tps" >&2
     ALL[pg.$mode]+=" $pg_tps"; ALL[q.$mode]+=" $q_tps"
   done
-  pg_tps=$(tps $PG_PORT bench postgres simple "$work/write.sql")
-  q_tps=$(tps $Q_PORT quartet quartet simple "$work/write.sql")
+  read -r pg_tps q_tps < <(both "$round" simple "$work/write.sql")
   echo "round $round, write transaction: PostgreSQL $pg_tps, db-server $q_tps" >&2
   ALL[pg.write]+=" $pg_tps"; ALL[q.write]+=" $q_tps"
 done
@@ -131,7 +139,7 @@ R[http]=$(wrk -t2 -c"$CLIENTS" -d"${DURATION}s" -s "$work/http.lua" "http://127.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<TABLE
 ### Database — $(date -u +%Y-%m-%d) — \`SCALE=$SCALE DURATION=$DURATION CLIENTS=$CLIENTS ROUNDS=$ROUNDS bench/db.sh\`
-2 cores; $("$PGBIN/postgres" --version); pgbench -n -c $CLIENTS -j 2 -T $DURATION on the same machine, plain text (PGSSLMODE=disable) to both; $rows accounts; db-server with synchronous=full. Medians of $ROUNDS rounds, the servers back to back in each.
+2 cores; $("$PGBIN/postgres" --version); pgbench -n -c $CLIENTS -j 2 -T $DURATION on the same machine, plain text (PGSSLMODE=disable) to both; $rows accounts; db-server with synchronous=full. Medians of $ROUNDS rounds, the servers back to back in each (which goes first alternates); the HTTP API row is one run.
 
 | workload | PostgreSQL TPS (rounds) | db-server TPS (rounds) | db-server / PostgreSQL | target |
 | --- | ---: | ---: | ---: | --- |
