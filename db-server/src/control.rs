@@ -230,20 +230,16 @@ pub async fn request_backup(dir: &Path, database: &str, dest: &Path) -> Result<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::tests::{limits, open_snapshot, scratch};
     use crate::engine::value::Value;
-    use crate::engine::{Session, SessionLimits, check_snapshot};
+    use crate::engine::{Session, check_snapshot};
 
     #[tokio::test]
     async fn a_running_server_sends_a_checked_snapshot_and_refuses_bad_requests() {
         use sqlx::Connection as _;
         use std::os::unix::fs::PermissionsExt as _;
-        let (dir, engine, db) = crate::engine::tests::scratch(&Default::default()).await;
-        let limits = SessionLimits {
-            statement_timeout: Duration::from_secs(5),
-            lock_timeout: Duration::from_secs(5),
-            max_rows: 0,
-        };
-        let mut session = Session::new(Arc::clone(&db), limits);
+        let (dir, engine, db) = scratch(&Default::default()).await;
+        let mut session = Session::new(Arc::clone(&db), limits());
         for sql in [
             "CREATE TABLE t (n INTEGER)",
             "INSERT INTO t VALUES (1), (2), (3)",
@@ -271,12 +267,7 @@ mod tests {
         check_snapshot(&copy)
             .await
             .expect("the snapshot checks out");
-        let mut alone = sqlx::sqlite::SqliteConnection::connect(&format!(
-            "sqlite://{}?mode=ro&immutable=1",
-            copy.display()
-        ))
-        .await
-        .expect("open the snapshot");
+        let mut alone = open_snapshot(&copy).await;
         let sum: i64 = sqlx::query_scalar("SELECT sum(n) FROM t")
             .fetch_one(&mut alone)
             .await

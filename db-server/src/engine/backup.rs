@@ -141,14 +141,10 @@ mod tests {
     /// nor shows up in it.
     #[tokio::test]
     async fn a_snapshot_neither_waits_for_the_writer_nor_sees_uncommitted_rows() {
+        use crate::engine::tests::{limits, open_snapshot, scratch};
         use crate::engine::value::Value;
-        let (dir, engine, db) = crate::engine::tests::scratch(&Default::default()).await;
-        let limits = SessionLimits {
-            statement_timeout: Duration::from_secs(5),
-            lock_timeout: Duration::from_secs(5),
-            max_rows: 0,
-        };
-        let mut session = Session::new(Arc::clone(&db), limits);
+        let (dir, engine, db) = scratch(&Default::default()).await;
+        let mut session = Session::new(Arc::clone(&db), limits());
         for sql in [
             "CREATE TABLE t (id INTEGER PRIMARY KEY)",
             "INSERT INTO t VALUES (1)",
@@ -173,15 +169,7 @@ mod tests {
         check_snapshot(&file)
             .await
             .expect("the snapshot checks out");
-        let mut alone = {
-            use sqlx::Connection as _;
-            sqlx::sqlite::SqliteConnection::connect(&format!(
-                "sqlite://{}?mode=ro&immutable=1",
-                file.display()
-            ))
-            .await
-            .expect("open the snapshot")
-        };
+        let mut alone = open_snapshot(&file).await;
         let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM t ORDER BY id")
             .fetch_all(&mut alone)
             .await

@@ -410,12 +410,23 @@ pub(crate) mod tests {
     use crate::engine::value::Value;
     use std::time::Duration;
 
-    fn limits() -> SessionLimits {
+    pub(crate) fn limits() -> SessionLimits {
         SessionLimits {
             statement_timeout: Duration::from_secs(5),
             lock_timeout: Duration::from_millis(300),
             max_rows: 0,
         }
+    }
+
+    /// A snapshot file opened on its own, read-only, to look at what was written.
+    pub(crate) async fn open_snapshot(path: &Path) -> sqlx::sqlite::SqliteConnection {
+        use sqlx::Connection as _;
+        sqlx::sqlite::SqliteConnection::connect(&format!(
+            "sqlite://{}?mode=ro&immutable=1",
+            path.display()
+        ))
+        .await
+        .expect("open the snapshot")
     }
 
     async fn engine(dir: &Path) -> Engine {
