@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Shutdown;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::engine::backup::ScratchFile;
 use crate::engine::{Engine, SqlError, sqlstate};
@@ -81,19 +81,20 @@ impl ControlSocket {
         Ok(Self { listener, path })
     }
 
-    /// Serves requests until `stop`.
-    pub async fn serve(self, engine: Arc<Engine>, stop: CancellationToken) {
+    /// Serves requests until shutdown begins. Requests under way are tracked by `shutdown`,
+    /// so the role finishes them before it closes its databases.
+    pub async fn serve(self, engine: Arc<Engine>, shutdown: Shutdown) {
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
         loop {
             let permit = tokio::select! {
-                () = stop.cancelled() => return,
+                () = shutdown.cancelled() => return,
                 permit = Arc::clone(&permits).acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => return,
                 },
             };
             let stream = tokio::select! {
-                () = stop.cancelled() => return,
+                () = shutdown.cancelled() => return,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(err) => {
@@ -104,7 +105,7 @@ impl ControlSocket {
                 },
             };
             let engine = Arc::clone(&engine);
-            tokio::spawn(async move {
+            shutdown.spawn(async move {
                 if let Err(err) = answer(stream, &engine).await {
                     tracing::warn!(error = %err, "control socket: request failed");
                 }
@@ -255,8 +256,8 @@ mod tests {
             0o700,
             "only the server's user may reach the socket"
         );
-        let stop = CancellationToken::new();
-        let served = tokio::spawn(socket.serve(Arc::clone(&engine), stop.clone()));
+        let shutdown = Shutdown::new();
+        let served = tokio::spawn(socket.serve(Arc::clone(&engine), shutdown.clone()));
 
         // A snapshot, written by the client, holding what was committed.
         let copy = dir.path().join("copy.db");
@@ -304,7 +305,7 @@ mod tests {
             );
         }
 
-        stop.cancel();
+        shutdown.trigger();
         served.await.expect("stopped");
         assert!(
             !socket_path.exists(),

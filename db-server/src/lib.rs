@@ -152,7 +152,7 @@ pub async fn run(
         Ok(socket) => {
             server
                 .shutdown
-                .spawn(socket.serve(Arc::clone(&engine), server.shutdown.token().clone()));
+                .spawn(socket.serve(Arc::clone(&engine), server.shutdown.clone()));
         }
         Err(err) => tracing::warn!(
             path = %control::socket_path(&dir).display(),
