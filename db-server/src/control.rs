@@ -128,7 +128,8 @@ async fn answer(stream: UnixStream, engine: &Engine) -> std::io::Result<()> {
     .await;
     let database = match request {
         Ok(Ok(_)) if line.ends_with('\n') => line.trim_end().strip_prefix("backup "),
-        Ok(Err(err)) => return Err(err),
+        // Bytes that are not UTF-8 are a bad request like any other, answered as one.
+        Ok(Err(err)) if err.kind() != std::io::ErrorKind::InvalidData => return Err(err),
         _ => None,
     };
     let database = database.filter(|name| crate::engine::valid_database_name(name));
@@ -291,12 +292,13 @@ mod tests {
 
         // Anything but one request line naming a database is refused with an error line.
         for request in [
-            "hello\n".to_owned(),
-            "x".repeat(300),
-            "backup ../../etc/passwd\n".to_owned(),
+            b"hello\n".to_vec(),
+            vec![b'x'; 300],
+            b"backup ../../etc/passwd\n".to_vec(),
+            b"backup \xff\xfe\n".to_vec(),
         ] {
             let mut stream = UnixStream::connect(&socket_path).await.expect("connect");
-            stream.write_all(request.as_bytes()).await.expect("send");
+            stream.write_all(&request).await.expect("send");
             let mut answer = String::new();
             stream.read_to_string(&mut answer).await.expect("answer");
             assert!(
