@@ -36,6 +36,8 @@ pub enum DbError {
     Tls(#[from] common::tls::TlsError),
     #[error("database engine: {0}")]
     Engine(#[from] engine::SqlError),
+    #[error("could not start the threads that serve PostgreSQL sessions: {0}")]
+    ServingThreads(#[from] std::io::Error),
 }
 
 /// Runs the db role on its bound `pg` and `http` listeners until `shutdown`.
@@ -142,11 +144,11 @@ pub async fn run(
         session_limits,
         Some(tls),
         config.environment.is_strict(),
-    );
+    )?;
     service.idle_in_transaction = Duration::from_secs(db.idle_in_transaction_timeout_secs);
     let service = Arc::new(service);
     server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
-        Arc::clone(&service).serve(stream)
+        service.serve_on_thread(stream)
     });
     match control::ControlSocket::bind(&dir) {
         Ok(socket) => {

@@ -51,6 +51,10 @@ pub struct Interrupt {
     budget_until_us: AtomicU64,
     /// The budget, not a deadline or a cancel, stopped the statement.
     over_budget: AtomicBool,
+    /// Microseconds since [`epoch`] after which a statement that runs on the serving thread
+    /// and cannot be stopped hands that thread's other tasks over ([`super::direct`]); 0 =
+    /// none.
+    hand_over_at_us: AtomicU64,
 }
 
 fn epoch() -> Instant {
@@ -95,6 +99,18 @@ impl Interrupt {
         self.budget_until_us.store(0, Ordering::Relaxed);
     }
 
+    /// Hands the serving thread's other tasks over once the statement about to run has run
+    /// for `after` (see [`super::direct::hand_over_thread`]).
+    pub fn set_hand_over(&self, after: Duration) {
+        let at = epoch().elapsed() + after;
+        self.hand_over_at_us
+            .store(at.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn clear_hand_over(&self) {
+        self.hand_over_at_us.store(0, Ordering::Relaxed);
+    }
+
     /// Whether the budget (rather than a deadline or a cancel) stopped the last statement.
     pub fn took_over_budget(&self) -> bool {
         self.over_budget.load(Ordering::Relaxed) && !self.cancelled.load(Ordering::Relaxed)
@@ -113,6 +129,19 @@ impl Interrupt {
         if budget != 0 && epoch().elapsed().as_micros() as u64 >= budget {
             self.over_budget.store(true, Ordering::Relaxed);
             return false;
+        }
+        let hand_over = self.hand_over_at_us.load(Ordering::Relaxed);
+        if hand_over != 0 {
+            let now = epoch().elapsed().as_micros() as u64;
+            if now >= hand_over {
+                // Not taken over in time (both cores busy): try again a little later.
+                let next = if super::direct::hand_over_thread() {
+                    0
+                } else {
+                    now + super::direct::INLINE_BUDGET.as_micros() as u64
+                };
+                self.hand_over_at_us.store(next, Ordering::Relaxed);
+            }
         }
         true
     }
@@ -411,13 +440,14 @@ impl Checkpointer {
         path: &Path,
         writer: Arc<tokio::sync::Mutex<Conn>>,
         watch: Arc<WalWatch>,
+        home: &tokio::runtime::Handle,
     ) -> Result<Self, SqlError> {
         let mut connection = SqliteConnection::connect_with(&options(path, Role::Aside, false)?)
             .await
             .map_err(|e| SqlError::from_sqlx(&e))?;
         let name = name.to_owned();
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
+        let task = home.spawn(async move {
             // Unlike any count of commits: the first look checkpoints what the WAL may hold
             // from before (a server killed with frames not yet copied).
             let mut checkpointed = u64::MAX;
@@ -497,6 +527,7 @@ impl Database {
         path: &Path,
         options: &DatabaseOptions,
         create: bool,
+        home: &tokio::runtime::Handle,
     ) -> Result<Self, SqlError> {
         let watch = Arc::new(WalWatch {
             threshold: RESTART_FRAMES,
@@ -508,7 +539,8 @@ impl Database {
             readers.push(connect(path, Role::Reader, false, &options.paths, None).await?);
         }
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
-        let checkpointer = Checkpointer::start(name, path, Arc::clone(&writer), watch).await?;
+        let checkpointer =
+            Checkpointer::start(name, path, Arc::clone(&writer), watch, home).await?;
         Ok(Self {
             name: name.to_owned(),
             path: path.to_path_buf(),

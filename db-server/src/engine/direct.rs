@@ -17,8 +17,10 @@
 //!   a slow one, go to the worker. Outside a transaction a write runs under the budget too
 //!   (SQLite undoes all of an interrupted autocommit statement, so it can run again on the
 //!   worker); inside one it cannot be stopped without ending the transaction, so a write of
-//!   a quick shape that turns out slow holds this thread up to the statement timeout, as it
-//!   would hold the database's single writer anyway;
+//!   a quick shape that turns out slow runs to its end here, up to the statement timeout, as
+//!   it would hold the database's single writer anyway; past the budget it hands the thread's
+//!   other tasks (other sessions) to another thread ([`hand_over_thread`]), so that only its
+//!   own session waits;
 //! - no write waits for a lock here: the busy timeout is off while one runs, and a statement
 //!   that finds the database locked (another connection of this process) is run again on
 //!   the worker, which waits;
@@ -344,6 +346,8 @@ impl Direct {
         let started = Instant::now();
         if budgeted {
             interrupt.set_budget(INLINE_BUDGET);
+        } else {
+            interrupt.set_hand_over(INLINE_BUDGET);
         }
         if !reads_only {
             // Never wait for a lock on this thread (see the module's documentation).
@@ -352,6 +356,7 @@ impl Direct {
         }
         let outcome = step_all(handle, statement, params, max_rows);
         interrupt.clear_budget();
+        interrupt.clear_hand_over();
         // SAFETY: the statement belongs to this handle; reset releases its read snapshot
         // and locks, whatever the outcome.
         let busy = unsafe {
@@ -521,6 +526,42 @@ impl Drop for Direct {
 }
 
 /// Binds `params`, steps `statement` to its end and collects the rows.
+/// How long a statement that cannot be stopped waits for another thread to take its runtime
+/// worker over, before it carries on regardless (and tries again later).
+const HAND_OVER_WAIT: Duration = Duration::from_millis(5);
+
+/// Called by a statement that runs here past [`INLINE_BUDGET`] and cannot be stopped: on a
+/// multi-threaded runtime's worker, gives the worker (its queue of other tasks, its sockets)
+/// to a new thread through [`tokio::task::block_in_place`], and returns true once that runtime
+/// runs tasks again; this thread then finishes the statement, its session waiting alone.
+/// False where there is nothing to give (a current-thread runtime, no runtime) or when no
+/// thread took over within [`HAND_OVER_WAIT`] (this thread keeps the worker).
+///
+/// Runs inside SQLite's progress handler, on the statement's thread.
+pub fn hand_over_thread() -> bool {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let Ok(runtime) = Handle::try_current() else {
+        return false;
+    };
+    // block_in_place panics on a current-thread runtime.
+    if runtime.runtime_flavor() != RuntimeFlavor::MultiThread {
+        return false;
+    }
+    let running = Arc::new(AtomicBool::new(false));
+    tokio::task::block_in_place(|| {
+        // Spawned from outside the worker, this task runs once another thread holds it.
+        let signal = Arc::clone(&running);
+        runtime.spawn(async move { signal.store(true, Ordering::Release) });
+        let deadline = Instant::now() + HAND_OVER_WAIT;
+        while !running.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    });
+    running.load(Ordering::Acquire)
+}
+
 fn step_all(
     handle: *mut ffi::sqlite3,
     statement: *mut ffi::sqlite3_stmt,
@@ -815,6 +856,79 @@ mod tests {
             4,
             "the slow write, and then its COMMIT, there"
         );
+    }
+
+    /// A write inside a transaction cannot be stopped at the budget; once past it, the other
+    /// tasks of its runtime's one worker (other sessions, here a ticker) carry on on another
+    /// thread while it runs to its end.
+    #[test]
+    fn a_slow_write_in_a_transaction_does_not_hold_up_its_threads_other_sessions() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let paths = EngineMetrics::default();
+            let (_dir, _engine, db) = crate::engine::tests::scratch(&paths).await;
+            let served = tokio::spawn(async move {
+                let mut session = Session::new(Arc::clone(&db), limits());
+                session
+                    .execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)", &[])
+                    .await
+                    .expect("create");
+                session
+                    .execute("INSERT INTO t (id, name) VALUES (1, 'a')", &[])
+                    .await
+                    .expect("insert");
+                // Quick with a small count (seen quick twice, so it runs here), slow with a
+                // large one.
+                let update = "UPDATE t SET name = (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?2) SELECT 'n' || count(*) FROM c) WHERE id = ?1";
+                session.execute("BEGIN", &[]).await.expect("begin");
+                for _ in 0..2 {
+                    session
+                        .execute(update, &[Value::Integer(1), Value::Integer(2)])
+                        .await
+                        .expect("quick update");
+                }
+                let here = paths.serving.get();
+                let started = Instant::now();
+                session
+                    .execute(update, &[Value::Integer(1), Value::Integer(3_000_000)])
+                    .await
+                    .expect("slow update");
+                let took = started.elapsed();
+                assert_eq!(paths.serving.get() - here, 1, "the slow update ran here");
+                session.execute("COMMIT", &[]).await.expect("commit");
+                took
+            });
+            // The ticker shares the runtime's only worker with the session, and records the
+            // longest it went without running.
+            let longest_gap_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let gaps = Arc::clone(&longest_gap_us);
+            let ticker = tokio::spawn(async move {
+                let mut last = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let gap = last.elapsed().as_micros() as u64;
+                    gaps.fetch_max(gap, std::sync::atomic::Ordering::Relaxed);
+                    last = Instant::now();
+                }
+            });
+            let took = served.await.expect("session");
+            ticker.abort();
+            let longest_gap =
+                Duration::from_micros(longest_gap_us.load(std::sync::atomic::Ordering::Relaxed));
+            assert!(
+                took > Duration::from_millis(100),
+                "the slow update took {took:?}: not slow enough to show anything"
+            );
+            assert!(
+                longest_gap < took / 3,
+                "the ticker waited {longest_gap:?} while the update took {took:?}"
+            );
+        });
+        runtime.shutdown_background();
     }
 
     /// A statement abandoned on sqlx's worker (its future dropped: a client gone) is stopped

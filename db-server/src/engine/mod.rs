@@ -79,6 +79,9 @@ pub struct Engine {
     /// With `db.backend = "postgres://…"`: the databases are the backend's (the catalog
     /// mirrors their names for grants).
     upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// The runtime the engine was opened on, which runs its databases' background tasks:
+    /// sessions may be served on runtimes of their own (see `pg::threads`) that stop first.
+    home: tokio::runtime::Handle,
 }
 
 fn not_with_postgres(what: &str) -> SqlError {
@@ -115,6 +118,7 @@ impl Engine {
             catalog,
             open: tokio::sync::Mutex::new(HashMap::new()),
             upstream,
+            home: tokio::runtime::Handle::current(),
         })
     }
 
@@ -166,7 +170,9 @@ impl Engine {
                 format!("database \"{name}\" does not exist"),
             ));
         }
-        let db = Arc::new(Database::open(name, &self.path_of(name), &self.options, true).await?);
+        let db = Arc::new(
+            Database::open(name, &self.path_of(name), &self.options, true, &self.home).await?,
+        );
         open.insert(name.to_owned(), Arc::clone(&db));
         Ok(db)
     }
@@ -185,7 +191,8 @@ impl Engine {
         }
         self.catalog.add_database(name).await?;
         // Create the file now, so that a database that exists can always be opened.
-        let created = Database::open(name, &self.path_of(name), &self.options, true).await;
+        let created =
+            Database::open(name, &self.path_of(name), &self.options, true, &self.home).await;
         match created {
             Ok(db) => {
                 self.open.lock().await.insert(name.to_owned(), Arc::new(db));

@@ -12,6 +12,7 @@ mod catalog;
 mod compat;
 mod encode;
 mod startup;
+mod threads;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct PgService {
     /// A transaction left idle this long is rolled back and its connection ended (it would
     /// otherwise hold the single writer); zero = never.
     pub idle_in_transaction: std::time::Duration,
+    /// Where sessions run (see [`threads`]).
+    threads: threads::ServingThreads,
 }
 
 impl std::fmt::Debug for PgService {
@@ -66,8 +69,8 @@ impl PgService {
         limits: SessionLimits,
         tls: Option<pgwire::tokio::TlsAcceptor>,
         require_tls: bool,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        Ok(Self {
             engine,
             limits,
             tls,
@@ -75,7 +78,18 @@ impl PgService {
             cancels: std::sync::Mutex::new(HashMap::new()),
             pids: Arc::new(pgwire::api::RandomPidSecretKeyGenerator::default()),
             idle_in_transaction: std::time::Duration::ZERO,
-        }
+            threads: threads::ServingThreads::for_this_machine()?,
+        })
+    }
+
+    /// Serves one client connection to its end, on one of the serving threads ([`threads`]).
+    pub fn serve_on_thread(
+        self: &Arc<Self>,
+        stream: tokio::net::TcpStream,
+    ) -> impl Future<Output = ()> + use<> {
+        let service = Arc::clone(self);
+        self.threads
+            .serve(stream, move |stream| service.serve(stream))
     }
 
     /// Serves one client connection to its end.
@@ -96,8 +110,15 @@ impl PgService {
             }),
             service: Arc::clone(&self),
         });
+        let query = Arc::clone(&handlers.query);
         if let Err(err) = pgwire::tokio::process_socket(stream, self.tls.clone(), handlers).await {
             tracing::debug!(error = %err, "PostgreSQL connection ended with an error");
+        }
+        // A transaction left open is rolled back here, within the connection's task, which
+        // the role's shutdown waits for (the handlers' drop is the fallback for a task that
+        // is stopped).
+        if let Some(open) = query.state.lock().await.as_mut() {
+            open.session.close().await;
         }
     }
 }
