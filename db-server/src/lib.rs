@@ -25,6 +25,14 @@ use common::listeners::AcceptLimits;
 use common::server::{RoleServer, StartError};
 use common::{Config, Environment, Listeners, Role, Shutdown};
 
+/// Where PostgreSQL sessions are served.
+enum Sessions {
+    /// On the SQLite engine, on threads of their own.
+    Local(pg::ServingThreads),
+    /// Proxied to the PostgreSQL backend.
+    Proxied(Arc<upstream::Upstream>),
+}
+
 /// Why the db role could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -72,6 +80,16 @@ pub async fn run(
             )?))
         }
     };
+    // Sessions on SQLite run on threads of their own (`pg::threads`), counted on /metrics:
+    // registered before `health_routes` freezes the registry.
+    let sessions = match &upstream {
+        Some(upstream) => Sessions::Proxied(Arc::clone(upstream)),
+        None => {
+            let threads = pg::ServingThreads::for_this_machine()?;
+            threads.register(server.registry_mut());
+            Sessions::Local(threads)
+        }
+    };
     let engine = Arc::new(engine::Engine::open_with(&dir, options, upstream.clone()).await?);
     // Development starts with the database `quartet`; elsewhere the administrator makes them.
     let first_database = (config.environment == Environment::Development).then_some("quartet");
@@ -113,38 +131,42 @@ pub async fn run(
     let limits = AcceptLimits {
         max_connections: db.max_connections,
     };
-    if let Some(upstream) = upstream {
-        if !db.backup.every.trim().is_empty()
-            && common::config::parse_interval(&db.backup.every)
-                .ok()
-                .flatten()
-                .is_some()
-        {
-            tracing::info!(
-                "db.backup.every is for the sqlite backend: back up the PostgreSQL backend with pg_dump"
-            );
+    let serving_threads = match sessions {
+        Sessions::Local(threads) => threads,
+        Sessions::Proxied(upstream) => {
+            if !db.backup.every.trim().is_empty()
+                && common::config::parse_interval(&db.backup.every)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            {
+                tracing::info!(
+                    "db.backup.every is for the sqlite backend: back up the PostgreSQL backend with pg_dump"
+                );
+            }
+            let service = Arc::new(upstream::proxy::ProxyService {
+                engine: Arc::clone(&engine),
+                upstream,
+                tls: Some(tls),
+                require_tls: config.environment.is_strict(),
+                statement_timeout: session_limits.statement_timeout,
+                idle_in_transaction: Duration::from_secs(db.idle_in_transaction_timeout_secs),
+            });
+            server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
+                Arc::clone(&service).serve(stream)
+            });
+            server.run_until_shutdown().await;
+            engine.close().await;
+            return Ok(());
         }
-        let service = Arc::new(upstream::proxy::ProxyService {
-            engine: Arc::clone(&engine),
-            upstream,
-            tls: Some(tls),
-            require_tls: config.environment.is_strict(),
-            statement_timeout: session_limits.statement_timeout,
-            idle_in_transaction: Duration::from_secs(db.idle_in_transaction_timeout_secs),
-        });
-        server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
-            Arc::clone(&service).serve(stream)
-        });
-        server.run_until_shutdown().await;
-        engine.close().await;
-        return Ok(());
-    }
+    };
     let mut service = pg::PgService::new(
         Arc::clone(&engine),
         session_limits,
         Some(tls),
         config.environment.is_strict(),
-    )?;
+        serving_threads,
+    );
     service.idle_in_transaction = Duration::from_secs(db.idle_in_transaction_timeout_secs);
     let service = Arc::new(service);
     server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {

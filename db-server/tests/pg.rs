@@ -543,9 +543,9 @@ async fn a_transaction_left_idle_is_ended_and_frees_the_writer() {
     busy.batch_execute("CREATE TABLE w (n INTEGER); BEGIN")
         .await
         .unwrap();
-    let tasks = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks();
+    // Sessions run on the role's serving threads, whose tasks /metrics counts.
+    let http = role.addr("http");
+    let tasks = serving_tasks(http);
     let started = Instant::now();
     let mut n = 0;
     while started.elapsed() < Duration::from_millis(1500) || n < 100 {
@@ -555,10 +555,9 @@ async fn a_transaction_left_idle_is_ended_and_frees_the_writer() {
         n += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let grown = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-        .saturating_sub(tasks);
+    // Three sessions and the busy one's watcher.
+    assert!(tasks >= 4, "{tasks} tasks on the serving threads");
+    let grown = serving_tasks(http).saturating_sub(tasks);
     assert!(grown < 20, "{grown} more tasks after {n} statements");
     busy.batch_execute("COMMIT").await.unwrap();
     let rows = busy.query_one("SELECT count(*) FROM w", &[]).await.unwrap();
@@ -630,4 +629,18 @@ async fn garbage_on_the_postgresql_port_is_refused_and_the_server_goes_on() {
     assert_eq!(row.get::<_, i64>(0), 2);
     drop(client);
     role.stop().await.unwrap();
+}
+
+/// `quartet_db_serving_tasks` from the role's /metrics.
+fn serving_tasks(http: std::net::SocketAddr) -> u64 {
+    let metrics = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{http}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("quartet_db_serving_tasks "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no quartet_db_serving_tasks in {metrics}"))
 }

@@ -55,6 +55,8 @@ pub struct Interrupt {
     /// and cannot be stopped hands that thread's other tasks over ([`super::direct`]); 0 =
     /// none.
     hand_over_at_us: AtomicU64,
+    /// The statement running handed its thread over.
+    handed_over: AtomicBool,
 }
 
 fn epoch() -> Instant {
@@ -102,13 +104,16 @@ impl Interrupt {
     /// Hands the serving thread's other tasks over once the statement about to run has run
     /// for `after` (see [`super::direct::hand_over_thread`]).
     pub fn set_hand_over(&self, after: Duration) {
+        self.handed_over.store(false, Ordering::Relaxed);
         let at = epoch().elapsed() + after;
         self.hand_over_at_us
             .store(at.as_micros() as u64, Ordering::Relaxed);
     }
 
-    pub fn clear_hand_over(&self) {
+    /// Stops watching for a hand-over; true if the statement that ran handed its thread over.
+    pub fn clear_hand_over(&self) -> bool {
         self.hand_over_at_us.store(0, Ordering::Relaxed);
+        self.handed_over.swap(false, Ordering::Relaxed)
     }
 
     /// Whether the budget (rather than a deadline or a cancel) stopped the last statement.
@@ -131,17 +136,16 @@ impl Interrupt {
             return false;
         }
         let hand_over = self.hand_over_at_us.load(Ordering::Relaxed);
-        if hand_over != 0 {
-            let now = epoch().elapsed().as_micros() as u64;
-            if now >= hand_over {
-                // Not taken over in time (both cores busy): try again a little later.
-                let next = if super::direct::hand_over_thread() {
-                    0
-                } else {
-                    now + super::direct::INLINE_BUDGET.as_micros() as u64
-                };
-                self.hand_over_at_us.store(next, Ordering::Relaxed);
-            }
+        if hand_over != 0 && epoch().elapsed().as_micros() as u64 >= hand_over {
+            let next = if super::direct::hand_over_thread() {
+                self.handed_over.store(true, Ordering::Relaxed);
+                0
+            } else {
+                // Not taken over in time (both cores busy): try again later, counted from
+                // after the wait.
+                (epoch().elapsed() + super::direct::HAND_OVER_RETRY).as_micros() as u64
+            };
+            self.hand_over_at_us.store(next, Ordering::Relaxed);
         }
         true
     }

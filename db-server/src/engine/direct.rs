@@ -75,6 +75,9 @@ pub struct EngineMetrics {
     pub replayed: Counter,
     /// Replays whose counts differed (40001): `quartet_db_serialization_failures_total`.
     pub serialization_failures: Counter,
+    /// Statements that ran past the budget here, unstoppable, and handed their thread's other
+    /// sessions to another thread: `quartet_db_thread_hand_overs_total`.
+    pub hand_overs: Counter,
 }
 
 impl EngineMetrics {
@@ -91,6 +94,7 @@ impl EngineMetrics {
             worker: on("worker"),
             replayed: Counter::default(),
             serialization_failures: Counter::default(),
+            hand_overs: Counter::default(),
         };
         registry.register(
             "db_statements",
@@ -106,6 +110,11 @@ impl EngineMetrics {
             "db_serialization_failures",
             "Optimistic transactions ended with 40001: a replayed statement's count differed",
             paths.serialization_failures.clone(),
+        );
+        registry.register(
+            "db_thread_hand_overs",
+            "Writes that ran past the inline budget inside a transaction and handed their thread's other sessions to another thread",
+            paths.hand_overs.clone(),
         );
         paths
     }
@@ -356,7 +365,9 @@ impl Direct {
         }
         let outcome = step_all(handle, statement, params, max_rows);
         interrupt.clear_budget();
-        interrupt.clear_hand_over();
+        if interrupt.clear_hand_over() {
+            self.paths.hand_overs.inc();
+        }
         // SAFETY: the statement belongs to this handle; reset releases its read snapshot
         // and locks, whatever the outcome.
         let busy = unsafe {
@@ -527,8 +538,12 @@ impl Drop for Direct {
 
 /// Binds `params`, steps `statement` to its end and collects the rows.
 /// How long a statement that cannot be stopped waits for another thread to take its runtime
-/// worker over, before it carries on regardless (and tries again later).
-const HAND_OVER_WAIT: Duration = Duration::from_millis(5);
+/// worker over, before it carries on regardless (and tries again after [`HAND_OVER_RETRY`]).
+const HAND_OVER_WAIT: Duration = Duration::from_millis(1);
+
+/// After a hand-over that no thread took in time (both cores busy), the statement runs this
+/// long before it tries again: at most a tenth of its time goes to waiting.
+pub const HAND_OVER_RETRY: Duration = Duration::from_millis(10);
 
 /// Called by a statement that runs here past [`INLINE_BUDGET`] and cannot be stopped: on a
 /// multi-threaded runtime's worker, gives the worker (its queue of other tasks, its sockets)
@@ -899,6 +914,7 @@ mod tests {
                     .expect("slow update");
                 let took = started.elapsed();
                 assert_eq!(paths.serving.get() - here, 1, "the slow update ran here");
+                assert_eq!(paths.hand_overs.get(), 1, "and handed its thread over once");
                 session.execute("COMMIT", &[]).await.expect("commit");
                 took
             });

@@ -14,6 +14,8 @@ mod encode;
 mod startup;
 mod threads;
 
+pub use threads::ServingThreads;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -69,8 +71,9 @@ impl PgService {
         limits: SessionLimits,
         tls: Option<pgwire::tokio::TlsAcceptor>,
         require_tls: bool,
-    ) -> std::io::Result<Self> {
-        Ok(Self {
+        threads: ServingThreads,
+    ) -> Self {
+        Self {
             engine,
             limits,
             tls,
@@ -78,8 +81,8 @@ impl PgService {
             cancels: std::sync::Mutex::new(HashMap::new()),
             pids: Arc::new(pgwire::api::RandomPidSecretKeyGenerator::default()),
             idle_in_transaction: std::time::Duration::ZERO,
-            threads: threads::ServingThreads::for_this_machine()?,
-        })
+            threads,
+        }
     }
 
     /// Serves one client connection to its end, on one of the serving threads ([`threads`]).

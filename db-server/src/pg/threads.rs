@@ -60,6 +60,13 @@ impl ServingThreads {
         Ok(Self { runtimes, sessions })
     }
 
+    /// `quartet_db_serving_tasks` on `/metrics`: the tasks alive on these threads (each
+    /// session, and its idle-transaction watcher while it has one).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let runtimes = self.runtimes.iter().map(Runtime::metrics).collect();
+        registry.register_collector(Box::new(ServingTasks(runtimes)));
+    }
+
     /// Serves `stream` with `session` on the runtime with the fewest sessions; the returned
     /// future resolves when the session ends, and dropping it stops the session.
     pub fn serve<S, F>(&self, stream: TcpStream, session: S) -> impl Future<Output = ()> + use<S, F>
@@ -126,5 +133,30 @@ struct AbortOnDrop(tokio::task::AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Counts the serving threads' tasks when `/metrics` is read.
+#[derive(Debug)]
+struct ServingTasks(Vec<tokio::runtime::RuntimeMetrics>);
+
+impl prometheus_client::collector::Collector for ServingTasks {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let tasks: i64 = self
+            .0
+            .iter()
+            .map(|runtime| runtime.num_alive_tasks() as i64)
+            .sum();
+        let metric = encoder.encode_descriptor(
+            "db_serving_tasks",
+            "Tasks alive on the threads that serve PostgreSQL sessions",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new(tasks).encode(metric)
     }
 }
