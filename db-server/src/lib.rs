@@ -168,6 +168,7 @@ pub async fn run(
         serving_threads,
     );
     service.idle_in_transaction = Duration::from_secs(db.idle_in_transaction_timeout_secs);
+    service.stop = server.shutdown.token().clone();
     let service = Arc::new(service);
     server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
         service.serve_on_thread(stream)

@@ -631,6 +631,56 @@ async fn garbage_on_the_postgresql_port_is_refused_and_the_server_goes_on() {
     role.stop().await.unwrap();
 }
 
+/// Stopping the role ends its sessions at once, as PostgreSQL's fast shutdown does, instead of
+/// waiting out the drain for clients that stay connected: an idle session is closed and its
+/// open transaction rolled back; what was committed is there after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_ends_sessions_and_rolls_back_what_they_left_open() {
+    let test = TestConfig::new(Environment::Development);
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let addr = role.addr("pg");
+    let idle = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    let in_transaction = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    idle.batch_execute("CREATE TABLE s (n INTEGER); INSERT INTO s VALUES (1)")
+        .await
+        .unwrap();
+    in_transaction
+        .batch_execute("BEGIN; INSERT INTO s VALUES (2)")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    role.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stopping took {:?} with two clients connected",
+        started.elapsed()
+    );
+    assert!(idle.batch_execute("SELECT 1").await.is_err());
+    assert!(in_transaction.batch_execute("COMMIT").await.is_err());
+    assert!(idle.is_closed() && in_transaction.is_closed());
+
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let client = connect(role.addr("pg"), "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    let rows = client
+        .query("SELECT n FROM s ORDER BY n", &[])
+        .await
+        .unwrap();
+    let kept: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(
+        kept,
+        vec![1],
+        "the committed row, not the open transaction's"
+    );
+    drop(client);
+    role.stop().await.unwrap();
+}
+
 /// `quartet_db_serving_tasks` from the role's /metrics.
 fn serving_tasks(http: std::net::SocketAddr) -> u64 {
     let metrics = std::process::Command::new("curl")

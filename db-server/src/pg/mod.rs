@@ -53,7 +53,10 @@ pub struct PgService {
     /// otherwise hold the single writer); zero = never.
     pub idle_in_transaction: std::time::Duration,
     /// Where sessions run (see [`threads`]).
-    threads: threads::ServingThreads,
+    threads: ServingThreads,
+    /// Cancelled when the role stops: idle sessions end, and the others get FATAL 57P01 on
+    /// their next query, as PostgreSQL's fast shutdown does.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for PgService {
@@ -82,6 +85,7 @@ impl PgService {
             pids: Arc::new(pgwire::api::RandomPidSecretKeyGenerator::default()),
             idle_in_transaction: std::time::Duration::ZERO,
             threads,
+            stop: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -114,7 +118,26 @@ impl PgService {
             service: Arc::clone(&self),
         });
         let query = Arc::clone(&handlers.query);
-        if let Err(err) = pgwire::tokio::process_socket(stream, self.tls.clone(), handlers).await {
+        let session = pgwire::tokio::process_socket(stream, self.tls.clone(), handlers);
+        tokio::pin!(session);
+        let ended = tokio::select! {
+            ended = &mut session => ended,
+            () = self.stop.cancelled() => {
+                // Stopping: the session ends once no statement of its is under way (each
+                // holds the state from its start until its answer is handed to pgwire).
+                loop {
+                    tokio::select! {
+                        ended = &mut session => break ended,
+                        () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
+                            if query.state.try_lock().is_ok() {
+                                break Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if let Err(err) = ended {
             tracing::debug!(error = %err, "PostgreSQL connection ended with an error");
         }
         // A transaction left open is rolled back here, within the connection's task, which
@@ -258,6 +281,12 @@ impl QueryHandler {
             return Err(fatal(
                 "25P03",
                 "terminating connection due to idle-in-transaction timeout",
+            ));
+        }
+        if self.service.stop.is_cancelled() {
+            return Err(fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
             ));
         }
         Ok(())
