@@ -151,6 +151,7 @@ pub async fn run(
                 require_tls: config.environment.is_strict(),
                 statement_timeout: session_limits.statement_timeout,
                 idle_in_transaction: Duration::from_secs(db.idle_in_transaction_timeout_secs),
+                stop: server.shutdown.token().clone(),
             });
             server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
                 Arc::clone(&service).serve(stream)

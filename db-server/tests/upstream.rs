@@ -346,5 +346,17 @@ async fn a_real_postgresql_behind_the_same_front_ends() {
     .unwrap();
     let after = connect(pg, "quartet", "quartet", "shop").await.unwrap();
     assert_eq!(after.query("SELECT 1", &[]).await.unwrap().len(), 1);
+
+    // Stopping ends the sessions (FATAL 57P01) rather than waiting out the drain for a
+    // client that stays connected, one of them in a transaction.
+    after.batch_execute("BEGIN").await.unwrap();
+    let started = std::time::Instant::now();
     role.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stopping took {:?}",
+        started.elapsed()
+    );
+    let err = after.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(after.is_closed(), "{err}");
 }

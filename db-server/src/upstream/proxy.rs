@@ -57,6 +57,9 @@ pub struct ProxyService {
     pub require_tls: bool,
     pub statement_timeout: Duration,
     pub idle_in_transaction: Duration,
+    /// Cancelled when the role stops: each session ends with FATAL 57P01 once the backend has
+    /// answered what it was sent.
+    pub stop: CancellationToken,
 }
 
 impl std::fmt::Debug for ProxyService {
@@ -499,6 +502,19 @@ impl ClientSide<'_> {
                     }
                 }
                 _ = self.shared.stop.cancelled() => return Err(std::io::ErrorKind::BrokenPipe.into()),
+                _ = self.service.stop.cancelled() => {
+                    self.wait_for_backend().await?;
+                    let mut out = BytesMut::new();
+                    wire::error_response(
+                        &mut out,
+                        "FATAL",
+                        sqlstate::ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command",
+                    );
+                    self.answer(out).await?;
+                    // Not clean: the backend connection, perhaps in a transaction, is closed.
+                    return Err(std::io::ErrorKind::ConnectionAborted.into());
+                }
             }
             let (tag, length) = match wire::read_header(reader, MAX_MESSAGE).await {
                 Ok(header) => header,
