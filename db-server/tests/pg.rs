@@ -681,6 +681,195 @@ async fn stopping_ends_sessions_and_rolls_back_what_they_left_open() {
     role.stop().await.unwrap();
 }
 
+/// Every parameter type the protocol lists, sent in binary (tokio-postgres sends all
+/// parameters so), and results read back in binary with their own type OIDs. Dates, times and
+/// numerics go as the bytes PostgreSQL itself would send.
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_parameters_and_results_of_every_listed_type() {
+    use tokio_postgres::types::Type;
+    let test = TestConfig::new(Environment::Development);
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let client = connect(role.addr("pg"), "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE typed (i2 SMALLINT, i4 INTEGER, i8 BIGINT, f4 REAL, f8 DOUBLE PRECISION, \
+             b BOOLEAN, t TEXT, by BYTEA, n NUMERIC, d DATE, tm TIME, ts TIMESTAMP, tz TIMESTAMP, \
+             absent TEXT)",
+        )
+        .await
+        .unwrap();
+    let insert = client
+        .prepare_typed(
+            "INSERT INTO typed VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                Type::INT2,
+                Type::INT4,
+                Type::INT8,
+                Type::FLOAT4,
+                Type::FLOAT8,
+                Type::BOOL,
+                Type::TEXT,
+                Type::BYTEA,
+                Type::NUMERIC,
+                Type::DATE,
+                Type::TIME,
+                Type::TIMESTAMP,
+                Type::TIMESTAMPTZ,
+                Type::TEXT,
+            ],
+        )
+        .await
+        .unwrap();
+    // 2024-02-29 13:14:15.123456 UTC.
+    let at = std::time::UNIX_EPOCH + Duration::from_micros(1_709_212_455_123_456);
+    // 12345.678: three base-10000 digits (1, 2345, 6780), weight 1, scale 3.
+    let numeric = Raw(vec![0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1a, 0x7c]);
+    let date = Raw(8825i32.to_be_bytes().to_vec()); // days from 2000-01-01 to 2024-02-29
+    let time = Raw(45_296_500_000i64.to_be_bytes().to_vec()); // 12:34:56.5
+    let inserted = client
+        .execute(
+            &insert,
+            &[
+                &7i16,
+                &-8i32,
+                &(1i64 << 40),
+                &1.5f32,
+                &-2.25f64,
+                &true,
+                &"héllo",
+                &vec![0u8, 255, 10],
+                &numeric,
+                &date,
+                &time,
+                &at,
+                &at,
+                &None::<&str>,
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, 1);
+
+    // As stored, in text.
+    let rows = client
+        .simple_query("SELECT i2, i4, i8, f4, f8, b, t, n, d, tm, ts, tz, absent FROM typed")
+        .await
+        .unwrap();
+    let row = rows
+        .iter()
+        .find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .expect("a row");
+    let texts: Vec<Option<&str>> = (0..13).map(|index| row.get(index)).collect();
+    assert_eq!(
+        texts,
+        vec![
+            Some("7"),
+            Some("-8"),
+            Some("1099511627776"),
+            Some("1.5"),
+            Some("-2.25"),
+            Some("t"),
+            Some("héllo"),
+            Some("12345.678"),
+            Some("2024-02-29"),
+            Some("12:34:56.5"),
+            Some("2024-02-29 13:14:15.123456"),
+            Some("2024-02-29 13:14:15.123456"),
+            None,
+        ]
+    );
+
+    // In binary, each column with its type.
+    let row = client
+        .query_one("SELECT i8, f8, b, t, by, d, tm, ts, absent FROM typed", &[])
+        .await
+        .unwrap();
+    let types: Vec<&Type> = row.columns().iter().map(|c| c.type_()).collect();
+    assert_eq!(
+        types,
+        vec![
+            &Type::INT8,
+            &Type::FLOAT8,
+            &Type::BOOL,
+            &Type::TEXT,
+            &Type::BYTEA,
+            &Type::DATE,
+            &Type::TIME,
+            &Type::TIMESTAMP,
+            &Type::TEXT
+        ]
+    );
+    assert_eq!(row.get::<_, i64>(0), 1 << 40);
+    assert_eq!(row.get::<_, f64>(1), -2.25);
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, &str>(3), "héllo");
+    assert_eq!(row.get::<_, Vec<u8>>(4), vec![0, 255, 10]);
+    assert_eq!(row.get::<_, Raw>(5).0, date.0);
+    assert_eq!(row.get::<_, Raw>(6).0, time.0);
+    assert_eq!(row.get::<_, std::time::SystemTime>(7), at);
+    assert_eq!(row.get::<_, Option<&str>>(8), None);
+
+    // A bad binary value is refused with 22P02, and the session goes on.
+    let insert_date = client
+        .prepare_typed("INSERT INTO typed (d) VALUES ($1)", &[Type::DATE])
+        .await
+        .unwrap();
+    let err = client
+        .execute(&insert_date, &[&Raw(vec![1, 2, 3])])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "22P02", "{err}");
+    assert_eq!(
+        client
+            .query_one("SELECT count(*) FROM typed", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+    drop(client);
+    role.stop().await.unwrap();
+}
+
+/// A value's bytes as they go on the wire, for any type.
+#[derive(Debug)]
+struct Raw(Vec<u8>);
+
+impl tokio_postgres::types::ToSql for Raw {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw.to_vec()))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
 /// `quartet_db_serving_tasks` from the role's /metrics.
 fn serving_tasks(http: std::net::SocketAddr) -> u64 {
     let metrics = std::process::Command::new("curl")

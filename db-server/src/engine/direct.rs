@@ -144,6 +144,15 @@ struct Prepared {
     shape: Option<String>,
 }
 
+/// What Describe tells of a statement ([`Direct::describe`]).
+#[derive(Debug)]
+pub struct Description {
+    pub columns: Vec<Column>,
+    /// Per column: no declared type (an expression), so TEXT until inferred.
+    pub undeclared: Vec<bool>,
+    pub parameters: usize,
+}
+
 /// A write seen slow here runs this many times on the worker before it is tried here again.
 const SLOW_RETRY: u32 = 16;
 
@@ -457,6 +466,29 @@ impl Direct {
 
     /// The cached statement for `sql`, prepared on first use; `None` for SQL this path does
     /// not take (empty, or more than one statement).
+    /// Describes `sql` without running it: its result columns, typed as when it runs here,
+    /// which of them have no declared type (expressions), and its parameter count. `Ok(None)`
+    /// when it is not prepared here (several statements).
+    pub fn describe(&mut self, sql: &str) -> Result<Option<Description>, SqlError> {
+        let Some(prepared) = self.prepare(sql)? else {
+            return Ok(None);
+        };
+        let statement = prepared.statement.as_ptr();
+        // SAFETY: a prepared statement of this handle.
+        let (parameters, undeclared) = unsafe {
+            let parameters = ffi::sqlite3_bind_parameter_count(statement).max(0) as usize;
+            let undeclared = (0..ffi::sqlite3_column_count(statement))
+                .map(|index| ffi::sqlite3_column_decltype(statement, index).is_null())
+                .collect();
+            (parameters, undeclared)
+        };
+        Ok(Some(Description {
+            columns: columns(statement),
+            undeclared,
+            parameters,
+        }))
+    }
+
     fn prepare(&mut self, sql: &str) -> Result<Option<&mut Prepared>, SqlError> {
         if !self.statements.contains_key(sql) {
             let Some(prepared) = self.prepare_new(sql)? else {

@@ -713,23 +713,35 @@ impl Session {
     pub async fn describe(&mut self, sql: &str) -> Result<(Vec<Column>, usize), SqlError> {
         use sqlx::{Executor as _, Statement as _};
         let describe = async |conn: &mut Conn| {
-            let statement = conn
-                .sqlx()?
-                .prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
-                .await
-                .map_err(|e| SqlError::from_sqlx(&e))?;
-            let parameters = match statement.parameters() {
-                Some(Either::Right(count)) => count,
-                Some(Either::Left(types)) => types.len(),
-                None => 0,
+            // Through SQLite itself, so that the columns are typed as the rows will be when
+            // the statement runs on the serving thread.
+            conn.settle_worker().await;
+            let (mut columns, undeclared, parameters) = match conn.direct.describe(sql)? {
+                Some(described) => (
+                    described.columns,
+                    described.undeclared,
+                    described.parameters,
+                ),
+                None => {
+                    let statement = conn
+                        .sqlx()?
+                        .prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
+                        .await
+                        .map_err(|e| SqlError::from_sqlx(&e))?;
+                    let parameters = match statement.parameters() {
+                        Some(Either::Right(count)) => count,
+                        Some(Either::Left(types)) => types.len(),
+                        None => 0,
+                    };
+                    let undeclared = statement
+                        .columns()
+                        .iter()
+                        .map(|c| sqlx::TypeInfo::name(sqlx::Column::type_info(c)) == "NULL")
+                        .collect();
+                    (columns_of(statement.columns()), undeclared, parameters)
+                }
             };
-            let mut columns = columns_of(statement.columns());
             // Expressions have no declared type: read it off the select list.
-            let undeclared: Vec<bool> = statement
-                .columns()
-                .iter()
-                .map(|c| sqlx::TypeInfo::name(sqlx::Column::type_info(c)) == "NULL")
-                .collect();
             if undeclared.contains(&true)
                 && let Some(expressions) = super::infer::select_list(sql)
                 && expressions.len() == columns.len()

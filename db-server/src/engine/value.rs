@@ -71,7 +71,7 @@ impl ColumnType {
             "datetime" | "timestamp" => ColumnType::Timestamp,
             d if d.contains("int") => ColumnType::Int8,
             d if d.contains("char") || d.contains("clob") || d.contains("text") => ColumnType::Text,
-            d if d.contains("blob") => ColumnType::Bytea,
+            d if d.contains("blob") || d == "bytea" => ColumnType::Bytea,
             d if d.contains("real") || d.contains("floa") || d.contains("doub") => {
                 ColumnType::Float8
             }

@@ -9,7 +9,7 @@ use pgwire::api::portal::{Format, Portal};
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::error::{PgWireError, PgWireResult};
 
-use super::Prepared;
+use super::{Prepared, binary};
 use crate::engine::value::{Column, ColumnType, Value};
 use crate::engine::{SqlError, StatementResult, sqlstate};
 
@@ -33,20 +33,18 @@ fn protocol_error(message: String) -> PgWireError {
     super::user_error(&SqlError::new(sqlstate::PROTOCOL_VIOLATION, message))
 }
 
-/// The PostgreSQL type announced for a column in `format`: types whose binary form is not
-/// produced here are sent as text in binary requests.
-fn wire_type(ty: ColumnType, format: FieldFormat) -> Type {
-    match (ty, format) {
-        (ColumnType::Bool, _) => Type::BOOL,
-        (ColumnType::Int8, _) => Type::INT8,
-        (ColumnType::Float8, _) => Type::FLOAT8,
-        (ColumnType::Bytea, _) => Type::BYTEA,
-        (ColumnType::Text, _) => Type::TEXT,
-        (_, FieldFormat::Binary) => Type::TEXT,
-        (ColumnType::Numeric, _) => Type::NUMERIC,
-        (ColumnType::Date, _) => Type::DATE,
-        (ColumnType::Time, _) => Type::TIME,
-        (ColumnType::Timestamp, _) => Type::TIMESTAMP,
+/// The PostgreSQL type announced for a column, in either format.
+fn wire_type(ty: ColumnType) -> Type {
+    match ty {
+        ColumnType::Bool => Type::BOOL,
+        ColumnType::Int8 => Type::INT8,
+        ColumnType::Float8 => Type::FLOAT8,
+        ColumnType::Bytea => Type::BYTEA,
+        ColumnType::Text => Type::TEXT,
+        ColumnType::Numeric => Type::NUMERIC,
+        ColumnType::Date => Type::DATE,
+        ColumnType::Time => Type::TIME,
+        ColumnType::Timestamp => Type::TIMESTAMP,
     }
 }
 
@@ -71,7 +69,7 @@ pub fn fields(columns: &[Column], format: &Format) -> PgWireResult<Vec<FieldInfo
                 column.name.clone(),
                 None,
                 None,
-                wire_type(column.ty, format),
+                wire_type(column.ty),
                 format,
             )
         })
@@ -128,6 +126,31 @@ fn encode_value(
             Value::Text(text) => encoder.encode_field(&text.as_bytes().to_vec()),
             _ => Err(invalid(value, ty)),
         },
+        // SQLite keeps these as text (a numeric column may also hold numbers): the binary
+        // form is worked out from it. Raw bytes are written as they are.
+        Type::NUMERIC | Type::DATE | Type::TIME | Type::TIMESTAMP => {
+            let text = value.to_pg_text(column).unwrap_or_default();
+            let bytes = match *ty {
+                Type::NUMERIC => binary::numeric_bytes(&text),
+                Type::DATE => binary::date_days(&text).map(|days| days.to_be_bytes().to_vec()),
+                Type::TIME => binary::time_micros(&text).map(|t| t.to_be_bytes().to_vec()),
+                _ => binary::timestamp_micros(&text).map(|t| t.to_be_bytes().to_vec()),
+            };
+            match bytes {
+                Some(bytes) => encoder.encode_field(&bytes),
+                None => Err(super::user_error(&SqlError::new(
+                    if *ty == Type::NUMERIC {
+                        "22P02"
+                    } else {
+                        "22007"
+                    },
+                    format!(
+                        "the value {text:?} cannot be sent as a binary {}",
+                        ty.name()
+                    ),
+                ))),
+            }
+        }
         _ => encoder.encode_field(&value.to_pg_text(column)),
     }
 }
@@ -232,6 +255,31 @@ pub fn parameters(portal: &Portal<Prepared>, inferred: &[Type]) -> Result<Vec<Va
                 None => return Err(bad("bool")),
             },
             (Some(&Type::BYTEA), true) => Value::Blob(bytes.to_vec()),
+            (Some(&Type::NUMERIC), true) => {
+                Value::Text(binary::numeric_text(bytes).ok_or_else(|| bad("numeric"))?)
+            }
+            (Some(&Type::DATE), true) => Value::Text(
+                bytes[..]
+                    .try_into()
+                    .ok()
+                    .and_then(|days| binary::date_text(i32::from_be_bytes(days)))
+                    .ok_or_else(|| bad("date"))?,
+            ),
+            (Some(&Type::TIME), true) => Value::Text(
+                bytes[..]
+                    .try_into()
+                    .ok()
+                    .and_then(|micros| binary::time_text(i64::from_be_bytes(micros)))
+                    .ok_or_else(|| bad("time"))?,
+            ),
+            // Kept as SQLite's date functions write them: a timestamptz in UTC.
+            (Some(&Type::TIMESTAMP | &Type::TIMESTAMPTZ), true) => Value::Text(
+                bytes[..]
+                    .try_into()
+                    .ok()
+                    .and_then(|micros| binary::timestamp_text(i64::from_be_bytes(micros)))
+                    .ok_or_else(|| bad("timestamp"))?,
+            ),
             (
                 None
                 | Some(
@@ -315,8 +363,8 @@ mod tests {
         assert_eq!(*binary[0].datatype(), Type::INT8);
         assert_eq!(
             *binary[1].datatype(),
-            Type::TEXT,
-            "numeric in binary goes as text"
+            Type::NUMERIC,
+            "numeric in binary is numeric too"
         );
         let text = fields(&columns, &Format::UnifiedText).expect("fields");
         assert_eq!(*text[1].datatype(), Type::NUMERIC);

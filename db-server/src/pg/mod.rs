@@ -8,6 +8,7 @@
 //! the session on its database, opened after authentication.
 
 mod batched;
+mod binary;
 mod catalog;
 mod compat;
 mod encode;
