@@ -159,3 +159,49 @@ async fn sql_over_http_with_auth_databases_and_backups() {
     .unwrap();
     role.stop().await.unwrap();
 }
+
+/// `db.http_max_response_bytes` and `db.http_max_body_bytes`: an answer that would grow past
+/// its limit is refused with 54000 (413) and, in a transaction, undoes the request; a body
+/// past its limit is refused before it is read; the server goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_and_bodies_past_their_limits_are_refused() {
+    let test = TestConfig::new(Environment::Development)
+        .set("db.http_max_response_bytes", "2000")
+        .set("db.http_max_body_bytes", "4096");
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let base = format!("http://{}", role.addr("http"));
+    tokio::task::spawn_blocking(move || {
+        let admin: &[&str] = &["-u", "quartet:quartet"];
+        let q = |body: &str| call(&base, admin, "POST", "/db/quartet/query", Some(body));
+        let (status, body) = q(r#"{"statements":[{"sql":"CREATE TABLE big (n INTEGER)"}]}"#);
+        assert_eq!(status, 200, "{body}");
+
+        // 500 rows of about 10 bytes each in JSON: past 2,000 bytes.
+        let many = r#"WITH RECURSIVE c(x) AS (SELECT 1000000 UNION ALL SELECT x + 1 FROM c LIMIT 500) SELECT x FROM c"#;
+        let (status, body) = q(&format!(
+            r#"{{"transaction":true,"statements":[{{"sql":"INSERT INTO big VALUES (1)"}},{{"sql":"{many}"}}]}}"#
+        ));
+        assert_eq!(status, 413, "{body}");
+        assert_eq!(body["error"]["code"], "54000", "{body}");
+        let (status, body) = q(r#"{"statements":[{"sql":"SELECT count(*) FROM big"}]}"#);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["results"][0]["rows"], serde_json::json!([[0]]), "the INSERT was undone");
+        // A small answer is fine.
+        let (status, body) = q(&format!(r#"{{"statements":[{{"sql":"{}"}}]}}"#, many.replace("500", "5")));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["results"][0]["rows"].as_array().map(Vec::len), Some(5));
+
+        // A body of 5,000 bytes.
+        let padded = format!(
+            r#"{{"statements":[{{"sql":"SELECT 1 /* {} */"}}]}}"#,
+            "x".repeat(5000)
+        );
+        let (status, _) = q(&padded);
+        assert_eq!(status, 413);
+        let (status, body) = q(r#"{"statements":[{"sql":"SELECT 1 AS one"}]}"#);
+        assert_eq!(status, 200, "{body}");
+    })
+    .await
+    .unwrap();
+    role.stop().await.unwrap();
+}
