@@ -25,6 +25,9 @@ use common::listeners::AcceptLimits;
 use common::server::{RoleServer, StartError};
 use common::{Config, Environment, Listeners, Role, Shutdown};
 
+/// Connections accepted past `db.max_connections` only to be refused with 53300.
+const REFUSAL_ROOM: usize = 16;
+
 /// Where PostgreSQL sessions are served.
 enum Sessions {
     /// On the SQLite engine, on threads of their own.
@@ -170,6 +173,12 @@ pub async fn run(
     );
     service.idle_in_transaction = Duration::from_secs(db.idle_in_transaction_timeout_secs);
     service.stop = server.shutdown.token().clone();
+    // Past db.max_connections a client is told so (53300), as PostgreSQL does, rather than
+    // left waiting to be accepted: the listener takes a few more than the limit.
+    service.max_sessions = db.max_connections;
+    let limits = AcceptLimits {
+        max_connections: db.max_connections.saturating_add(REFUSAL_ROOM),
+    };
     let service = Arc::new(service);
     server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
         service.serve_on_thread(stream)

@@ -681,6 +681,59 @@ async fn stopping_ends_sessions_and_rolls_back_what_they_left_open() {
     role.stop().await.unwrap();
 }
 
+/// Past `db.max_connections`, a client is refused at startup with 53300, as PostgreSQL's
+/// "too many clients", instead of waiting; once a session ends, the next one gets in.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_past_max_connections_are_refused_with_53300() {
+    let test = TestConfig::new(Environment::Development).set("db.max_connections", "2");
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let addr = role.addr("pg");
+    let first = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    let second = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        connect(addr, "quartet", "quartet", "quartet"),
+    )
+    .await
+    .expect("an answer, not a wait")
+    .unwrap_err();
+    assert_eq!(sqlstate(&refused), "53300", "{refused}");
+    assert_eq!(
+        first
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+    drop(second);
+    let started = Instant::now();
+    let third = loop {
+        match connect(addr, "quartet", "quartet", "quartet").await {
+            Ok(client) => break client,
+            Err(err) if started.elapsed() < Duration::from_secs(5) => {
+                assert_eq!(sqlstate(&err), "53300", "{err}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("no room after a session ended: {err}"),
+        }
+    };
+    assert_eq!(
+        third
+            .query_one("SELECT 2", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        2
+    );
+    drop((first, third));
+    role.stop().await.unwrap();
+}
+
 /// Every parameter type the protocol lists, sent in binary (tokio-postgres sends all
 /// parameters so), and results read back in binary with their own type OIDs. Dates, times and
 /// numerics go as the bytes PostgreSQL itself would send.

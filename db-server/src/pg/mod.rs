@@ -58,6 +58,10 @@ pub struct PgService {
     /// Cancelled when the role stops: idle sessions end, and the others get FATAL 57P01 on
     /// their next query, as PostgreSQL's fast shutdown does.
     pub stop: tokio_util::sync::CancellationToken,
+    /// Sessions past this many are refused at startup with FATAL 53300 (0: no limit).
+    pub max_sessions: usize,
+    /// Connections being served now.
+    sessions: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for PgService {
@@ -87,6 +91,8 @@ impl PgService {
             idle_in_transaction: std::time::Duration::ZERO,
             threads,
             stop: tokio_util::sync::CancellationToken::new(),
+            max_sessions: 0,
+            sessions: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -100,8 +106,17 @@ impl PgService {
             .serve(stream, move |stream| service.serve(stream))
     }
 
+    /// Whether a session starting now would be past `max_sessions`.
+    pub(crate) fn too_many_sessions(&self) -> bool {
+        self.max_sessions != 0
+            && self.sessions.load(std::sync::atomic::Ordering::Relaxed) > self.max_sessions
+    }
+
     /// Serves one client connection to its end.
     pub async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream) {
+        self.sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _counted = SessionCount(&self.sessions);
         let state = Arc::new(tokio::sync::Mutex::new(None));
         let registered = Arc::new(std::sync::Mutex::new(None));
         let handlers = Arc::new(ConnectionHandlers {
@@ -147,6 +162,15 @@ impl PgService {
         if let Some(open) = query.state.lock().await.as_mut() {
             open.session.close().await;
         }
+    }
+}
+
+/// One connection counted in [`PgService::sessions`] while this lives.
+struct SessionCount<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for SessionCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -102,6 +102,13 @@ impl StartupHandler for Startup {
                 "this server accepts logins only over TLS: connect with sslmode=require",
             ));
         }
+        if matches!(message, PgWireFrontendMessage::Startup(_)) && self.service.too_many_sessions()
+        {
+            return Err(fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already (db.max_connections)",
+            ));
+        }
         self.inner.on_startup(client, message).await
     }
 }
