@@ -681,6 +681,89 @@ async fn stopping_ends_sessions_and_rolls_back_what_they_left_open() {
     role.stop().await.unwrap();
 }
 
+/// Grants per database: WRITE reads and writes but cannot grant; ADMIN grants on its own
+/// database only; READ only reads; REVOKE takes the database away from new sessions.
+#[tokio::test(flavor = "multi_thread")]
+async fn write_and_admin_grants_and_revoke() {
+    let test = TestConfig::new(Environment::Development);
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let addr = role.addr("pg");
+    let root = connect(addr, "quartet", "quartet", "quartet")
+        .await
+        .unwrap();
+    root.batch_execute(
+        "CREATE DATABASE g; CREATE ROLE w PASSWORD 'wpw'; CREATE ROLE a PASSWORD 'apw'; \
+         CREATE ROLE r PASSWORD 'rpw'; GRANT WRITE ON DATABASE g TO w; \
+         GRANT ADMIN ON DATABASE g TO a",
+    )
+    .await
+    .unwrap();
+
+    let writer = connect(addr, "w", "wpw", "g").await.unwrap();
+    writer
+        .batch_execute("CREATE TABLE x (n INTEGER); INSERT INTO x VALUES (1)")
+        .await
+        .unwrap();
+    let err = writer
+        .batch_execute("GRANT READ ON DATABASE g TO r")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{err}");
+
+    let admin = connect(addr, "a", "apw", "g").await.unwrap();
+    admin
+        .batch_execute("GRANT READ ON DATABASE g TO r")
+        .await
+        .unwrap();
+    let err = admin
+        .batch_execute("GRANT READ ON DATABASE quartet TO r")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "admin on g only: {err}");
+
+    let reader = connect(addr, "r", "rpw", "g").await.unwrap();
+    let n: i64 = reader
+        .query_one("SELECT n FROM x", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let err = reader
+        .batch_execute("INSERT INTO x VALUES (2)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{err}");
+    assert_eq!(
+        refused(addr, "r", "rpw", "quartet").await,
+        "42501",
+        "no grant on quartet"
+    );
+
+    admin
+        .batch_execute("REVOKE READ ON DATABASE g FROM r")
+        .await
+        .unwrap();
+    assert_eq!(refused(addr, "r", "rpw", "g").await, "42501", "revoked");
+    root.batch_execute("REVOKE WRITE ON DATABASE g FROM w")
+        .await
+        .unwrap();
+    assert_eq!(refused(addr, "w", "wpw", "g").await, "42501", "revoked");
+    drop((root, writer, admin, reader));
+    role.stop().await.unwrap();
+}
+
+/// The SQLSTATE that refuses `user` on `database`: the session opens on its first query,
+/// where the grant is checked (FATAL).
+async fn refused(addr: SocketAddr, user: &str, password: &str, database: &str) -> String {
+    let client = connect(addr, user, password, database).await.unwrap();
+    let err = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(
+        client.batch_execute("SELECT 1").await.is_err(),
+        "a FATAL ends the session: {err}"
+    );
+    sqlstate(&err)
+}
+
 /// Past `db.max_connections`, a client is refused at startup with 53300, as PostgreSQL's
 /// "too many clients", instead of waiting; once a session ends, the next one gets in.
 #[tokio::test(flavor = "multi_thread")]
