@@ -71,9 +71,12 @@ async fn psql_over_tls_with_scram_runs_statements_and_reports_sqlstates() {
                 "SHOW server_version",
                 "-c",
                 "SELECT current_database(), current_user",
+                "-c",
+                "SELECT pg_catalog.version() = version(), current_schema()",
             ],
         );
         assert!(ok, "{out}{err}");
+        assert!(out.contains("\n1|public\n"), "{out}");
         assert!(
             out.contains("a|1.5|t\nb|2.0|f\n") || out.contains("a|1.5|t\nb|2|f\n"),
             "{out}"

@@ -7,6 +7,14 @@ import psycopg
 conninfo = sys.argv[1]
 with psycopg.connect(conninfo) as conn:
     assert conn.info.server_version >= 150000, conn.info.server_version
+    # The ParameterStatus set drivers rely on, as sent at startup.
+    status = conn.info.parameter_status
+    assert status("server_version").startswith("15."), status("server_version")
+    assert status("server_encoding") == "UTF8", status("server_encoding")
+    assert status("client_encoding") == "UTF8", status("client_encoding")
+    assert status("DateStyle").startswith("ISO"), status("DateStyle")
+    assert status("TimeZone"), status("TimeZone")
+    assert status("integer_datetimes") == "on", status("integer_datetimes")
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, stock INTEGER)")
         # Server-side parameters, typed by psycopg (int, str, float).
