@@ -92,9 +92,11 @@ impl StartupHandler for Startup {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if matches!(message, PgWireFrontendMessage::Startup(_))
-            && self.service.require_tls
-            && !client.is_secure()
-            && !client.socket_addr().ip().is_loopback()
+            && refuses_plain_login(
+                self.service.require_tls,
+                client.is_secure(),
+                client.socket_addr().ip(),
+            )
         {
             // Passwords never cross the network in the clear outside development.
             return Err(fatal(
@@ -110,5 +112,28 @@ impl StartupHandler for Startup {
             ));
         }
         self.inner.on_startup(client, message).await
+    }
+}
+
+/// Whether a login must be refused for coming in the clear: TLS is required (staging and
+/// production) and the client is off loopback.
+fn refuses_plain_login(require_tls: bool, secure: bool, peer: std::net::IpAddr) -> bool {
+    require_tls && !secure && !peer.is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_off_loopback_need_tls_where_it_is_required() {
+        let remote: std::net::IpAddr = "192.0.2.7".parse().expect("address");
+        let local: std::net::IpAddr = "127.0.0.1".parse().expect("address");
+        let local6: std::net::IpAddr = "::1".parse().expect("address");
+        assert!(refuses_plain_login(true, false, remote));
+        assert!(!refuses_plain_login(true, true, remote), "over TLS");
+        assert!(!refuses_plain_login(true, false, local), "loopback");
+        assert!(!refuses_plain_login(true, false, local6), "loopback");
+        assert!(!refuses_plain_login(false, false, remote), "development");
     }
 }
