@@ -244,4 +244,46 @@ mod tests {
             .expect("select");
         assert_eq!(rows.rows.len(), 1);
     }
+
+    /// `db.backup.every` and `db.backup.keep`: the schedule snapshots every database at each
+    /// tick, keeps the newest `keep` of each, and ends when told to stop.
+    #[tokio::test]
+    async fn the_schedule_snapshots_every_database_and_keeps_the_newest() {
+        let (dir, engine, db) = crate::engine::tests::scratch(&Default::default()).await;
+        let mut session = Session::new(db, crate::engine::tests::limits());
+        for sql in ["CREATE TABLE t (a)", "INSERT INTO t VALUES (1)"] {
+            session.execute(sql, &[]).await.expect("setup");
+        }
+        engine
+            .bootstrap("admin", "pw", Some("shop"))
+            .await
+            .expect("a second database");
+        let engine = Arc::new(engine);
+        let stop = tokio_util::sync::CancellationToken::new();
+        // Snapshot files are named by the second: ticks a little over one apart.
+        let schedule = tokio::spawn(run_schedule(
+            Arc::clone(&engine),
+            dir.path().to_path_buf(),
+            Duration::from_millis(1100),
+            2,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(3700)).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), schedule)
+            .await
+            .expect("the schedule stops when told")
+            .expect("schedule task");
+        for database in ["quartet", "shop"] {
+            let kept: Vec<PathBuf> = std::fs::read_dir(snapshot_dir(dir.path(), database))
+                .expect("snapshot folder")
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .collect();
+            assert_eq!(kept.len(), 2, "{database}: three taken, two kept: {kept:?}");
+            for file in &kept {
+                check_snapshot(file).await.expect("a sound snapshot");
+            }
+        }
+    }
 }
