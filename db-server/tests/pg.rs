@@ -953,6 +953,21 @@ async fn binary_parameters_and_results_of_every_listed_type() {
     assert_eq!(row.get::<_, std::time::SystemTime>(7), at);
     assert_eq!(row.get::<_, Option<&str>>(8), None);
 
+    // Undeclared, a parameter takes its column's type: bytes go into a BYTEA column.
+    client
+        .execute(
+            "UPDATE typed SET by = $1 WHERE by IS NOT NULL",
+            &[&vec![7u8, 8]],
+        )
+        .await
+        .unwrap();
+    let by: Vec<u8> = client
+        .query_one("SELECT by FROM typed", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(by, vec![7, 8]);
+
     // A bad binary value is refused with 22P02, and the session goes on.
     let insert_date = client
         .prepare_typed("INSERT INTO typed (d) VALUES ($1)", &[Type::DATE])

@@ -281,24 +281,6 @@ pub fn tables_named(sql: &str) -> Vec<String> {
     tables
 }
 
-/// The column type a declared SQLite type stands for.
-pub fn declared_type(declared: &str) -> ColumnType {
-    let lower = declared.to_ascii_lowercase();
-    if lower.contains("int") {
-        ColumnType::Int8
-    } else if lower.contains("char") || lower.contains("text") || lower.contains("clob") {
-        ColumnType::Text
-    } else if lower.contains("real") || lower.contains("floa") || lower.contains("doub") {
-        ColumnType::Float8
-    } else if lower.contains("blob") {
-        ColumnType::Bytea
-    } else if lower.contains("bool") {
-        ColumnType::Bool
-    } else {
-        ColumnType::Text
-    }
-}
-
 #[cfg(test)]
 mod parameter_tests {
     use super::*;
@@ -321,6 +303,7 @@ mod parameter_tests {
             tables_named("select * from a join b on a.x = b.y where 1"),
             ["a", "b"]
         );
-        assert_eq!(declared_type("VARCHAR(10)"), ColumnType::Text);
+        assert_eq!(ColumnType::from_declared("VARCHAR(10)"), ColumnType::Text);
+        assert_eq!(ColumnType::from_declared("BYTEA"), ColumnType::Bytea);
     }
 }

@@ -656,7 +656,7 @@ async fn infer_parameter_types(
     declared: &[Option<Type>],
     count: usize,
 ) -> Vec<Type> {
-    use crate::engine::infer::{ParameterUse, declared_type, parameter_uses, tables_named};
+    use crate::engine::infer::{ParameterUse, parameter_uses, tables_named};
     let uses = parameter_uses(sql);
     let mut columns: HashMap<String, ColumnType> = HashMap::new();
     if uses.values().any(|u| matches!(u, ParameterUse::Column(_))) {
@@ -671,7 +671,7 @@ async fn infer_parameter_types(
                     {
                         columns
                             .entry(name.to_ascii_lowercase())
-                            .or_insert_with(|| declared_type(ty));
+                            .or_insert_with(|| ColumnType::from_declared(ty));
                     }
                 }
             }
