@@ -131,8 +131,10 @@ pub async fn run(
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") });
     server.serve_http(listeners.take("http")?, router, http_tls)?;
     let tls = server.tls()?.acceptor(&[])?.rustls();
+    // Past db.max_connections a client is told so (53300), as PostgreSQL does, rather than
+    // left waiting to be accepted: the listener takes a few more than the limit.
     let limits = AcceptLimits {
-        max_connections: db.max_connections,
+        max_connections: db.max_connections.saturating_add(REFUSAL_ROOM),
     };
     let serving_threads = match sessions {
         Sessions::Local(threads) => threads,
@@ -155,6 +157,7 @@ pub async fn run(
                 statement_timeout: session_limits.statement_timeout,
                 idle_in_transaction: Duration::from_secs(db.idle_in_transaction_timeout_secs),
                 stop: server.shutdown.token().clone(),
+                sessions: pg::SessionCounter::new(db.max_connections),
             });
             server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
                 Arc::clone(&service).serve(stream)
@@ -173,12 +176,7 @@ pub async fn run(
     );
     service.idle_in_transaction = Duration::from_secs(db.idle_in_transaction_timeout_secs);
     service.stop = server.shutdown.token().clone();
-    // Past db.max_connections a client is told so (53300), as PostgreSQL does, rather than
-    // left waiting to be accepted: the listener takes a few more than the limit.
-    service.max_sessions = db.max_connections;
-    let limits = AcceptLimits {
-        max_connections: db.max_connections.saturating_add(REFUSAL_ROOM),
-    };
+    service.sessions = pg::SessionCounter::new(db.max_connections);
     let service = Arc::new(service);
     server.serve_connections(listeners.take("pg")?, limits, move |stream, _peer| {
         service.serve_on_thread(stream)

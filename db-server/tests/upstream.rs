@@ -360,3 +360,53 @@ async fn a_real_postgresql_behind_the_same_front_ends() {
     let err = after.batch_execute("SELECT 1").await.unwrap_err();
     assert!(after.is_closed(), "{err}");
 }
+
+/// Past `db.max_connections`, the proxy too refuses a client at startup with 53300 instead of
+/// leaving it unaccepted; once a session ends, the next one gets in.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxied_sessions_past_max_connections_are_refused_with_53300() {
+    let cluster = Cluster::start();
+    let test = TestConfig::new(Environment::Development)
+        .set("db.backend", cluster.url("postgres"))
+        .set("db.max_connections", "1");
+    let role = RunningRole::start(Role::Db, &test, db_server::run).await;
+    let pg = role.addr("pg");
+    let first = connect(pg, "quartet", "quartet", "postgres").await.unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        connect(pg, "quartet", "quartet", "postgres"),
+    )
+    .await
+    .expect("an answer, not a wait")
+    .unwrap_err();
+    assert_eq!(code(&refused), "53300", "{refused}");
+    assert_eq!(
+        first
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    drop(first);
+    let started = std::time::Instant::now();
+    let next = loop {
+        match connect(pg, "quartet", "quartet", "postgres").await {
+            Ok(client) => break client,
+            Err(err) if started.elapsed() < Duration::from_secs(5) => {
+                assert_eq!(code(&err), "53300", "{err}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("no room after a session ended: {err}"),
+        }
+    };
+    assert_eq!(
+        next.query_one("SELECT 2", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        2
+    );
+    drop(next);
+    role.stop().await.unwrap();
+}

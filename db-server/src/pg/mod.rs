@@ -58,10 +58,8 @@ pub struct PgService {
     /// Cancelled when the role stops: idle sessions end, and the others get FATAL 57P01 on
     /// their next query, as PostgreSQL's fast shutdown does.
     pub stop: tokio_util::sync::CancellationToken,
-    /// Sessions past this many are refused at startup with FATAL 53300 (0: no limit).
-    pub max_sessions: usize,
-    /// Connections being served now.
-    sessions: std::sync::atomic::AtomicUsize,
+    /// Connections now, against `db.max_connections`.
+    pub sessions: SessionCounter,
 }
 
 impl std::fmt::Debug for PgService {
@@ -91,8 +89,7 @@ impl PgService {
             idle_in_transaction: std::time::Duration::ZERO,
             threads,
             stop: tokio_util::sync::CancellationToken::new(),
-            max_sessions: 0,
-            sessions: std::sync::atomic::AtomicUsize::new(0),
+            sessions: SessionCounter::new(0),
         }
     }
 
@@ -106,17 +103,9 @@ impl PgService {
             .serve(stream, move |stream| service.serve(stream))
     }
 
-    /// Whether a session starting now would be past `max_sessions`.
-    pub(crate) fn too_many_sessions(&self) -> bool {
-        self.max_sessions != 0
-            && self.sessions.load(std::sync::atomic::Ordering::Relaxed) > self.max_sessions
-    }
-
     /// Serves one client connection to its end.
     pub async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream) {
-        self.sessions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _counted = SessionCount(&self.sessions);
+        let _counted = self.sessions.enter();
         let state = Arc::new(tokio::sync::Mutex::new(None));
         let registered = Arc::new(std::sync::Mutex::new(None));
         let handlers = Arc::new(ConnectionHandlers {
@@ -165,10 +154,42 @@ impl PgService {
     }
 }
 
-/// One connection counted in [`PgService::sessions`] while this lives.
-struct SessionCount<'a>(&'a std::sync::atomic::AtomicUsize);
+/// Connections being served, against `db.max_connections`: a session past it is refused at
+/// startup with 53300 (too many clients), as PostgreSQL does, rather than left unaccepted.
+/// Shared by both front ends (this one and the PostgreSQL backend's proxy).
+#[derive(Debug, Default)]
+pub struct SessionCounter {
+    max: usize,
+    count: std::sync::atomic::AtomicUsize,
+}
 
-impl Drop for SessionCount<'_> {
+impl SessionCounter {
+    /// At most `max` sessions (0: no limit).
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            count: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts one connection while the returned guard lives.
+    pub fn enter(&self) -> CountedSession<'_> {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CountedSession(&self.count)
+    }
+
+    /// Whether the connections counted now (the one asking among them) are past the limit.
+    pub fn over_limit(&self) -> bool {
+        self.max != 0 && self.count.load(std::sync::atomic::Ordering::Relaxed) > self.max
+    }
+}
+
+/// One connection counted in a [`SessionCounter`] while this lives.
+#[derive(Debug)]
+pub struct CountedSession<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for CountedSession<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }

@@ -104,7 +104,8 @@ impl StartupHandler for Startup {
                 "this server accepts logins only over TLS: connect with sslmode=require",
             ));
         }
-        if matches!(message, PgWireFrontendMessage::Startup(_)) && self.service.too_many_sessions()
+        if matches!(message, PgWireFrontendMessage::Startup(_))
+            && self.service.sessions.over_limit()
         {
             return Err(fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,

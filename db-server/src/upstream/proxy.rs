@@ -60,6 +60,8 @@ pub struct ProxyService {
     /// Cancelled when the role stops: each session ends with FATAL 57P01 once the backend has
     /// answered what it was sent.
     pub stop: CancellationToken,
+    /// Connections now, against `db.max_connections`.
+    pub sessions: crate::pg::SessionCounter,
 }
 
 impl std::fmt::Debug for ProxyService {
@@ -84,6 +86,7 @@ struct Login {
 impl ProxyService {
     /// Serves one client connection to its end.
     pub async fn serve(self: Arc<Self>, stream: TcpStream) {
+        let _counted = self.sessions.enter();
         let _ = stream.set_nodelay(true);
         let loopback = stream.peer_addr().is_ok_and(|peer| peer.ip().is_loopback());
         let started = tokio::time::timeout(STARTUP_TIMEOUT, self.startup(stream, loopback)).await;
@@ -151,6 +154,15 @@ impl ProxyService {
                 &mut writer,
                 sqlstate::INVALID_AUTHORIZATION,
                 "this server accepts logins only over TLS: connect with sslmode=require",
+            )
+            .await;
+            return None;
+        }
+        if self.sessions.over_limit() {
+            fatal(
+                &mut writer,
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already (db.max_connections)",
             )
             .await;
             return None;
