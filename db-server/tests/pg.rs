@@ -953,6 +953,25 @@ async fn binary_parameters_and_results_of_every_listed_type() {
     assert_eq!(row.get::<_, std::time::SystemTime>(7), at);
     assert_eq!(row.get::<_, Option<&str>>(8), None);
 
+    // A timestamp column as SQLite's date functions fill it (Unix seconds, a Julian day,
+    // text without seconds) reads back in binary as the same moment.
+    client
+        .batch_execute(
+            "CREATE TABLE stamps (at TIMESTAMP); INSERT INTO stamps VALUES \
+             (unixepoch('2024-02-29 18:00:00')), (julianday('2024-02-29 18:00:00')), \
+             ('2024-02-29T18:00')",
+        )
+        .await
+        .unwrap();
+    // (A Julian day at midnight or noon is a whole number, which SQLite stores as an
+    // integer, read as Unix seconds: hence 18:00.)
+    let evening = std::time::UNIX_EPOCH + Duration::from_secs(1_709_229_600);
+    let rows = client.query("SELECT at FROM stamps", &[]).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        assert_eq!(row.get::<_, std::time::SystemTime>(0), evening);
+    }
+
     // Undeclared, a parameter takes its column's type: bytes go into a BYTEA column.
     client
         .execute(

@@ -464,8 +464,6 @@ impl Direct {
         self.speeds.insert(shape.clone(), update(Speed::Unknown));
     }
 
-    /// The cached statement for `sql`, prepared on first use; `None` for SQL this path does
-    /// not take (empty, or more than one statement).
     /// Describes `sql` without running it: its result columns, typed as when it runs here,
     /// which of them have no declared type (expressions), and its parameter count. `Ok(None)`
     /// when it is not prepared here (several statements).
@@ -489,6 +487,8 @@ impl Direct {
         }))
     }
 
+    /// The cached statement for `sql`, prepared on first use; `None` for SQL this path does
+    /// not take (empty, or more than one statement).
     fn prepare(&mut self, sql: &str) -> Result<Option<&mut Prepared>, SqlError> {
         if !self.statements.contains_key(sql) {
             let Some(prepared) = self.prepare_new(sql)? else {
@@ -568,7 +568,6 @@ impl Drop for Direct {
     }
 }
 
-/// Binds `params`, steps `statement` to its end and collects the rows.
 /// How long a statement that cannot be stopped waits for another thread to take its runtime
 /// worker over, before it carries on regardless (and tries again after [`HAND_OVER_RETRY`]).
 const HAND_OVER_WAIT: Duration = Duration::from_millis(1);
@@ -609,6 +608,7 @@ pub fn hand_over_thread() -> bool {
     running.load(Ordering::Acquire)
 }
 
+/// Binds `params`, steps `statement` to its end and collects the rows.
 fn step_all(
     handle: *mut ffi::sqlite3,
     statement: *mut ffi::sqlite3_stmt,

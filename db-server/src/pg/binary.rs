@@ -54,50 +54,68 @@ pub fn timestamp_text(micros: i64) -> Option<String> {
     ))
 }
 
-/// `YYYY-MM-DD` (anything after the date, such as a time, is ignored) as days since
-/// 2000-01-01.
-pub fn date_days(text: &str) -> Option<i32> {
+/// A stored date or time as SQLite's date functions read it: text (`YYYY-MM-DD`, then
+/// optionally ` HH:MM[:SS[.fff]]` with a space or a `T`, then optionally `Z` or a UTC offset,
+/// which is ignored, as PostgreSQL's `timestamp` ignores it), or a time alone (`HH:MM[:SS]`,
+/// on 2000-01-01).
+pub fn moment_of_text(text: &str) -> Option<NaiveDateTime> {
     let text = text.trim();
+    if let Some(time) = clock_of(text) {
+        return Some(epoch().date().and_time(time));
+    }
     let date = NaiveDate::parse_from_str(text.get(..10)?, "%Y-%m-%d").ok()?;
-    i32::try_from((date - epoch().date()).num_days()).ok()
+    let rest = text.get(10..)?;
+    let rest = rest
+        .strip_prefix(' ')
+        .or_else(|| rest.strip_prefix('T'))
+        .unwrap_or(rest);
+    if rest.is_empty() {
+        return date.and_hms_opt(0, 0, 0);
+    }
+    // The clock, then an offset: `Z`, or a sign after the clock's own characters.
+    let clock_end = rest.find(['Z', 'z', '+', '-']).unwrap_or(rest.len());
+    Some(date.and_time(clock_of(&rest[..clock_end])?))
 }
 
-/// `HH:MM[:SS[.ffffff]]` as microseconds since midnight.
-pub fn time_micros(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let time = NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
+/// `HH:MM[:SS[.fff]]`.
+fn clock_of(text: &str) -> Option<NaiveTime> {
+    NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
         .or_else(|_| NaiveTime::parse_from_str(text, "%H:%M"))
-        .ok()?;
-    (time - NaiveTime::MIN).num_microseconds()
+        .ok()
 }
 
-/// A timestamp as SQLite's date functions write it (`YYYY-MM-DD HH:MM:SS[.fff]`, a `T` in
-/// place of the space, a date alone, or with a UTC offset, which is applied) as microseconds
-/// since 2000-01-01.
-pub fn timestamp_micros(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let naive = [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M",
-    ]
-    .iter()
-    .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-    .or_else(|| {
-        let zoned = text
-            .strip_suffix('Z')
-            .map_or(text.to_owned(), |t| format!("{t}+00:00"));
-        ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"]
-            .iter()
-            .find_map(|format| DateTime::parse_from_str(&zoned, format).ok())
-            .map(|at| at.naive_utc())
-    })
-    .or_else(|| {
-        let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
-        date.and_hms_opt(0, 0, 0)
-    })?;
-    (naive - epoch()).num_microseconds()
+/// A moment stored as an integer: Unix seconds (SQLite's `unixepoch()`).
+pub fn moment_of_unix_seconds(seconds: i64) -> Option<NaiveDateTime> {
+    DateTime::from_timestamp(seconds, 0).map(|at| at.naive_utc())
 }
+
+/// A moment stored as a real: a Julian day number (SQLite's `julianday()`).
+pub fn moment_of_julian_day(day: f64) -> Option<NaiveDateTime> {
+    let micros = (day - 2_440_587.5) * 86_400_000_000.0;
+    if !micros.is_finite() || micros.abs() > 1e18 {
+        return None;
+    }
+    DateTime::from_timestamp_micros(micros.round() as i64).map(|at| at.naive_utc())
+}
+
+/// A moment as a binary `date`: days since 2000-01-01.
+pub fn date_days(moment: NaiveDateTime) -> Option<i32> {
+    i32::try_from((moment.date() - epoch().date()).num_days()).ok()
+}
+
+/// A moment as a binary `time`: microseconds since midnight.
+pub fn time_micros(moment: NaiveDateTime) -> Option<i64> {
+    (moment.time() - NaiveTime::MIN).num_microseconds()
+}
+
+/// A moment as a binary `timestamp`: microseconds since 2000-01-01.
+pub fn timestamp_micros(moment: NaiveDateTime) -> Option<i64> {
+    (moment - epoch()).num_microseconds()
+}
+
+/// The most digits a numeric is decoded to on either side of the point (PostgreSQL allows
+/// more, which SQLite could not keep as a number anyway): bounds what a small Bind can cost.
+const NUMERIC_MAX_DIGITS: usize = 1000;
 
 const NUMERIC_POSITIVE: u16 = 0x0000;
 const NUMERIC_NEGATIVE: u16 = 0x4000;
@@ -121,7 +139,10 @@ pub fn numeric_text(bytes: &[u8]) -> Option<String> {
         NUMERIC_POSITIVE | NUMERIC_NEGATIVE => {}
         _ => return None,
     }
-    if bytes.len() != 8 + 2 * count {
+    if bytes.len() != 8 + 2 * count
+        || scale > NUMERIC_MAX_DIGITS
+        || weight.unsigned_abs() as usize * 4 > NUMERIC_MAX_DIGITS
+    {
         return None;
     }
     let mut digits = Vec::with_capacity(count);
@@ -140,7 +161,8 @@ pub fn numeric_text(bytes: &[u8]) -> Option<String> {
             .unwrap_or(0)
     };
     let mut text = String::new();
-    if sign == NUMERIC_NEGATIVE {
+    // (A negative zero is zero, as PostgreSQL prints it.)
+    if sign == NUMERIC_NEGATIVE && digits.iter().any(|&digit| digit != 0) {
         text.push('-');
     }
     if weight < 0 {
@@ -207,7 +229,10 @@ pub fn numeric_bytes(text: &str) -> Option<Vec<u8>> {
         .map(|b| b - b'0')
         .collect();
     let point = whole.len() as i32 + exponent;
-    let scale = (digits.len() as i32 - point).max(0) as u16;
+    if digits.len() > 2 * NUMERIC_MAX_DIGITS || point.unsigned_abs() as usize > NUMERIC_MAX_DIGITS {
+        return None;
+    }
+    let scale = u16::try_from((digits.len() as i32 - point).max(0)).ok()?;
     // Align to groups of four around the point: pad the front so that `point` is a multiple
     // of four, and the back to a whole group.
     let front = (4 - point.rem_euclid(4)) % 4;
@@ -242,7 +267,7 @@ pub fn numeric_bytes(text: &str) -> Option<Vec<u8>> {
         NUMERIC_POSITIVE
     };
     let mut out = Vec::with_capacity(8 + 2 * groups.len());
-    out.extend_from_slice(&(groups.len() as u16).to_be_bytes());
+    out.extend_from_slice(&u16::try_from(groups.len()).ok()?.to_be_bytes());
     out.extend_from_slice(&(i16::try_from(weight).ok()?).to_be_bytes());
     out.extend_from_slice(&sign.to_be_bytes());
     out.extend_from_slice(&scale.to_be_bytes());
@@ -258,44 +283,66 @@ mod tests {
 
     #[test]
     fn dates_times_and_timestamps_both_ways() {
+        let moment = |text: &str| moment_of_text(text).unwrap_or_else(|| panic!("{text}"));
         assert_eq!(date_text(0).as_deref(), Some("2000-01-01"));
         assert_eq!(date_text(-1).as_deref(), Some("1999-12-31"));
-        assert_eq!(date_days("2024-02-29"), Some(8825));
+        assert_eq!(date_days(moment("2024-02-29")), Some(8825));
         assert_eq!(date_text(8825).as_deref(), Some("2024-02-29"));
-        assert_eq!(date_days("2024-02-29 10:00:00"), Some(8825));
-        assert_eq!(date_days("yesterday"), None);
+        assert_eq!(date_days(moment("2024-02-29 10:00:00")), Some(8825));
+        assert_eq!(date_days(moment("1999-12-31")), Some(-1));
 
         assert_eq!(time_text(0).as_deref(), Some("00:00:00"));
         assert_eq!(time_text(45_296_500_000).as_deref(), Some("12:34:56.5"));
-        assert_eq!(time_micros("12:34:56.5"), Some(45_296_500_000));
-        assert_eq!(time_micros("12:34"), Some(45_240_000_000));
+        assert_eq!(time_micros(moment("12:34:56.5")), Some(45_296_500_000));
+        assert_eq!(time_micros(moment("12:34")), Some(45_240_000_000));
+        assert_eq!(
+            time_micros(moment("2024-02-29 12:34")),
+            Some(45_240_000_000)
+        );
         assert_eq!(time_text(86_400_000_000), None);
 
         assert_eq!(timestamp_text(0).as_deref(), Some("2000-01-01 00:00:00"));
-        let micros = timestamp_micros("2024-02-29 13:14:15.123456").expect("parsed");
+        let micros = timestamp_micros(moment("2024-02-29 13:14:15.123456")).expect("micros");
         assert_eq!(
             timestamp_text(micros).as_deref(),
             Some("2024-02-29 13:14:15.123456")
         );
-        assert_eq!(timestamp_micros("2024-02-29T13:14:15.123456"), Some(micros));
+        for same in [
+            "2024-02-29T13:14:15.123456",
+            "2024-02-29 13:14:15.123456+02:00",
+            "2024-02-29T13:14:15.123456Z",
+            "2024-02-29 13:14:15.123456-0500",
+        ] {
+            assert_eq!(
+                timestamp_micros(moment(same)),
+                Some(micros),
+                "{same}: the offset is ignored, as by PostgreSQL's timestamp"
+            );
+        }
         assert_eq!(
-            timestamp_micros("2024-02-29 15:14:15.123456+02:00"),
-            Some(micros)
-        );
-        assert_eq!(
-            timestamp_micros("2024-02-29T13:14:15.123456Z"),
-            Some(micros)
-        );
-        assert_eq!(
-            timestamp_micros("2000-01-02"),
+            timestamp_micros(moment("2000-01-02")),
             Some(86_400_000_000),
             "a date alone is its midnight"
         );
-        assert_eq!(timestamp_micros("not a time"), None);
         assert_eq!(
             timestamp_text(-1).as_deref(),
             Some("1999-12-31 23:59:59.999999")
         );
+        for bad in [
+            "not a time",
+            "2024-2-9",
+            "yesterday",
+            "",
+            "2024-02-29 25:00",
+        ] {
+            assert_eq!(moment_of_text(bad), None, "{bad:?}");
+        }
+
+        // As SQLite's unixepoch() and julianday() store them.
+        let noon = moment("2024-02-29 12:00:00");
+        assert_eq!(moment_of_unix_seconds(1_709_208_000), Some(noon));
+        assert_eq!(moment_of_julian_day(2_460_370.0), Some(noon));
+        assert_eq!(moment_of_julian_day(f64::NAN), None);
     }
 
     #[test]
@@ -328,6 +375,17 @@ mod tests {
             assert_eq!(numeric_bytes(bad), None, "{bad:?}");
         }
         assert_eq!(numeric_text(&[0, 1, 0, 0, 0, 0, 0, 0]), None, "too short");
+        assert_eq!(
+            numeric_text(&[0, 0, 0, 0, 0x40, 0, 0, 2]).as_deref(),
+            Some("0.00"),
+            "a negative zero"
+        );
+        assert_eq!(
+            numeric_text(&[0, 1, 0x7f, 0xff, 0, 0, 0xff, 0xff, 0, 1]),
+            None,
+            "a weight and scale that would decode to megabytes"
+        );
+        assert_eq!(numeric_bytes(&"9".repeat(70_000)), None, "too many digits");
         assert_eq!(
             numeric_text(&[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10]),
             None,

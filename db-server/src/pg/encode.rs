@@ -126,15 +126,26 @@ fn encode_value(
             Value::Text(text) => encoder.encode_field(&text.as_bytes().to_vec()),
             _ => Err(invalid(value, ty)),
         },
-        // SQLite keeps these as text (a numeric column may also hold numbers): the binary
-        // form is worked out from it. Raw bytes are written as they are.
+        // SQLite keeps these as text, or as numbers (a date function's Unix seconds or Julian
+        // day): the binary form is worked out from either, and sent as its bytes.
         Type::NUMERIC | Type::DATE | Type::TIME | Type::TIMESTAMP => {
             let text = value.to_pg_text(column).unwrap_or_default();
+            let moment = || match value {
+                Value::Integer(seconds) => binary::moment_of_unix_seconds(*seconds),
+                Value::Real(day) => binary::moment_of_julian_day(*day),
+                _ => binary::moment_of_text(&text),
+            };
             let bytes = match *ty {
                 Type::NUMERIC => binary::numeric_bytes(&text),
-                Type::DATE => binary::date_days(&text).map(|days| days.to_be_bytes().to_vec()),
-                Type::TIME => binary::time_micros(&text).map(|t| t.to_be_bytes().to_vec()),
-                _ => binary::timestamp_micros(&text).map(|t| t.to_be_bytes().to_vec()),
+                Type::DATE => moment()
+                    .and_then(binary::date_days)
+                    .map(|days| days.to_be_bytes().to_vec()),
+                Type::TIME => moment()
+                    .and_then(binary::time_micros)
+                    .map(|micros| micros.to_be_bytes().to_vec()),
+                _ => moment()
+                    .and_then(binary::timestamp_micros)
+                    .map(|micros| micros.to_be_bytes().to_vec()),
             };
             match bytes {
                 Some(bytes) => encoder.encode_field(&bytes),
