@@ -774,6 +774,8 @@ async fn sessions_past_max_connections_are_refused_with_53300() {
     let test = TestConfig::new(Environment::Development).set("db.max_connections", "2");
     let role = RunningRole::start(Role::Db, &test, db_server::run).await;
     let addr = role.addr("pg");
+    // A connection that never asks for a session (a probe) takes no place.
+    let _probe = tokio::net::TcpStream::connect(addr).await.unwrap();
     let first = connect(addr, "quartet", "quartet", "quartet")
         .await
         .unwrap();

@@ -105,7 +105,6 @@ impl PgService {
 
     /// Serves one client connection to its end.
     pub async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream) {
-        let _counted = self.sessions.enter();
         let state = Arc::new(tokio::sync::Mutex::new(None));
         let registered = Arc::new(std::sync::Mutex::new(None));
         let handlers = Arc::new(ConnectionHandlers {
@@ -119,7 +118,9 @@ impl PgService {
                 state,
                 registered,
                 idle: Arc::new(IdleClock::default()),
+                unsynced: std::sync::atomic::AtomicBool::new(false),
             }),
+            startup: Arc::new(startup::Startup::new(Arc::clone(&self))),
             service: Arc::clone(&self),
         });
         let query = Arc::clone(&handlers.query);
@@ -134,7 +135,9 @@ impl PgService {
                     tokio::select! {
                         ended = &mut session => break ended,
                         () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
-                            if query.state.try_lock().is_ok() {
+                            if query.state.try_lock().is_ok()
+                                && !query.unsynced.load(std::sync::atomic::Ordering::Acquire)
+                            {
                                 break Ok(());
                             }
                         }
@@ -154,13 +157,14 @@ impl PgService {
     }
 }
 
-/// Connections being served, against `db.max_connections`: a session past it is refused at
-/// startup with 53300 (too many clients), as PostgreSQL does, rather than left unaccepted.
-/// Shared by both front ends (this one and the PostgreSQL backend's proxy).
+/// Sessions admitted, against `db.max_connections`: one past it is refused at startup with
+/// 53300 (too many clients), as PostgreSQL does, rather than left unaccepted. Only sessions
+/// that sent a startup message count (not a CancelRequest, nor a probe that connects and
+/// leaves). Shared by both front ends (this one and the PostgreSQL backend's proxy).
 #[derive(Debug, Default)]
 pub struct SessionCounter {
     max: usize,
-    count: std::sync::atomic::AtomicUsize,
+    count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SessionCounter {
@@ -168,36 +172,47 @@ impl SessionCounter {
     pub fn new(max: usize) -> Self {
         Self {
             max,
-            count: std::sync::atomic::AtomicUsize::new(0),
+            count: Arc::default(),
         }
     }
 
-    /// Counts one connection while the returned guard lives.
-    pub fn enter(&self) -> CountedSession<'_> {
-        self.count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        CountedSession(&self.count)
-    }
-
-    /// Whether the connections counted now (the one asking among them) are past the limit.
-    pub fn over_limit(&self) -> bool {
-        self.max != 0 && self.count.load(std::sync::atomic::Ordering::Relaxed) > self.max
+    /// A place for one more session, held while the returned value lives; `None` when all
+    /// `max` are taken.
+    pub fn try_admit(&self) -> Option<Admission> {
+        use std::sync::atomic::Ordering;
+        let mut now = self.count.load(Ordering::Relaxed);
+        loop {
+            if self.max != 0 && now >= self.max {
+                return None;
+            }
+            match self.count.compare_exchange_weak(
+                now,
+                now + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Admission(Arc::clone(&self.count))),
+                Err(actual) => now = actual,
+            }
+        }
     }
 }
 
-/// One connection counted in a [`SessionCounter`] while this lives.
+/// One session's place in a [`SessionCounter`], given back when dropped.
 #[derive(Debug)]
-pub struct CountedSession<'a>(&'a std::sync::atomic::AtomicUsize);
+pub struct Admission(Arc<std::sync::atomic::AtomicUsize>);
 
-impl Drop for CountedSession<'_> {
+impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
 struct ConnectionHandlers {
     service: Arc<PgService>,
     query: Arc<QueryHandler>,
+    /// One per connection: it holds the session's place under `db.max_connections`.
+    startup: Arc<startup::Startup>,
 }
 
 impl PgWireServerHandlers for ConnectionHandlers {
@@ -210,7 +225,7 @@ impl PgWireServerHandlers for ConnectionHandlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(startup::Startup::new(Arc::clone(&self.service)))
+        Arc::clone(&self.startup)
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
@@ -293,6 +308,9 @@ struct QueryHandler {
     registered: Arc<std::sync::Mutex<Option<i32>>>,
     /// Since when the connection's transaction has been idle.
     idle: Arc<IdleClock>,
+    /// An Execute's answer is queued until the Sync (see `batched`): the connection is not
+    /// ended at stop meanwhile, or a committed statement's answer would be lost.
+    unsynced: std::sync::atomic::AtomicBool,
 }
 
 /// When the connection's transaction went idle, for `db.idle_in_transaction_timeout_secs`.
@@ -928,8 +946,43 @@ impl ExtendedQueryHandler for QueryHandler {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as futures_util::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
     {
+        self.unsynced
+            .store(true, std::sync::atomic::Ordering::Release);
         self._on_execute(&mut batched::Batched(client), message)
             .await
+    }
+
+    /// As pgwire's own: ReadyForQuery, and everything queued goes out; then the connection
+    /// may be ended at stop.
+    async fn on_sync<C>(
+        &self,
+        client: &mut C,
+        _message: pgwire::messages::extendedquery::Sync,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo
+            + pgwire::api::ClientPortalStore
+            + futures_util::Sink<pgwire::messages::PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as futures_util::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
+    {
+        use futures_util::SinkExt as _;
+        use pgwire::api::store::PortalStore as _;
+        client.portal_store().rm_portal(pgwire::api::DEFAULT_NAME);
+        let status = client.transaction_status();
+        client
+            .send(pgwire::messages::PgWireBackendMessage::ReadyForQuery(
+                pgwire::messages::response::ReadyForQuery::new(status),
+            ))
+            .await?;
+        client.flush().await?;
+        self.unsynced
+            .store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     async fn do_query<C>(

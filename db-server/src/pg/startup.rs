@@ -58,6 +58,8 @@ impl AuthSource for CatalogAuth {
 pub struct Startup {
     service: Arc<PgService>,
     inner: SASLAuthStartupHandler<DefaultServerParameterProvider>,
+    /// The connection's place under `db.max_connections`, once it asked to start a session.
+    admission: std::sync::Mutex<Option<super::Admission>>,
 }
 
 impl Startup {
@@ -75,6 +77,7 @@ impl Startup {
                 .with_scram(scram)
                 .with_pid_secret_key_generator(pids),
             service,
+            admission: std::sync::Mutex::new(None),
         }
     }
 }
@@ -104,13 +107,16 @@ impl StartupHandler for Startup {
                 "this server accepts logins only over TLS: connect with sslmode=require",
             ));
         }
-        if matches!(message, PgWireFrontendMessage::Startup(_))
-            && self.service.sessions.over_limit()
-        {
-            return Err(fatal(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                "sorry, too many clients already (db.max_connections)",
-            ));
+        if matches!(message, PgWireFrontendMessage::Startup(_)) {
+            let Some(admission) = self.service.sessions.try_admit() else {
+                return Err(fatal(
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    "sorry, too many clients already (db.max_connections)",
+                ));
+            };
+            if let Ok(mut slot) = self.admission.lock() {
+                *slot = Some(admission);
+            }
         }
         self.inner.on_startup(client, message).await
     }

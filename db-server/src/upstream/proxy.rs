@@ -16,6 +16,7 @@
 //! the proxy first waits until the backend has answered everything sent so far (a Sync is
 //! added when the client has sent extended-protocol messages without one).
 
+use crate::pg::Admission;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
@@ -83,14 +84,17 @@ struct Login {
     settings: Vec<(String, String)>,
 }
 
+/// At stop, how long a session waits for the backend's answers under way before it ends.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 impl ProxyService {
     /// Serves one client connection to its end.
     pub async fn serve(self: Arc<Self>, stream: TcpStream) {
-        let _counted = self.sessions.enter();
         let _ = stream.set_nodelay(true);
         let loopback = stream.peer_addr().is_ok_and(|peer| peer.ip().is_loopback());
         let started = tokio::time::timeout(STARTUP_TIMEOUT, self.startup(stream, loopback)).await;
-        let (reader, writer, login, conn) = match started {
+        // `_admission` holds the session's place under db.max_connections to its end.
+        let (reader, writer, login, conn, _admission) = match started {
             Ok(Some(session)) => session,
             Ok(None) => return,
             Err(_) => {
@@ -108,7 +112,7 @@ impl ProxyService {
         &self,
         stream: TcpStream,
         loopback: bool,
-    ) -> Option<(Reader, Writer, Login, Connection)> {
+    ) -> Option<(Reader, Writer, Login, Connection, Admission)> {
         let mut io: BoxIo = Box::new(stream);
         let mut secure = false;
         let params = loop {
@@ -158,7 +162,7 @@ impl ProxyService {
             .await;
             return None;
         }
-        if self.sessions.over_limit() {
+        let Some(admission) = self.sessions.try_admit() else {
             fatal(
                 &mut writer,
                 sqlstate::TOO_MANY_CONNECTIONS,
@@ -166,7 +170,7 @@ impl ProxyService {
             )
             .await;
             return None;
-        }
+        };
         let login = match self.authenticate(&mut reader, &mut writer, params).await {
             Ok(login) => login,
             Err(err) => {
@@ -192,7 +196,7 @@ impl ProxyService {
                     return None;
                 }
                 tracing::debug!(role = %login.role, database = %login.database, pid, "proxied session");
-                Some((reader, writer, login, conn))
+                Some((reader, writer, login, conn, admission))
             }
             Err(err) => {
                 fatal(&mut writer, err.code, &err.message).await;
@@ -515,7 +519,11 @@ impl ClientSide<'_> {
                 }
                 _ = self.shared.stop.cancelled() => return Err(std::io::ErrorKind::BrokenPipe.into()),
                 _ = self.service.stop.cancelled() => {
-                    self.wait_for_backend().await?;
+                    // What the backend was sent is answered first, for at most a few seconds
+                    // (a COPY FROM STDIN, say, would wait for data that will not come).
+                    if tokio::time::timeout(STOP_WAIT, self.wait_for_backend()).await.is_err() {
+                        tracing::debug!("a proxied session ends at stop with its backend still busy");
+                    }
                     let mut out = BytesMut::new();
                     wire::error_response(
                         &mut out,
