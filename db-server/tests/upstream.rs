@@ -372,14 +372,6 @@ async fn proxied_sessions_past_max_connections_are_refused_with_53300() {
     let role = RunningRole::start(Role::Db, &test, db_server::run).await;
     let pg = role.addr("pg");
     let first = connect(pg, "quartet", "quartet", "postgres").await.unwrap();
-    let refused = tokio::time::timeout(
-        Duration::from_secs(5),
-        connect(pg, "quartet", "quartet", "postgres"),
-    )
-    .await
-    .expect("an answer, not a wait")
-    .unwrap_err();
-    assert_eq!(code(&refused), "53300", "{refused}");
     assert_eq!(
         first
             .query_one("SELECT 1", &[])
@@ -388,25 +380,6 @@ async fn proxied_sessions_past_max_connections_are_refused_with_53300() {
             .get::<_, i32>(0),
         1
     );
-    drop(first);
-    let started = std::time::Instant::now();
-    let next = loop {
-        match connect(pg, "quartet", "quartet", "postgres").await {
-            Ok(client) => break client,
-            Err(err) if started.elapsed() < Duration::from_secs(5) => {
-                assert_eq!(code(&err), "53300", "{err}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(err) => panic!("no room after a session ended: {err}"),
-        }
-    };
-    assert_eq!(
-        next.query_one("SELECT 2", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        2
-    );
-    drop(next);
+    support::refused_when_full_then_admitted(pg, "postgres", first).await;
     role.stop().await.unwrap();
 }
